@@ -1,0 +1,259 @@
+"""ReadLogs: a container's stored entries as the frame stream ``docker logs`` reads.
+
+The reference is Docker's ``json-file`` driver, option for option: ``Tail`` counts entries from
+the end (applied before Since/Until, as json-file does), ``Since``/``Until`` are inclusive,
+``Follow`` streams new entries until the container's logging stops. dockerd adds nothing to a
+plugin's lines, so a whole line gets its ``\\n`` back here and output that ended without a newline
+(a partial entry) does not.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import logging
+import os
+import struct
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from .entry import DecodeError, LogEntry
+from .errors import RequestError
+from .store import ContainerLog
+from .timefmt import parse_rfc3339_ns
+
+log = logging.getLogger(__name__)
+
+_LEN = struct.Struct(">I")
+_BODY_PREFIXES = (b"\n\x06stdout", b"\n\x06stderr")
+_READ_CHUNK = 4 << 20
+_MAX_ENTRY = 64 << 20
+
+
+@dataclass(frozen=True, slots=True)
+class ReadConfig:
+    since: int | None = None  # ns, inclusive
+    until: int | None = None  # ns, inclusive
+    tail: int = -1  # <0 all, 0 none, N last N entries
+    follow: bool = False
+
+    @classmethod
+    def from_request(cls, config: Mapping[str, Any] | None) -> ReadConfig:
+        config = config or {}
+        tail = config.get("Tail", -1)
+        if not isinstance(tail, int) or isinstance(tail, bool):
+            raise RequestError(f"Config.Tail must be an integer, got {tail!r}")
+        follow = config.get("Follow", False)
+        if not isinstance(follow, bool):
+            raise RequestError(f"Config.Follow must be a boolean, got {follow!r}")
+        return cls(
+            since=parse_rfc3339_ns(config.get("Since")),
+            until=parse_rfc3339_ns(config.get("Until")),
+            tail=tail,
+            follow=follow,
+        )
+
+
+def split_entries(data: bytes, start: int = 0) -> tuple[list[bytes], int]:
+    """Bodies of the whole ``[len][body][len]`` entries in ``data``; and where the rest begins.
+
+    A damaged region (a torn write from a crash) is skipped up to the next valid entry.
+    """
+    bodies: list[bytes] = []
+    pos = start
+    end = len(data)
+    unpack = _LEN.unpack_from
+    while end - pos >= 4:
+        (n,) = unpack(data, pos)
+        stop = pos + 8 + n
+        if n > _MAX_ENTRY or not data.startswith(_BODY_PREFIXES, pos + 4):
+            if end - pos - 4 < 8 and n <= _MAX_ENTRY:
+                break  # maybe the start of an entry still being written
+            pos += 1
+            continue
+        if stop > end:
+            break
+        if unpack(data, stop - 4)[0] != n:
+            pos += 1
+            continue
+        bodies.append(data[pos + 4:stop - 4])
+        pos = stop
+    return bodies, pos
+
+
+def _read_to_eof(fd: int) -> bytes:
+    chunks = []
+    while True:
+        chunk = os.read(fd, _READ_CHUNK)
+        if not chunk:
+            return b"".join(chunks)
+        chunks.append(chunk)
+
+
+def _read_file(fd: int, is_gzip: bool) -> bytes:
+    data = _read_to_eof(fd)
+    if is_gzip:
+        try:
+            data = gzip.decompress(data)
+        except (OSError, EOFError) as e:
+            log.error("a compressed log file is damaged, skipping it: %s", e)
+            return b""
+    return data
+
+
+def render(bodies: list[bytes], cfg: ReadConfig) -> tuple[bytes, bool]:
+    """Frames for dockerd from stored bodies; True as second value once past ``until``."""
+    out: list[bytes] = []
+    since, until = cfg.since, cfg.until
+    pack = _LEN.pack
+    for body in bodies:
+        entry = LogEntry()
+        try:
+            entry.ParseFromString(body)
+        except DecodeError:
+            continue
+        t = entry.time_nano
+        if since is not None and t < since:
+            continue
+        if until is not None and t > until:
+            return b"".join(out), True
+        reply = LogEntry(source=entry.source, time_nano=t,
+                         line=entry.line if entry.partial else entry.line + b"\n")
+        encoded = reply.SerializeToString()
+        out.append(pack(len(encoded)))
+        out.append(encoded)
+    return b"".join(out), False
+
+
+def _tail_bodies(snapshot_files: list[tuple[int, bool]], current_data: bytes, n: int) -> list[bytes]:
+    """The last ``n`` entries over the rotated files (oldest first) and the current file's data."""
+    picked: list[list[bytes]] = []
+    need = n
+    bodies, _ = split_entries(current_data)
+    picked.append(bodies[-need:])
+    need -= len(picked[-1])
+    for fd, is_gz in reversed(snapshot_files):
+        if need <= 0:
+            break
+        bodies, _ = split_entries(_read_file(fd, is_gz))
+        picked.append(bodies[-need:] if need < len(bodies) else bodies)
+        need -= len(picked[-1])
+    return [b for group in reversed(picked) for b in group]
+
+
+async def read_logs(clog: ContainerLog, cfg: ReadConfig) -> AsyncIterator[bytes]:
+    """Yield frame batches for ``docker logs``; with Follow, until the container stops logging."""
+    snap = clog.snapshot()
+    waiter = clog.waiter() if cfg.follow and clog.writers > 0 else None
+    try:
+        pending = b""
+        cur = snap.current
+        if cfg.tail < 0:
+            for _seq, fd, is_gz in snap.rotated:
+                data = await asyncio.to_thread(_read_file, fd, is_gz)
+                out, stop = await asyncio.to_thread(_render_data, data, cfg)
+                if out:
+                    yield out
+                if stop:
+                    return
+            if cur is not None:
+                data = await asyncio.to_thread(_read_to_eof, cur)
+                bodies, used = split_entries(data)
+                pending = data[used:]
+                out, stop = await asyncio.to_thread(render, bodies, cfg)
+                if out:
+                    yield out
+                if stop:
+                    return
+        elif cfg.tail > 0:
+            current_data = await asyncio.to_thread(_read_to_eof, cur) if cur is not None else b""
+            _, used = split_entries(current_data)
+            pending = current_data[used:]
+            files = [(fd, gz) for _s, fd, gz in snap.rotated]
+            bodies = await asyncio.to_thread(_tail_bodies, files, current_data[:used], cfg.tail)
+            out, stop = await asyncio.to_thread(render, bodies, cfg)
+            if out:
+                yield out
+            if stop:
+                return
+        elif cur is not None:
+            # Tail 0: no history. Nothing is written while we run here on the loop thread, so the
+            # end of the file is an entry boundary.
+            os.lseek(cur, 0, os.SEEK_END)
+        if waiter is None:
+            return
+        async for out in _follow(clog, cfg, waiter, snap.current_seq, cur, pending):
+            yield out
+    finally:
+        if waiter is not None:
+            clog.drop_waiter(waiter)
+        snap.close()
+
+
+def _render_data(data: bytes, cfg: ReadConfig) -> tuple[bytes, bool]:
+    return render(split_entries(data)[0], cfg)
+
+
+async def _follow(clog: ContainerLog, cfg: ReadConfig, waiter: asyncio.Event, seq: int,
+                  fd: int | None, pending: bytes) -> AsyncIterator[bytes]:
+    """New entries as they are written, across rotations, until no stream writes any more.
+
+    Runs on the event loop thread, where the store writes too: between two awaits nothing is
+    written, so "read to the end, then wait" cannot miss an entry.
+    """
+    own_fds: list[int] = []
+    try:
+        while True:
+            waiter.clear()
+            if fd is not None:
+                chunk = os.read(fd, _READ_CHUNK)
+                if chunk:
+                    pending += chunk
+                    bodies, used = split_entries(pending)
+                    pending = pending[used:]
+                    out, stop = render(bodies, cfg)
+                    if out:
+                        yield out
+                    if stop:
+                        return
+                    continue
+            if clog.next_seq > seq:
+                # Our file was rotated away and is drained; the next one is seq+1.
+                seq += 1
+                pending = b""
+                if seq < clog.next_seq:
+                    opened = clog.open_rotated(seq)
+                    if opened is None:
+                        log.warning("follow fell behind: rotated file %d of %s was pruned",
+                                    seq, clog.directory.name)
+                        fd = None
+                        continue
+                    rfd, is_gz = opened
+                    own_fds.append(rfd)
+                    if is_gz:
+                        out, stop = await asyncio.to_thread(_render_data, _read_file(rfd, True), cfg)
+                        if out:
+                            yield out
+                        if stop:
+                            return
+                        fd = None
+                        continue
+                    fd = rfd
+                else:
+                    fd = os.open(clog.directory / "container.log", os.O_RDONLY)
+                    own_fds.append(fd)
+                continue
+            if fd is None:
+                try:
+                    fd = os.open(clog.directory / "container.log", os.O_RDONLY)
+                    own_fds.append(fd)
+                    continue
+                except FileNotFoundError:
+                    pass
+            if clog.writers == 0:
+                return
+            await waiter.wait()
+    finally:
+        for f in own_fds:
+            os.close(f)

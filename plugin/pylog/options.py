@@ -1,0 +1,150 @@
+"""Every log-opt pylog accepts, parsed and validated in one place (at StartLogging).
+
+dockerd itself validates only ``mode``, ``max-buffer-size`` and ``cache-*`` for plugins; the rest
+is ours. An unknown or malformed option must fail ``docker run`` with a message that names the
+option and what is allowed, so every parser here raises :class:`OptionError` with such a message.
+Sinks add their options to :data:`OPTION_GROUPS` (one registry line each).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from .errors import OptionError
+from .tag import parse_tag_template
+
+DRIVER_NAME = "pylog"
+
+_SIZE_RE = re.compile(r"^(\d+(?:\.\d+)?) ?([kKmMgGtTpP])?[iI]?[bB]?$")
+_SIZE_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40, "p": 1 << 50}
+_TRUE = {"1", "t", "T", "TRUE", "true", "True"}
+_FALSE = {"0", "f", "F", "FALSE", "false", "False"}
+
+
+def parse_size(name: str, value: str) -> int:
+    """A byte count the way Docker writes one (``20m``, ``1.5g``, ``512k``, ``100``; powers of 1024)."""
+    m = _SIZE_RE.match(value.strip())
+    if not m:
+        raise OptionError(
+            f"invalid value {value!r} for log opt {name!r}: expected a size such as 100k, 20m or 1g"
+        )
+    size = int(float(m.group(1)) * _SIZE_UNITS[(m.group(2) or "").lower()])
+    if size <= 0:
+        raise OptionError(f"invalid value {value!r} for log opt {name!r}: must be greater than 0")
+    return size
+
+
+def parse_bool(name: str, value: str) -> bool:
+    """A boolean as Go's strconv.ParseBool reads it (what Docker's own drivers accept)."""
+    if value in _TRUE:
+        return True
+    if value in _FALSE:
+        return False
+    raise OptionError(f"invalid value {value!r} for log opt {name!r}: expected true or false")
+
+
+def parse_positive_int(name: str, value: str) -> int:
+    try:
+        n = int(value, 10)
+    except ValueError:
+        raise OptionError(
+            f"invalid value {value!r} for log opt {name!r}: expected a whole number"
+        ) from None
+    if n < 1:
+        raise OptionError(f"invalid value {value!r} for log opt {name!r}: must be at least 1")
+    return n
+
+
+def parse_regex(name: str, value: str) -> re.Pattern[str]:
+    try:
+        return re.compile(value)
+    except re.error as e:
+        raise OptionError(f"invalid value {value!r} for log opt {name!r}: bad regex: {e}") from None
+
+
+def parse_choice(choices: tuple[str, ...]) -> Callable[[str, str], str]:
+    def parse(name: str, value: str) -> str:
+        if value not in choices:
+            raise OptionError(
+                f"invalid value {value!r} for log opt {name!r}: expected one of {', '.join(choices)}"
+            )
+        return value
+
+    return parse
+
+
+def parse_name_list(name: str, value: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in value.split(",") if part.strip())
+
+
+def _parse_tag(name: str, value: str) -> str:
+    parse_tag_template(value)  # raises OptionError naming the problem
+    return value
+
+
+# option name -> (parser, default). Defaults of None mean "not set".
+Parser = Callable[[str, str], Any]
+OPTION_GROUPS: dict[str, dict[str, tuple[Parser, Any]]] = {
+    # Options dockerd itself understands; we accept them so users' habits carry over.
+    "docker": {
+        "mode": (parse_choice(("blocking", "non-blocking")), "blocking"),
+        "max-buffer-size": (parse_size, None),
+        "cache-disabled": (parse_bool, None),
+        "cache-max-size": (parse_size, None),
+        "cache-max-file": (parse_positive_int, None),
+        "cache-compress": (parse_bool, None),
+        "tag": (_parse_tag, "{{.ID}}"),
+        "labels": (parse_name_list, ()),
+        "labels-regex": (parse_regex, None),
+        "env": (parse_name_list, ()),
+        "env-regex": (parse_regex, None),
+    },
+    # The local store, with the options and defaults of Docker's `local` driver.
+    "store": {
+        "max-size": (parse_size, 20 * 1024 * 1024),
+        "max-file": (parse_positive_int, 5),
+        "compress": (parse_bool, True),
+    },
+}
+
+
+def allowed_options() -> list[str]:
+    return sorted(name for group in OPTION_GROUPS.values() for name in group)
+
+
+@dataclass(frozen=True)
+class LogOptions:
+    """Parsed log-opts of one container: ``values`` has every known option, defaults filled in."""
+
+    values: Mapping[str, Any] = field(default_factory=dict)
+    given: frozenset[str] = frozenset()
+
+    def __getitem__(self, name: str) -> Any:
+        return self.values[name]
+
+
+def parse_log_options(config: Mapping[str, str] | None) -> LogOptions:
+    """Validate the ``Info.Config`` map of StartLogging; raise OptionError on the first bad one."""
+    config = config or {}
+    known: dict[str, tuple[Parser, Any]] = {}
+    for group in OPTION_GROUPS.values():
+        known.update(group)
+    unknown = sorted(k for k in config if k not in known)
+    if unknown:
+        raise OptionError(
+            f"unknown log opt {unknown[0]!r} for {DRIVER_NAME} log driver; "
+            f"allowed options: {', '.join(allowed_options())}"
+        )
+    values: dict[str, Any] = {}
+    for name, (parser, default) in known.items():
+        raw = config.get(name)
+        if raw is None:
+            values[name] = default
+        elif not isinstance(raw, str):
+            raise OptionError(f"invalid value {raw!r} for log opt {name!r}: expected a string")
+        else:
+            values[name] = parser(name, raw)
+    return LogOptions(values=values, given=frozenset(config))
