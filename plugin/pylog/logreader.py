@@ -3,8 +3,8 @@
 The reference is Docker's ``json-file`` driver, option for option: ``Tail`` counts entries from
 the end (applied before Since/Until, as json-file does), ``Since``/``Until`` are inclusive,
 ``Follow`` streams new entries until the container's logging stops. dockerd adds nothing to a
-plugin's lines, so a whole line gets its ``\\n`` back here and output that ended without a newline
-(a partial entry) does not.
+plugin's lines, so a line (or the last chunk of a split line) gets its ``\\n`` back here, and a
+chunk that is not the last, or output that ended without a newline, does not.
 """
 
 from __future__ import annotations
@@ -118,8 +118,11 @@ def render(bodies: list[bytes], cfg: ReadConfig) -> tuple[bytes, bool]:
             continue
         if until is not None and t > until:
             return b"".join(out), True
+        # As json-file: a newline ends every line and every line's last chunk; a partial chunk
+        # that is not the last (or output that ended without a newline) gets none.
+        whole = not entry.partial or entry.partial_log_metadata.last
         reply = LogEntry(source=entry.source, time_nano=t,
-                         line=entry.line if entry.partial else entry.line + b"\n")
+                         line=entry.line + b"\n" if whole else entry.line)
         encoded = reply.SerializeToString()
         out.append(pack(len(encoded)))
         out.append(encoded)

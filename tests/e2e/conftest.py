@@ -1,0 +1,205 @@
+"""Fixtures that drive a real dockerd: a busybox image, a running ``pylog serve``, containers.
+
+Every test here needs dockerd. Without one they skip with the reason, unless
+``PYLOG_REQUIRE_DOCKER=1`` (set by CI), where a missing dockerd is an error.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import socket
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+BUSYBOX_IMAGE = "pylog-busybox:test"
+PLUGIN_DIR = Path("/run/docker/plugins")
+
+
+def _docker_problem() -> str | None:
+    if shutil.which("docker") is None:
+        return "the docker CLI is not installed (scripts/setup-host.sh installs docker.io)"
+    try:
+        r = subprocess.run(["docker", "version", "--format", "{{.Server.Version}}"],
+                           capture_output=True, text=True, timeout=30)
+    except subprocess.TimeoutExpired:
+        return "dockerd did not answer `docker version` within 30 s"
+    if r.returncode != 0:
+        return f"dockerd is not running ({r.stderr.strip()}); start it with scripts/setup-host.sh"
+    if os.geteuid() != 0:
+        return "the e2e tests must run as root (they read dockerd's FIFOs)"
+    return None
+
+
+@pytest.fixture(scope="session")
+def docker_ready() -> None:
+    problem = _docker_problem()
+    if problem:
+        if os.environ.get("PYLOG_REQUIRE_DOCKER") == "1":
+            pytest.fail(f"PYLOG_REQUIRE_DOCKER=1 but {problem}")
+        pytest.skip(problem)
+
+
+@pytest.fixture(scope="session")
+def busybox(docker_ready: None) -> str:
+    """A busybox image made with `docker import` from Debian's busybox-static (no registry)."""
+    if subprocess.run(["docker", "image", "inspect", BUSYBOX_IMAGE],
+                      capture_output=True).returncode == 0:
+        return BUSYBOX_IMAGE
+    busybox_bin = shutil.which("busybox") or "/bin/busybox"
+    if not os.path.exists(busybox_bin):
+        pytest.fail("busybox-static is not installed (scripts/setup-host.sh installs it)")
+    applets = subprocess.run([busybox_bin, "--list"], capture_output=True, text=True,
+                             check=True).stdout.split()
+    with tempfile.TemporaryDirectory() as tmp:
+        tar_path = Path(tmp) / "rootfs.tar"
+        with tarfile.open(tar_path, "w") as tar:
+            tar.add(busybox_bin, arcname="bin/busybox")
+            for applet in applets:
+                if applet == "busybox":
+                    continue
+                info = tarfile.TarInfo(f"bin/{applet}")
+                info.type = tarfile.SYMTYPE
+                info.linkname = "busybox"
+                tar.addfile(info)
+            for d in ("tmp", "proc", "sys", "dev", "etc"):
+                info = tarfile.TarInfo(d)
+                info.type = tarfile.DIRTYPE
+                info.mode = 0o1777 if d == "tmp" else 0o755
+                tar.addfile(info)
+        subprocess.run(["docker", "import", "-c", "ENV PATH=/bin", str(tar_path), BUSYBOX_IMAGE],
+                       check=True, capture_output=True)
+    return BUSYBOX_IMAGE
+
+
+@dataclass
+class PylogServer:
+    """A `pylog serve` process registered with dockerd as the legacy plugin ``name``."""
+
+    name: str
+    state_dir: Path
+    log_path: Path
+    proc: subprocess.Popen[bytes] | None = None
+    extra_args: list[str] = field(default_factory=list)
+
+    @property
+    def socket(self) -> Path:
+        return PLUGIN_DIR / f"{self.name}.sock"
+
+    def start(self) -> None:
+        PLUGIN_DIR.mkdir(parents=True, exist_ok=True)
+        log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "pylog", "serve", "--socket", str(self.socket),
+             "--state-dir", str(self.state_dir), "--log-level", "debug", *self.extra_args],
+            stdout=log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"pylog serve exited: {self.log_path.read_text()[-2000:]}")
+            s = socket.socket(socket.AF_UNIX)
+            try:
+                s.connect(str(self.socket))
+                return
+            except OSError:
+                time.sleep(0.05)  # polling for the socket to appear, bounded by the deadline
+            finally:
+                s.close()
+        raise RuntimeError("pylog serve did not listen within 30 s")
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+    def container_dir(self, container_id: str) -> Path:
+        return self.state_dir / "containers" / container_id
+
+    def log_text(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+def new_server(tmp: Path, extra_args: list[str] | None = None) -> PylogServer:
+    name = f"pylogtest-{secrets.token_hex(3)}"
+    tmp.mkdir(parents=True, exist_ok=True)
+    return PylogServer(name=name, state_dir=tmp / "state", log_path=tmp / "pylog.log",
+                       extra_args=extra_args or [])
+
+
+@pytest.fixture(scope="session")
+def pylog(docker_ready: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[PylogServer]:
+    server = new_server(tmp_path_factory.mktemp("pylog"), ["--gc-interval", "1"])
+    server.start()
+    yield server
+    server.stop()
+    artifacts = os.environ.get("PYLOG_ARTIFACTS")
+    if artifacts:
+        Path(artifacts).mkdir(parents=True, exist_ok=True)
+        shutil.copy(server.log_path, Path(artifacts) / "pylog-e2e.log")
+
+
+class Containers:
+    """Runs containers and removes them at the end of the test."""
+
+    def __init__(self, image: str) -> None:
+        self.image = image
+        self.ids: list[str] = []
+
+    def create(self, driver: str, script: str, *opts: str, detach_args: tuple[str, ...] = (),
+               check: bool = True) -> subprocess.CompletedProcess[str]:
+        args = ["docker", "run", "-d", "--log-driver", driver]
+        for opt in opts:
+            args += ["--log-opt", opt]
+        args += [*detach_args, self.image, "sh", "-c", script]
+        r = subprocess.run(args, capture_output=True, text=True, timeout=120)
+        if r.returncode == 0:
+            self.ids.append(r.stdout.strip())
+        elif check:
+            raise AssertionError(f"docker run failed: {r.stderr}")
+        return r
+
+    def start(self, driver: str, script: str, *opts: str, args: tuple[str, ...] = ()) -> str:
+        return self.create(driver, script, *opts, detach_args=args).stdout.strip()
+
+    def run(self, driver: str, script: str, *opts: str, args: tuple[str, ...] = ()) -> str:
+        """Run to completion; returns the container ID."""
+        cid = self.start(driver, script, *opts, args=args)
+        wait(cid)
+        return cid
+
+    def cleanup(self) -> None:
+        if self.ids:
+            subprocess.run(["docker", "rm", "-f", *self.ids], capture_output=True, timeout=120)
+
+
+def wait(cid: str, timeout: float = 120) -> int:
+    r = subprocess.run(["docker", "wait", cid], capture_output=True, text=True, timeout=timeout)
+    assert r.returncode == 0, r.stderr
+    return int(r.stdout.strip())
+
+
+def logs(cid: str, *args: str, timeout: float = 120) -> tuple[bytes, bytes]:
+    """`docker logs` of a container: (stdout, stderr), as a user's terminal would get them."""
+    r = subprocess.run(["docker", "logs", *args, cid], capture_output=True, timeout=timeout)
+    assert r.returncode == 0, r.stderr.decode(errors="replace")
+    return r.stdout, r.stderr
+
+
+@pytest.fixture
+def containers(busybox: str) -> Iterator[Containers]:
+    c = Containers(busybox)
+    yield c
+    c.cleanup()
