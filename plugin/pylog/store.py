@@ -156,11 +156,10 @@ class ContainerLog:
         self.next_seq = seq + 1
         self.stats.rotations += 1
         keep = self.options.max_file - 1  # rotated files kept besides the current one
-        for old_seq, path in self._rotated_files():
-            if old_seq <= seq - keep:
-                _unlink(path)
-        if keep > 0 and self.options.compress:
-            self._compressor.submit(_compress, rotated)
+        # Compression and pruning run in one worker thread, in order, so a file is never pruned
+        # while it is being compressed (which would leave a stale .gz behind).
+        self._compressor.submit(_finish_rotation, self.directory, rotated,
+                                keep > 0 and self.options.compress, seq - keep)
 
     def _rotated_files(self) -> list[tuple[int, Path]]:
         found = []
@@ -229,6 +228,20 @@ class ContainerLog:
         self._wake()
 
 
+def _finish_rotation(directory: Path, rotated: Path, compress: bool, prune_upto: int) -> None:
+    """Worker thread: compress the newly rotated file, then delete rotated files <= prune_upto."""
+    if compress:
+        _compress(rotated)
+    try:
+        names = os.listdir(directory)
+    except FileNotFoundError:
+        return  # the container's logs were removed meanwhile
+    for name in names:
+        m = _ROTATED_RE.match(name)
+        if m and int(m.group(1)) <= prune_upto:
+            _unlink(directory / name)
+
+
 def _compress(path: Path) -> None:
     gz = path.with_name(path.name + ".gz")
     tmp = path.with_name(path.name + ".gz.tmp")
@@ -239,7 +252,7 @@ def _compress(path: Path) -> None:
         os.rename(tmp, gz)
         _unlink(path)
     except FileNotFoundError:
-        _unlink(tmp)  # pruned before we got to it
+        _unlink(tmp)
     except OSError as e:
         log.error("compressing %s failed, keeping it uncompressed: %s", path, e)
         _unlink(tmp)
