@@ -16,6 +16,7 @@ from .entry import DecodeError, LogEntry
 DEFAULT_MAX_FRAME = 1 << 20  # dockerd splits lines at 16 KiB, so real frames are ~16.5 KiB at most
 _BODY_PREFIXES = (b"\n\x06stdout", b"\n\x06stderr")
 _SYNC = b"\n\x06std"
+_SOURCES = ("stdout", "stderr")
 _MIN_FRAME = 8  # the source field alone
 _LEN = struct.Struct(">I")
 
@@ -72,6 +73,9 @@ class FrameDecoder:
             except DecodeError:
                 pos = self._resync(buf, pos)
                 continue
+            if entry.source not in _SOURCES:  # a later duplicate field overrode the first
+                pos = self._resync(buf, pos)
+                continue
             out.append((raw, entry))
             self._in_garbage = False
             pos += 4 + n
@@ -102,16 +106,16 @@ class FrameDecoder:
         self.stats.skipped_bytes += nxt - bad
         return nxt
 
-    def finish(self) -> int:
-        """End of stream: drop (and count) an unfinished frame; return the bytes dropped."""
-        dropped = len(self._rest)
-        if dropped:
-            if not self._in_garbage:
-                self.stats.corrupt += 1
-            self.stats.skipped_bytes += dropped
-            self._rest = b""
+    def finish(self) -> list[tuple[bytes, LogEntry]]:
+        """End of stream: an unfinished frame is corrupt (counted and skipped); return the good
+        frames that were held back behind it, e.g. after a length field that promised too much."""
+        out: list[tuple[bytes, LogEntry]] = []
+        while self._rest:
+            buf, self._rest = self._rest, b""
+            # Each pass skips at least one byte, so this ends.
+            out.extend(self.feed(buf[self._resync(buf, 0):]))
         self._in_garbage = False
-        return dropped
+        return out
 
 
 def encode_frame(entry: LogEntry) -> bytes:

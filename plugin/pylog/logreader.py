@@ -20,15 +20,13 @@ from typing import Any
 
 from .entry import DecodeError, LogEntry
 from .errors import RequestError
-from .store import ContainerLog
+from .store import ContainerLog, split_entries
 from .timefmt import parse_rfc3339_ns
 
 log = logging.getLogger(__name__)
 
 _LEN = struct.Struct(">I")
-_BODY_PREFIXES = (b"\n\x06stdout", b"\n\x06stderr")
 _READ_CHUNK = 4 << 20
-_MAX_ENTRY = 64 << 20
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,33 +51,6 @@ class ReadConfig:
             tail=tail,
             follow=follow,
         )
-
-
-def split_entries(data: bytes, start: int = 0) -> tuple[list[bytes], int]:
-    """Bodies of the whole ``[len][body][len]`` entries in ``data``; and where the rest begins.
-
-    A damaged region (a torn write from a crash) is skipped up to the next valid entry.
-    """
-    bodies: list[bytes] = []
-    pos = start
-    end = len(data)
-    unpack = _LEN.unpack_from
-    while end - pos >= 4:
-        (n,) = unpack(data, pos)
-        stop = pos + 8 + n
-        if n > _MAX_ENTRY or not data.startswith(_BODY_PREFIXES, pos + 4):
-            if end - pos - 4 < 8 and n <= _MAX_ENTRY:
-                break  # maybe the start of an entry still being written
-            pos += 1
-            continue
-        if stop > end:
-            break
-        if unpack(data, stop - 4)[0] != n:
-            pos += 1
-            continue
-        bodies.append(data[pos + 4:stop - 4])
-        pos = stop
-    return bodies, pos
 
 
 def _read_to_eof(fd: int) -> bytes:

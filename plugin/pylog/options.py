@@ -46,13 +46,13 @@ def parse_bool(name: str, value: str) -> bool:
     raise OptionError(f"invalid value {value!r} for log opt {name!r}: expected true or false")
 
 
+_INT_RE = re.compile(r"[+-]?[0-9]+")  # what Go's strconv.Atoi accepts
+
+
 def parse_positive_int(name: str, value: str) -> int:
-    try:
-        n = int(value, 10)
-    except ValueError:
-        raise OptionError(
-            f"invalid value {value!r} for log opt {name!r}: expected a whole number"
-        ) from None
+    if not _INT_RE.fullmatch(value):
+        raise OptionError(f"invalid value {value!r} for log opt {name!r}: expected a whole number")
+    n = int(value)
     if n < 1:
         raise OptionError(f"invalid value {value!r} for log opt {name!r}: must be at least 1")
     return n

@@ -117,7 +117,9 @@ class FifoStream:
         self._loop.remove_reader(self._fd)
         os.close(self._fd)
         self._fd = None
-        self.decoder.finish()
+        salvaged = self.decoder.finish()
+        if salvaged:
+            self._deliver(salvaged)
         tail = self.reassembler.flush()
         if tail:
             try:

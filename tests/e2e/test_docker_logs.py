@@ -164,6 +164,9 @@ def test_follow_ends_when_container_stops(pylog: PylogServer, containers: Contai
     assert followed[pl] == logs(pl) == logs(jf)
     assert followed[pl][0].endswith(b"f 29\nend")
     assert followed[jf][0] in (logs(jf)[0], logs(jf)[0][:-3])
+    # On a stopped container, -f returns what is stored and ends.
+    r = subprocess.run(["docker", "logs", "-f", pl], capture_output=True, timeout=60)
+    assert (r.stdout, r.stderr) == logs(pl)
 
 
 def test_follow_with_tail_gets_history_then_new_lines(

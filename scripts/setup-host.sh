@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# Make sure this Debian host has a running Docker engine (docker.io), and with --for-tests also
+# what the test suite uses (busybox-static for test images, rsyslog as a syslog peer).
+# Idempotent: installs only what is missing, starts dockerd only if it is not answering.
+set -euo pipefail
+
+SUDO=""
+if [ "$(id -u)" != 0 ]; then SUDO="sudo"; fi
+
+packages=()
+command -v dockerd >/dev/null 2>&1 || packages+=(docker.io)
+if [ "${1:-}" = "--for-tests" ]; then
+  dpkg -s busybox-static >/dev/null 2>&1 || packages+=(busybox-static)
+  command -v rsyslogd >/dev/null 2>&1 || packages+=(rsyslog)
+  python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || packages+=(python3-venv)
+fi
+if [ "${#packages[@]}" -gt 0 ]; then
+  echo "setup-host: installing ${packages[*]}"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${packages[@]}" >/dev/null
+fi
+
+if ! $SUDO docker version >/dev/null 2>&1; then
+  if command -v systemctl >/dev/null 2>&1 && systemctl is-system-running >/dev/null 2>&1; then
+    $SUDO systemctl start docker
+  else
+    echo "setup-host: starting dockerd (log: /var/log/dockerd.log)"
+    $SUDO sh -c 'nohup dockerd >>/var/log/dockerd.log 2>&1 &'
+  fi
+  for _ in $(seq 1 120); do
+    $SUDO docker version >/dev/null 2>&1 && break
+    sleep 0.5
+  done
+  if ! $SUDO docker version >/dev/null 2>&1; then
+    echo "setup-host: dockerd did not come up; the end of its log:" >&2
+    $SUDO tail -n 30 /var/log/dockerd.log >&2 || true
+    exit 1
+  fi
+fi
+echo "setup-host: dockerd $($SUDO docker version --format '{{.Server.Version}}') is running"

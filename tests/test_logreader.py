@@ -1,0 +1,536 @@
+"""ReadLogs: what ``docker logs`` sees, from the local store (tail, since/until, follow)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from pylog.entry import LogEntry
+from pylog.errors import RequestError
+from pylog.frames import FrameDecoder, encode_frame
+from pylog.logreader import ReadConfig, read_logs, render, split_entries
+from pylog.store import ContainerLog, Store, StoreOptions
+from pylog.timefmt import format_rfc3339_ns
+
+VECTORS = Path(__file__).parent / "vectors"
+CID = "cea5473d46e89ae41d5b1672731285f919468b5b251442d7092dd21e35e109d1"
+T0 = 1_795_319_769_000_000_000
+TIMEOUT = 20  # seconds; only so that a broken follower fails instead of hanging the run
+
+
+def frame(i: int, size: int = 20, source: str = "stdout") -> bytes:
+    line = (b"%06d " % i).ljust(size, b"x")[:size]
+    return encode_frame(LogEntry(source=source, time_nano=T0 + i, line=line))
+
+
+def line_of(i: int, size: int = 20) -> bytes:
+    return (b"%06d " % i).ljust(size, b"x")[:size] + b"\n"
+
+
+STORED_LEN = len(frame(0)) + 4
+
+
+def stored(raw_frames: list[bytes]) -> bytes:
+    """Frames in the store's file format."""
+    return b"".join(raw + raw[:4] for raw in raw_frames)
+
+
+def vector_frames(name: str) -> list[bytes]:
+    return [raw for raw, _ in FrameDecoder().feed((VECTORS / f"{name}.fifo.bin").read_bytes())]
+
+
+def decode_output(data: bytes) -> list[LogEntry]:
+    """The frames dockerd reads back: whole, with a valid source and nothing but the 3 fields."""
+    dec = FrameDecoder()
+    entries = [e for _, e in dec.feed(data)]
+    assert dec.pending_bytes == 0 and dec.stats.corrupt == 0
+    for e in entries:
+        assert e.source in ("stdout", "stderr")
+        assert not e.partial and not e.HasField("partial_log_metadata")
+    return entries
+
+
+def numbers(entries: list[LogEntry]) -> list[int]:
+    return [e.time_nano - T0 for e in entries]
+
+
+async def read_all(clog: ContainerLog, **cfg) -> list[LogEntry]:
+    out = b""
+    async for batch in read_logs(clog, ReadConfig(**cfg)):
+        assert batch
+        out += batch
+    return decode_output(out)
+
+
+def drain(executor: ThreadPoolExecutor) -> None:
+    executor.submit(lambda: None).result(timeout=30)
+
+
+@pytest.fixture
+def executor():
+    ex = ThreadPoolExecutor(max_workers=1, thread_name_prefix="test-compress")
+    yield ex
+    ex.shutdown(wait=True)
+
+
+@pytest.fixture
+def store(tmp_path, executor):
+    s = Store(tmp_path, executor)
+    yield s
+    s.close()
+
+
+def open_log(store: Store, per_file: int = 1000, max_file: int = 100,
+             compress: bool = True) -> ContainerLog:
+    return store.open(CID, StoreOptions(max_size=per_file * STORED_LEN, max_file=max_file,
+                                        compress=compress))
+
+
+# ------------------------------------------------------------------ newlines and vectors
+
+
+async def test_lines_get_a_newline_unless_the_output_ended_without_one(store):
+    clog = store.open(CID, StoreOptions())
+    frames = vector_frames("basic")
+    clog.append(frames)
+    entries = await read_all(clog)
+    assert [(e.source, e.line) for e in entries] == [
+        ("stderr", b"hello stderr\n"),
+        ("stdout", b"hello stdout\n"),
+        ("stdout", b"no newline at end"),
+    ]
+    originals = [e for _, e in FrameDecoder().feed(b"".join(frames))]
+    assert [e.time_nano for e in entries] == [e.time_nano for e in originals]
+
+
+async def test_split_line_reads_back_as_one_line_then_the_next(store):
+    clog = store.open(CID, StoreOptions())
+    clog.append(vector_frames("longline"))
+    entries = await read_all(clog)
+    assert b"".join(e.line for e in entries) == b"a" * 40000 + b"\n" + b"after\n"
+    assert [len(e.line) for e in entries] == [16384, 16384, 7233, 6]
+
+
+@pytest.mark.parametrize("name,expected", [
+    ("binary", [b"bad utf8: \xff\xfe end\n", b"tab\tand\rcr\n", b"\n",
+                "emoji \U0001f433\n".encode()]),
+    ("tty", [b"tty line\r\n", b"tty2\r\n"]),
+    ("hostns", [b"shares host pid net uts\n"]),
+])
+async def test_vectors_read_back_byte_for_byte(store, name, expected):
+    clog = store.open(CID, StoreOptions())
+    clog.append(vector_frames(name))
+    assert [e.line for e in await read_all(clog)] == expected
+
+
+async def test_empty_log_reads_nothing(store):
+    clog = store.open(CID, StoreOptions())
+    assert await read_all(clog) == []
+    assert await read_all(clog, tail=5) == []
+
+
+# ------------------------------------------------------------------ tail
+
+
+@pytest.mark.parametrize("compress", [True, False])
+async def test_tail_across_rotated_files(store, executor, compress):
+    clog = open_log(store, per_file=3, max_file=20, compress=compress)
+    for i in range(25):
+        clog.append([frame(i)])
+    drain(executor)
+    names = os.listdir(clog.directory)
+    assert len(names) == 9
+    assert any(n.endswith(".gz") for n in names) == compress
+    assert numbers(await read_all(clog)) == list(range(25))
+    assert numbers(await read_all(clog, tail=-1)) == list(range(25))
+    assert await read_all(clog, tail=0) == []
+    for n in [1, 2, 3, 4, 5, 6, 7, 10, 22, 24, 25, 26, 1000]:
+        entries = await read_all(clog, tail=n)
+        assert numbers(entries) == list(range(max(0, 25 - n), 25)), n
+        assert [e.line for e in entries] == [line_of(i) for i in numbers(entries)]
+
+
+async def test_tail_after_pruning_gives_what_is_left(store, executor):
+    clog = open_log(store, per_file=2, max_file=3)
+    clog.append([frame(i) for i in range(11)])
+    drain(executor)
+    assert numbers(await read_all(clog)) == [6, 7, 8, 9, 10]
+    assert numbers(await read_all(clog, tail=100)) == [6, 7, 8, 9, 10]
+    assert numbers(await read_all(clog, tail=4)) == [7, 8, 9, 10]
+
+
+async def test_tail_counts_chunks_of_a_split_line_as_entries(store):
+    clog = store.open(CID, StoreOptions())
+    clog.append(vector_frames("longline"))
+    assert [e.line for e in await read_all(clog, tail=2)] == [b"a" * 7232 + b"\n", b"after\n"]
+
+
+async def test_damaged_compressed_file_is_skipped(store, executor):
+    clog = open_log(store, per_file=2, max_file=10)
+    clog.append([frame(i) for i in range(7)])
+    drain(executor)
+    bad = clog.directory / "container.log.2.gz"
+    bad.write_bytes(b"this is not gzip")
+    assert numbers(await read_all(clog)) == [0, 1, 4, 5, 6]
+
+
+# ------------------------------------------------------------------ since / until
+
+
+def ts(i: int) -> int:
+    return T0 + i
+
+
+@pytest.mark.parametrize("cfg,expected", [
+    (dict(since=ts(5)), list(range(5, 10))),
+    (dict(since=ts(5) + 1), list(range(6, 10))),
+    (dict(until=ts(5)), list(range(0, 6))),
+    (dict(until=ts(5) - 1), list(range(0, 5))),
+    (dict(since=ts(3), until=ts(6)), [3, 4, 5, 6]),
+    (dict(since=ts(6), until=ts(6)), [6]),
+    (dict(since=ts(7), until=ts(6)), []),
+    (dict(since=ts(100)), []),
+    (dict(until=ts(-1)), []),
+    # Tail first, then since/until, as json-file does.
+    (dict(tail=3, since=ts(5)), [7, 8, 9]),
+    (dict(tail=8, since=ts(5)), [5, 6, 7, 8, 9]),
+    (dict(tail=3, until=ts(8)), [7, 8]),
+    (dict(tail=3, until=ts(5)), []),
+    (dict(tail=6, since=ts(4), until=ts(6)), [4, 5, 6]),
+    (dict(tail=0, since=ts(0)), []),
+])
+@pytest.mark.parametrize("per_file", [2, 1000])
+async def test_since_and_until_are_inclusive(store, executor, cfg, expected, per_file):
+    clog = open_log(store, per_file=per_file)
+    clog.append([frame(i) for i in range(10)])
+    drain(executor)
+    assert numbers(await read_all(clog, **cfg)) == expected
+
+
+def test_read_config_from_request():
+    cfg = ReadConfig.from_request({
+        "Since": format_rfc3339_ns(ts(1)), "Until": "0001-01-01T00:00:00Z",
+        "Tail": 7, "Follow": True,
+    })
+    assert cfg == ReadConfig(since=ts(1), until=None, tail=7, follow=True)
+    assert ReadConfig.from_request(None) == ReadConfig(since=None, until=None, tail=-1,
+                                                       follow=False)
+    assert ReadConfig.from_request({"Since": "2026-11-22T04:56:09.5+01:00"}).since == (
+        1_795_319_769_500_000_000)
+
+
+@pytest.mark.parametrize("config", [
+    {"Tail": "5"}, {"Tail": True}, {"Tail": 1.5}, {"Follow": "true"}, {"Follow": 1},
+    {"Since": "yesterday"}, {"Until": "2026-11-22"},
+])
+def test_read_config_rejects_malformed_requests(config):
+    with pytest.raises(RequestError):
+        ReadConfig.from_request(config)
+
+
+def test_render_stops_at_the_first_entry_after_until():
+    bodies = [frame(i)[4:] for i in (1, 2, 9, 3)]
+    out, stop = render(bodies, ReadConfig(until=ts(5)))
+    assert stop is True
+    assert numbers(decode_output(out)) == [1, 2]
+    out, stop = render(bodies, ReadConfig())
+    assert stop is False
+    assert numbers(decode_output(out)) == [1, 2, 9, 3]
+
+
+# ------------------------------------------------------------------ split_entries
+
+
+def test_split_entries_whole_data():
+    frames = [frame(i) for i in range(5)]
+    data = stored(frames)
+    bodies, used = split_entries(data)
+    assert bodies == [f[4:] for f in frames]
+    assert used == len(data)
+
+
+def test_split_entries_stops_before_an_unfinished_entry():
+    frames = [frame(i) for i in range(3)]
+    data = stored(frames)
+    for cut in range(1, STORED_LEN):
+        bodies, used = split_entries(data[:-cut])
+        assert bodies == [f[4:] for f in frames[:2]], cut
+        assert used == 2 * STORED_LEN, cut
+
+
+def test_split_entries_from_an_offset():
+    frames = [frame(i) for i in range(3)]
+    bodies, used = split_entries(stored(frames), STORED_LEN)
+    assert bodies == [f[4:] for f in frames[1:]]
+    assert used == 3 * STORED_LEN
+
+
+@pytest.mark.parametrize("damage", [
+    b"\x00",
+    b"garbage bytes",
+    b"\x00\x00\x00\x08\n\x06stdout",  # a header and body without the trailing length
+    b"\x00\x00\x00\x08\n\x06stdout\x00\x00\x00\x09",  # a trailing length that does not match
+    stored([frame(99)])[:30],  # a torn write: the start of an entry
+    stored([frame(99)])[5:],  # the end of an entry
+])
+def test_split_entries_skips_a_damaged_region(damage):
+    before, after = [frame(0), frame(1)], [frame(2), frame(3)]
+    data = stored(before) + damage + stored(after)
+    bodies, used = split_entries(data)
+    assert bodies == [f[4:] for f in before + after]
+    assert used == len(data)
+
+
+def test_split_entries_skips_a_torn_long_entry():
+    torn = stored([frame(99, size=5000)])[:100]
+    data = stored([frame(0)]) + torn + stored([frame(1), frame(2)])
+    bodies, used = split_entries(data)
+    assert bodies == [frame(0)[4:], frame(1)[4:], frame(2)[4:]]
+    assert used == len(data)
+
+
+async def test_torn_write_from_a_crash_is_skipped_by_docker_logs(tmp_path, executor):
+    d = tmp_path / "containers" / CID
+    d.mkdir(parents=True)
+    (d / "container.log").write_bytes(stored([frame(0)]) + stored([frame(99)])[:30])
+    s = Store(tmp_path, executor)  # the plugin after the crash
+    try:
+        clog = s.open(CID, StoreOptions())
+        clog.append([frame(1), frame(2)])
+        assert numbers(await read_all(clog)) == [0, 1, 2]
+        assert numbers(await read_all(clog, tail=2)) == [1, 2]
+    finally:
+        s.close()
+
+
+async def test_torn_long_entry_from_a_crash_is_skipped_by_docker_logs(tmp_path, executor):
+    d = tmp_path / "containers" / CID
+    d.mkdir(parents=True)
+    (d / "container.log").write_bytes(stored([frame(0)]) + stored([frame(99, size=16384)])[:500])
+    s = Store(tmp_path, executor)
+    try:
+        clog = s.open(CID, StoreOptions())
+        clog.append([frame(1), frame(2)])
+        assert numbers(await read_all(clog)) == [0, 1, 2]
+    finally:
+        s.close()
+
+
+# ------------------------------------------------------------------ follow
+
+
+class Follower:
+    """Runs read_logs(follow=True) in a task and collects what it yields."""
+
+    def __init__(self, clog: ContainerLog, **cfg) -> None:
+        self.entries: list[LogEntry] = []
+        self._decoder = FrameDecoder()
+        self._cond = asyncio.Condition()
+        self.task = asyncio.create_task(self._run(clog, ReadConfig(follow=True, **cfg)))
+
+    async def _run(self, clog: ContainerLog, cfg: ReadConfig) -> None:
+        try:
+            async for batch in read_logs(clog, cfg):
+                new = [e for _, e in self._decoder.feed(batch)]
+                async with self._cond:
+                    self.entries += new
+                    self._cond.notify_all()
+        finally:
+            async with self._cond:
+                self._cond.notify_all()
+
+    async def wait_count(self, n: int) -> None:
+        async def wait() -> None:
+            async with self._cond:
+                await self._cond.wait_for(lambda: len(self.entries) >= n or self.task.done())
+        await asyncio.wait_for(wait(), TIMEOUT)
+        if self.task.done():
+            self.task.result()  # surface an exception
+        assert len(self.entries) >= n, numbers(self.entries)
+
+    async def end(self, clog: ContainerLog) -> list[int]:
+        """The container stops logging: the follower must finish by itself."""
+        clog.writers = 0
+        clog.wake()
+        await asyncio.wait_for(self.task, TIMEOUT)
+        assert self._decoder.pending_bytes == 0 and self._decoder.stats.corrupt == 0
+        decode_output(b"".join(encode_frame(e) for e in self.entries))
+        return numbers(self.entries)
+
+
+async def test_follow_without_a_writer_ends_after_the_history(store):
+    clog = open_log(store)
+    clog.append([frame(i) for i in range(3)])
+    assert clog.writers == 0
+    f = Follower(clog)
+    await asyncio.wait_for(f.task, TIMEOUT)
+    assert numbers(f.entries) == [0, 1, 2]
+
+
+async def test_follow_streams_new_entries_until_logging_stops(store):
+    clog = open_log(store)
+    clog.writers = 1
+    clog.append([frame(i) for i in range(3)])
+    f = Follower(clog)
+    await f.wait_count(3)
+    clog.append([frame(3)])
+    await f.wait_count(4)
+    clog.append([frame(4), frame(5)])
+    clog.append([frame(6)])
+    await f.wait_count(7)
+    assert not f.task.done()
+    assert await f.end(clog) == list(range(7))
+    assert [e.line for e in f.entries] == [line_of(i) for i in range(7)]
+
+
+async def test_follow_ends_on_stop_with_nothing_new(store):
+    clog = open_log(store)
+    clog.writers = 1
+    f = Follower(clog)
+    for _ in range(5):
+        await asyncio.sleep(0)
+    assert not f.task.done()
+    assert await f.end(clog) == []
+
+
+async def test_entries_appended_right_before_stop_are_not_lost(store):
+    clog = open_log(store, per_file=4, max_file=50)
+    clog.writers = 1
+    f = Follower(clog)
+    await asyncio.sleep(0)
+    clog.append([frame(i) for i in range(10)])  # rotates twice, then logging stops at once
+    assert await f.end(clog) == list(range(10))
+
+
+@pytest.mark.parametrize("compress", [True, False])
+async def test_follow_across_rotations_gets_every_entry_exactly_once(store, executor, compress):
+    clog = open_log(store, per_file=3, max_file=50, compress=compress)
+    clog.writers = 1
+    clog.append([frame(i) for i in range(5)])
+    f = Follower(clog)
+    await f.wait_count(5)
+    n = 5
+    for batch in [1, 1, 2, 3, 1, 7, 1, 1, 1, 12, 2]:
+        clog.append([frame(i) for i in range(n, n + batch)])
+        n += batch
+        await f.wait_count(n)
+    drain(executor)
+    assert clog.stats.rotations >= 8
+    assert await f.end(clog) == list(range(n))
+    assert [e.line for e in f.entries] == [line_of(i) for i in range(n)]
+
+
+async def test_follow_catches_up_over_several_rotations_and_compressed_files(store, executor):
+    clog = open_log(store, per_file=2, max_file=50, compress=True)
+    clog.writers = 1
+    clog.append([frame(0)])
+    f = Follower(clog)
+    await f.wait_count(1)
+    # Several rotations before the follower runs again, and the rotated files are already
+    # compressed (drain() blocks the loop until the worker is done) when it does.
+    clog.append([frame(i) for i in range(1, 12)])
+    drain(executor)
+    assert sum(n.endswith(".gz") for n in os.listdir(clog.directory)) == 5
+    assert numbers(f.entries) == [0]
+    await f.wait_count(12)
+    clog.append([frame(12)])
+    assert await f.end(clog) == list(range(13))
+
+
+async def test_rotation_while_the_history_is_being_read(store, executor):
+    clog = open_log(store, per_file=3, max_file=50, compress=True)
+    clog.writers = 1
+    clog.append([frame(i) for i in range(8)])
+    drain(executor)
+    taken = asyncio.Event()
+    snapshot = clog.snapshot
+
+    def snapshot_and_tell():
+        snap = snapshot()
+        taken.set()
+        return snap
+
+    clog.snapshot = snapshot_and_tell
+    f = Follower(clog)
+    await taken.wait()  # the follower holds its snapshot and is reading the history in a thread
+    assert f.entries == [] and not f.task.done()
+    clog.append([frame(i) for i in range(8, 20)])  # four rotations meanwhile
+    await f.wait_count(20)
+    clog.append([frame(20)])
+    assert await f.end(clog) == list(range(21))
+
+
+@pytest.mark.parametrize("tail,history", [(0, []), (2, [3, 4]), (100, [0, 1, 2, 3, 4])])
+async def test_follow_with_tail(store, tail, history):
+    clog = open_log(store, per_file=2)
+    clog.writers = 1
+    clog.append([frame(i) for i in range(5)])
+    f = Follower(clog, tail=tail)
+    await f.wait_count(len(history))
+    clog.append([frame(5), frame(6)])
+    await f.wait_count(len(history) + 2)
+    assert await f.end(clog) == history + [5, 6]
+
+
+async def test_follow_with_tail_zero_after_the_snapshot(store):
+    clog = open_log(store, per_file=2)
+    clog.writers = 1
+    clog.append([frame(i) for i in range(3)])
+    f = Follower(clog, tail=0)
+    await asyncio.sleep(0)
+    clog.append([frame(3)])
+    await f.wait_count(1)
+    assert await f.end(clog) == [3]
+
+
+async def test_follow_with_since_filters_new_entries_too(store):
+    clog = open_log(store)
+    clog.writers = 1
+    clog.append([frame(i) for i in range(3)])
+    f = Follower(clog, since=ts(2))
+    await f.wait_count(1)
+    clog.append([frame(1), frame(5)])  # an entry with an older timestamp arrives late
+    await f.wait_count(2)
+    assert await f.end(clog) == [2, 5]
+
+
+async def test_follow_ends_at_the_first_entry_after_until(store):
+    clog = open_log(store)
+    clog.writers = 1
+    clog.append([frame(i) for i in range(3)])
+    f = Follower(clog, until=ts(4))
+    await f.wait_count(3)
+    clog.append([frame(3), frame(4), frame(5), frame(6)])
+    await asyncio.wait_for(f.task, TIMEOUT)  # ends although the container still logs
+    assert numbers(f.entries) == [0, 1, 2, 3, 4]
+    assert clog.writers == 1
+
+
+async def test_two_followers_each_get_everything(store):
+    clog = open_log(store, per_file=3)
+    clog.writers = 1
+    f1, f2 = Follower(clog), Follower(clog, tail=0)
+    await asyncio.sleep(0)
+    for i in range(10):
+        clog.append([frame(i)])
+        await f1.wait_count(i + 1)
+        await f2.wait_count(i + 1)
+    clog.writers = 0
+    clog.wake()
+    await asyncio.wait_for(asyncio.gather(f1.task, f2.task), TIMEOUT)
+    assert numbers(f1.entries) == numbers(f2.entries) == list(range(10))
+
+
+async def test_follower_going_away_releases_its_waiter(store):
+    clog = open_log(store)
+    clog.writers = 1
+    clog.append([frame(0)])
+    gen = read_logs(clog, ReadConfig(follow=True))
+    assert numbers(decode_output(await gen.__anext__())) == [0]
+    await gen.aclose()  # dockerd closed the connection
+    clog.writers = 0
+    assert clog.idle
