@@ -48,7 +48,10 @@ async def serve(args: argparse.Namespace) -> int:
     driver = Driver(Path(args.state_dir), fifo_dir=args.fifo_dir, docker=docker,
                     gc_interval=args.gc_interval)
     await driver.start()
-    runner = web.AppRunner(make_app(driver), access_log=None, handle_signals=False)
+    # handler_cancellation: when `docker logs -f` goes away dockerd closes the connection, and
+    # the follower must end then (freeing its files), not when the container stops.
+    runner = web.AppRunner(make_app(driver), access_log=None, handle_signals=False,
+                           handler_cancellation=True)
     await runner.setup()
     old_umask = os.umask(0o177)  # the socket is root-only (0600) from the moment it exists
     try:

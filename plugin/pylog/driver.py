@@ -106,7 +106,8 @@ class Driver:
         att = Attachment(file=fifo, info=info, options=options, container_id=container_id,
                          clog=clog)
         stream = FifoStream(fifo, lambda frames, lines: self._on_batch(att, frames, lines),
-                            lambda: self._on_end(att))
+                            lambda: self._on_end(att),
+                            wants_lines=lambda: bool(self.line_consumers))
         try:
             stream.start()
         except OSError as e:
@@ -178,8 +179,8 @@ class Driver:
         att.clog.writers -= 1
         att.clog.wake()
         stats = att.stream.decoder.stats if att.stream else None
-        log.info("detached %s (%s): %d lines, %d corrupt frames skipped", att.container_name,
-                 att.container_id[:12], att.lines, stats.corrupt if stats else 0)
+        log.info("detached %s (%s): %d entries, %d corrupt frames skipped", att.container_name,
+                 att.container_id[:12], stats.frames if stats else 0, stats.corrupt if stats else 0)
         self.store.release(att.container_id)
 
     # ----------------------------------------------------------------- housekeeping

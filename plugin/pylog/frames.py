@@ -52,6 +52,7 @@ class FrameDecoder:
         pos = 0
         end = len(buf)
         unpack = _LEN.unpack_from
+        from_string = LogEntry.FromString
         max_frame = self.max_frame
         while end - pos >= 4:
             (n,) = unpack(buf, pos)
@@ -67,9 +68,8 @@ class FrameDecoder:
             if avail < n:
                 break
             raw = buf[pos:pos + 4 + n]
-            entry = LogEntry()
             try:
-                entry.ParseFromString(raw[4:])
+                entry = from_string(raw[4:])
             except DecodeError:
                 pos = self._resync(buf, pos)
                 continue

@@ -45,8 +45,11 @@ class FifoStream:
     """
 
     def __init__(self, path: str, on_batch: FramesCallback, on_end: Callable[[], None],
-                 max_frame: int = DEFAULT_MAX_FRAME, max_line: int = DEFAULT_MAX_LINE) -> None:
+                 max_frame: int = DEFAULT_MAX_FRAME, max_line: int = DEFAULT_MAX_LINE,
+                 wants_lines: Callable[[], bool] = lambda: True) -> None:
         self.path = path
+        # Reassembly costs ~1 us a line: skipped while nobody consumes lines (store only).
+        self.wants_lines = wants_lines
         self.decoder = FrameDecoder(max_frame)
         self.reassembler = Reassembler(max_line)
         self.stats = StreamStats()
@@ -99,12 +102,13 @@ class FifoStream:
             self._finish()
 
     def _deliver(self, frames: list[tuple[bytes, LogEntry]]) -> None:
-        push = self.reassembler.push
         lines = []
-        for _raw, entry in frames:
-            line = push(entry)
-            if line is not None:
-                lines.append(line)
+        if self.wants_lines():
+            push = self.reassembler.push
+            for _raw, entry in frames:
+                line = push(entry)
+                if line is not None:
+                    lines.append(line)
         try:
             self._on_batch(frames, lines)
         except Exception:  # a consumer bug must not end the stream

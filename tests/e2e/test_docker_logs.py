@@ -239,3 +239,28 @@ def test_store_is_per_container_and_removed_with_the_container(
     while store.exists() and time.monotonic() < deadline:
         time.sleep(0.1)  # the GC runs every second in this test server; poll with a deadline
     assert not store.exists(), "the store of a removed container was not deleted"
+
+
+def test_abandoned_follow_frees_its_resources(pylog: PylogServer, containers: Containers) -> None:
+    """Ctrl-C on `docker logs -f` of a long-running container leaves nothing open in pylog.
+
+    dockerd notices that its reader went away only when the next entry arrives (it sits in a
+    blocking decode until then), so the container here logs a tick every 0.1 s.
+    """
+    psutil = pytest.importorskip("psutil")
+    assert pylog.proc is not None
+    proc = psutil.Process(pylog.proc.pid)
+    cid = containers.start(pylog.name, "echo up; while true; do echo tick; usleep 100000; done")
+    logs(cid)
+    base = proc.num_fds()
+    for _ in range(5):
+        follow = subprocess.Popen(["docker", "logs", "-f", "--tail", "1", cid],
+                                  stdout=subprocess.PIPE)
+        assert follow.stdout is not None
+        assert follow.stdout.readline() in (b"up\n", b"tick\n")
+        follow.kill()
+        follow.wait()
+    deadline = time.monotonic() + 30
+    while proc.num_fds() > base and time.monotonic() < deadline:
+        time.sleep(0.05)  # dockerd closes the connections asynchronously; poll, bounded
+    assert proc.num_fds() <= base, "abandoned followers left files or sockets open"
