@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from .docker_api import DockerAPI
-from .entry import LogEntry
+from .frames import Chunk
 from .errors import RequestError, UnknownContainerError
 from .logreader import ReadConfig, read_logs
 from .options import LogOptions, parse_log_options
@@ -105,7 +105,7 @@ class Driver:
             compress=options["compress"]))
         att = Attachment(file=fifo, info=info, options=options, container_id=container_id,
                          clog=clog)
-        stream = FifoStream(fifo, lambda frames, lines: self._on_batch(att, frames, lines),
+        stream = FifoStream(fifo, lambda chunk, lines: self._on_batch(att, chunk, lines),
                             lambda: self._on_end(att),
                             wants_lines=lambda: bool(self.line_consumers))
         try:
@@ -165,10 +165,9 @@ class Driver:
 
     # ----------------------------------------------------------------- the hot path
 
-    def _on_batch(self, att: Attachment, frames: list[tuple[bytes, LogEntry]],
-                  lines: list[Line]) -> None:
-        if frames:
-            att.clog.append(raw for raw, _ in frames)
+    def _on_batch(self, att: Attachment, chunk: Chunk, lines: list[Line]) -> None:
+        if chunk.runs:
+            att.clog.append(chunk.data, chunk.runs)
         if lines:
             att.lines += len(lines)
             for consumer in self.line_consumers:

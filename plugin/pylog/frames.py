@@ -1,5 +1,6 @@
 """The FIFO wire format: 4-byte big-endian length + protobuf ``LogEntry``, decoded incrementally.
 
+The same format is the store's file format, so this decoder reads both.
 Sans-IO: :class:`FrameDecoder` is fed bytes and returns whole frames, so it is tested on the
 captured vectors and fuzzed without a pipe. A frame whose length is implausible or whose body is
 not a LogEntry is skipped and counted, and the decoder resyncs on the next plausible frame start
@@ -9,7 +10,7 @@ not a LogEntry is skipped and counted, and the decoder resyncs on the next plaus
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from .entry import DecodeError, LogEntry
 
@@ -28,12 +29,33 @@ class DecodeStats:
     skipped_bytes: int = 0
 
 
-class FrameDecoder:
-    """Turns a byte stream into ``(raw_frame, LogEntry)`` pairs; never raises on bad input.
+@dataclass(slots=True)
+class Chunk:
+    """What one ``feed`` decoded: the entries, and where their frames lie in ``data``.
 
-    ``raw_frame`` is the frame exactly as read (length prefix included), so the store can keep
-    it without re-encoding.
+    ``runs`` are ``[start, end)`` byte ranges of ``data`` that hold only whole, valid frames, in
+    order (adjacent frames coalesced), so the store keeps a chunk of the FIFO with one write and
+    no per-line copies; ``entries`` are the same frames decoded.
     """
+
+    data: bytes = b""
+    runs: list[tuple[int, int]] = field(default_factory=list)
+    entries: list[LogEntry] = field(default_factory=list)
+
+    def frames(self) -> list[bytes]:
+        """Each valid frame's bytes (length prefix included), e.g. for tests and tools."""
+        out = []
+        for start, end in self.runs:
+            pos = start
+            while pos < end:
+                (n,) = _LEN.unpack_from(self.data, pos)
+                out.append(self.data[pos:pos + 4 + n])
+                pos += 4 + n
+        return out
+
+
+class FrameDecoder:
+    """Turns a byte stream into LogEntry messages; never raises on bad input."""
 
     def __init__(self, max_frame: int = DEFAULT_MAX_FRAME) -> None:
         self.max_frame = max_frame
@@ -46,9 +68,11 @@ class FrameDecoder:
         """Bytes held back as the start of an unfinished frame."""
         return len(self._rest)
 
-    def feed(self, data: bytes) -> list[tuple[bytes, LogEntry]]:
+    def feed(self, data: bytes) -> Chunk:
         buf = self._rest + data if self._rest else data
-        out: list[tuple[bytes, LogEntry]] = []
+        entries: list[LogEntry] = []
+        runs: list[tuple[int, int]] = []
+        run_start = run_end = 0
         pos = 0
         end = len(buf)
         unpack = _LEN.unpack_from
@@ -67,21 +91,27 @@ class FrameDecoder:
                 continue
             if avail < n:
                 break
-            raw = buf[pos:pos + 4 + n]
+            stop = pos + 4 + n
             try:
-                entry = from_string(raw[4:])
+                entry = from_string(buf[pos + 4:stop])
             except DecodeError:
                 pos = self._resync(buf, pos)
                 continue
             if entry.source not in _SOURCES:  # a later duplicate field overrode the first
                 pos = self._resync(buf, pos)
                 continue
-            out.append((raw, entry))
+            entries.append(entry)
             self._in_garbage = False
-            pos += 4 + n
+            if pos != run_end:
+                if run_end > run_start:
+                    runs.append((run_start, run_end))
+                run_start = pos
+            run_end = pos = stop
+        if run_end > run_start:
+            runs.append((run_start, run_end))
         self._rest = buf[pos:]
-        self.stats.frames += len(out)
-        return out
+        self.stats.frames += len(entries)
+        return Chunk(buf, runs, entries)
 
     def _resync(self, buf: bytes, bad: int) -> int:
         """Skip a corrupt frame at ``bad``: return where the next plausible frame starts."""
@@ -106,16 +136,27 @@ class FrameDecoder:
         self.stats.skipped_bytes += nxt - bad
         return nxt
 
-    def finish(self) -> list[tuple[bytes, LogEntry]]:
+    def finish(self) -> list[Chunk]:
         """End of stream: an unfinished frame is corrupt (counted and skipped); return the good
         frames that were held back behind it, e.g. after a length field that promised too much."""
-        out: list[tuple[bytes, LogEntry]] = []
+        out: list[Chunk] = []
         while self._rest:
             buf, self._rest = self._rest, b""
             # Each pass skips at least one byte, so this ends.
-            out.extend(self.feed(buf[self._resync(buf, 0):]))
+            chunk = self.feed(buf[self._resync(buf, 0):])
+            if chunk.entries:
+                out.append(chunk)
         self._in_garbage = False
         return out
+
+
+def decode_all(data: bytes, max_frame: int = DEFAULT_MAX_FRAME) -> list[LogEntry]:
+    """Every valid entry of a complete byte string (a stored file, a captured stream)."""
+    dec = FrameDecoder(max_frame)
+    entries = dec.feed(data).entries
+    for chunk in dec.finish():
+        entries += chunk.entries
+    return entries
 
 
 def encode_frame(entry: LogEntry) -> bytes:

@@ -18,15 +18,17 @@ from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from .entry import DecodeError, LogEntry
+from .entry import LogEntry
 from .errors import RequestError
-from .store import ContainerLog, split_entries
+from .frames import FrameDecoder, decode_all
+from .store import ContainerLog
 from .timefmt import parse_rfc3339_ns
 
 log = logging.getLogger(__name__)
 
 _LEN = struct.Struct(">I")
 _READ_CHUNK = 4 << 20
+MAX_STORED_FRAME = 64 << 20  # what the store may hold (frames are capped lower on the FIFO)
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,17 +75,12 @@ def _read_file(fd: int, is_gzip: bool) -> bytes:
     return data
 
 
-def render(bodies: list[bytes], cfg: ReadConfig) -> tuple[bytes, bool]:
-    """Frames for dockerd from stored bodies; True as second value once past ``until``."""
+def render(entries: list[LogEntry], cfg: ReadConfig) -> tuple[bytes, bool]:
+    """Frames for dockerd from stored entries; True as second value once past ``until``."""
     out: list[bytes] = []
     since, until = cfg.since, cfg.until
     pack = _LEN.pack
-    for body in bodies:
-        entry = LogEntry()
-        try:
-            entry.ParseFromString(body)
-        except DecodeError:
-            continue
+    for entry in entries:
         t = entry.time_nano
         if since is not None and t < since:
             continue
@@ -100,20 +97,21 @@ def render(bodies: list[bytes], cfg: ReadConfig) -> tuple[bytes, bool]:
     return b"".join(out), False
 
 
-def _tail_bodies(snapshot_files: list[tuple[int, bool]], current_data: bytes, n: int) -> list[bytes]:
-    """The last ``n`` entries over the rotated files (oldest first) and the current file's data."""
-    picked: list[list[bytes]] = []
-    need = n
-    bodies, _ = split_entries(current_data)
-    picked.append(bodies[-need:])
-    need -= len(picked[-1])
-    for fd, is_gz in reversed(snapshot_files):
+def _decode(data: bytes) -> list[LogEntry]:
+    return decode_all(data, MAX_STORED_FRAME)
+
+
+def _tail_entries(files: list[tuple[int, bool]], current: list[LogEntry], n: int) -> list[LogEntry]:
+    """The last ``n`` entries over the rotated files (oldest first) and the current file's."""
+    picked = [current[-n:]]
+    need = n - len(picked[0])
+    for fd, is_gz in reversed(files):
         if need <= 0:
             break
-        bodies, _ = split_entries(_read_file(fd, is_gz))
-        picked.append(bodies[-need:] if need < len(bodies) else bodies)
+        entries = _decode(_read_file(fd, is_gz))
+        picked.append(entries[-need:] if need < len(entries) else entries)
         need -= len(picked[-1])
-    return [b for group in reversed(picked) for b in group]
+    return [e for group in reversed(picked) for e in group]
 
 
 async def read_logs(clog: ContainerLog, cfg: ReadConfig) -> AsyncIterator[bytes]:
@@ -121,7 +119,9 @@ async def read_logs(clog: ContainerLog, cfg: ReadConfig) -> AsyncIterator[bytes]
     snap = clog.snapshot()
     waiter = clog.waiter() if cfg.follow and clog.writers > 0 else None
     try:
-        pending = b""
+        # The current file is decoded incrementally: what a concurrent write has only half
+        # written yet stays in the decoder until the follow loop reads the rest.
+        current = FrameDecoder(MAX_STORED_FRAME)
         cur = snap.current
         if cfg.tail < 0:
             for _seq, fd, is_gz in snap.rotated:
@@ -133,31 +133,29 @@ async def read_logs(clog: ContainerLog, cfg: ReadConfig) -> AsyncIterator[bytes]
                     return
             if cur is not None:
                 data = await asyncio.to_thread(_read_to_eof, cur)
-                bodies, used = split_entries(data)
-                pending = data[used:]
-                out, stop = await asyncio.to_thread(render, bodies, cfg)
+                entries = current.feed(data).entries
+                out, stop = await asyncio.to_thread(render, entries, cfg)
                 if out:
                     yield out
                 if stop:
                     return
         elif cfg.tail > 0:
-            current_data = await asyncio.to_thread(_read_to_eof, cur) if cur is not None else b""
-            _, used = split_entries(current_data)
-            pending = current_data[used:]
+            data = await asyncio.to_thread(_read_to_eof, cur) if cur is not None else b""
+            entries = current.feed(data).entries
             files = [(fd, gz) for _s, fd, gz in snap.rotated]
-            bodies = await asyncio.to_thread(_tail_bodies, files, current_data[:used], cfg.tail)
-            out, stop = await asyncio.to_thread(render, bodies, cfg)
+            picked = await asyncio.to_thread(_tail_entries, files, entries, cfg.tail)
+            out, stop = await asyncio.to_thread(render, picked, cfg)
             if out:
                 yield out
             if stop:
                 return
         elif cur is not None:
             # Tail 0: no history. Nothing is written while we run here on the loop thread, so the
-            # end of the file is an entry boundary.
+            # end of the file is a frame boundary.
             os.lseek(cur, 0, os.SEEK_END)
         if waiter is None:
             return
-        async for out in _follow(clog, cfg, waiter, snap.current_seq, cur, pending):
+        async for out in _follow(clog, cfg, waiter, snap.current_seq, cur, current):
             yield out
     finally:
         if waiter is not None:
@@ -166,11 +164,11 @@ async def read_logs(clog: ContainerLog, cfg: ReadConfig) -> AsyncIterator[bytes]
 
 
 def _render_data(data: bytes, cfg: ReadConfig) -> tuple[bytes, bool]:
-    return render(split_entries(data)[0], cfg)
+    return render(_decode(data), cfg)
 
 
 async def _follow(clog: ContainerLog, cfg: ReadConfig, waiter: asyncio.Event, seq: int,
-                  fd: int | None, pending: bytes) -> AsyncIterator[bytes]:
+                  fd: int | None, decoder: FrameDecoder) -> AsyncIterator[bytes]:
     """New entries as they are written, across rotations, until no stream writes any more.
 
     Runs on the event loop thread, where the store writes too: between two awaits nothing is
@@ -183,10 +181,7 @@ async def _follow(clog: ContainerLog, cfg: ReadConfig, waiter: asyncio.Event, se
             if fd is not None:
                 chunk = os.read(fd, _READ_CHUNK)
                 if chunk:
-                    pending += chunk
-                    bodies, used = split_entries(pending)
-                    pending = pending[used:]
-                    out, stop = render(bodies, cfg)
+                    out, stop = render(decoder.feed(chunk).entries, cfg)
                     if out:
                         yield out
                     if stop:
@@ -195,7 +190,7 @@ async def _follow(clog: ContainerLog, cfg: ReadConfig, waiter: asyncio.Event, se
             if clog.next_seq > seq:
                 # Our file was rotated away and is drained; the next one is seq+1.
                 seq += 1
-                pending = b""
+                decoder = FrameDecoder(MAX_STORED_FRAME)
                 if seq < clog.next_seq:
                     opened = clog.open_rotated(seq)
                     if opened is None:

@@ -2,6 +2,11 @@
 
 Sinks want one record per line; the store keeps the chunks as dockerd sent them (which is what
 Docker's own drivers keep, so ``docker logs`` matches them byte for byte).
+
+A line is a :class:`LogEntry` with no ``partial_log_metadata``: an entry that was whole already is
+passed on as it is (no copy); a reassembled one is a new entry. ``partial`` stays True on a line
+that did not end with a newline: output flushed at end of stream, and the pieces of a line cut at
+``max_line`` bytes.
 """
 
 from __future__ import annotations
@@ -12,16 +17,7 @@ from .entry import LogEntry
 
 DEFAULT_MAX_LINE = 1 << 20
 
-
-@dataclass(slots=True)
-class Line:
-    """One reassembled line. ``complete`` is False for output that ended without a newline
-    (flushed at end of stream) and for the pieces of a line cut at ``max_line`` bytes."""
-
-    source: str
-    time_nano: int
-    line: bytes
-    complete: bool = True
+Line = LogEntry
 
 
 @dataclass(slots=True)
@@ -56,7 +52,7 @@ class Reassembler:
     def push(self, entry: LogEntry) -> Line | None:
         if not entry.partial:
             self.stats.lines += 1
-            return Line(entry.source, entry.time_nano, entry.line)
+            return entry
         meta = entry.partial_log_metadata
         key = meta.id or entry.source
         p = self._pending.get(key)
@@ -71,11 +67,12 @@ class Reassembler:
             del self._pending[key]
             self.stats.lines += 1
             self.stats.split_lines += len(p.chunks) > 1
-            return Line(p.source, p.time_nano, b"".join(p.chunks))
+            return LogEntry(source=p.source, time_nano=p.time_nano, line=b"".join(p.chunks))
         if p.size >= self.max_line:
             # Bound memory: hand out what we have; the rest of the line follows as more pieces.
             self.stats.cut_lines += 1
-            piece = Line(p.source, p.time_nano, b"".join(p.chunks), complete=False)
+            piece = LogEntry(source=p.source, time_nano=p.time_nano, line=b"".join(p.chunks),
+                             partial=True)
             p.chunks.clear()
             p.size = 0
             return piece
@@ -84,7 +81,7 @@ class Reassembler:
     def flush(self) -> list[Line]:
         """End of stream or StopLogging: hand out every unfinished line, oldest first."""
         out = [
-            Line(p.source, p.time_nano, b"".join(p.chunks), complete=False)
+            LogEntry(source=p.source, time_nano=p.time_nano, line=b"".join(p.chunks), partial=True)
             for p in sorted(self._pending.values(), key=lambda p: p.time_nano)
             if p.chunks
         ]

@@ -16,8 +16,7 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from .entry import LogEntry
-from .frames import DEFAULT_MAX_FRAME, FrameDecoder
+from .frames import DEFAULT_MAX_FRAME, Chunk, FrameDecoder
 from .reassembly import DEFAULT_MAX_LINE, Line, Reassembler
 
 log = logging.getLogger(__name__)
@@ -34,17 +33,17 @@ class StreamStats:
     bytes: int = 0
 
 
-FramesCallback = Callable[[list[tuple[bytes, LogEntry]], list[Line]], None]
+BatchCallback = Callable[[Chunk, list[Line]], None]
 
 
 class FifoStream:
-    """Reads ``path`` until end of stream; calls ``on_batch(frames, lines)`` for what it decodes.
+    """Reads ``path`` until end of stream; calls ``on_batch(chunk, lines)`` for what it decodes.
 
-    ``frames`` are ``(raw_frame, entry)`` as dockerd sent them; ``lines`` are the reassembled
-    lines completed by this batch. ``on_end`` runs once, after the final batch.
+    ``chunk`` holds the frames as dockerd sent them (bytes and entries); ``lines`` are the
+    reassembled lines completed by this batch. ``on_end`` runs once, after the final batch.
     """
 
-    def __init__(self, path: str, on_batch: FramesCallback, on_end: Callable[[], None],
+    def __init__(self, path: str, on_batch: BatchCallback, on_end: Callable[[], None],
                  max_frame: int = DEFAULT_MAX_FRAME, max_line: int = DEFAULT_MAX_LINE,
                  wants_lines: Callable[[], bool] = lambda: True) -> None:
         self.path = path
@@ -101,16 +100,16 @@ class FifoStream:
         if eof:
             self._finish()
 
-    def _deliver(self, frames: list[tuple[bytes, LogEntry]]) -> None:
+    def _deliver(self, chunk: Chunk) -> None:
         lines = []
         if self.wants_lines():
             push = self.reassembler.push
-            for _raw, entry in frames:
+            for entry in chunk.entries:
                 line = push(entry)
                 if line is not None:
                     lines.append(line)
         try:
-            self._on_batch(frames, lines)
+            self._on_batch(chunk, lines)
         except Exception:  # a consumer bug must not end the stream
             log.exception("consumer of %s failed on a batch", self.path)
 
@@ -121,13 +120,12 @@ class FifoStream:
         self._loop.remove_reader(self._fd)
         os.close(self._fd)
         self._fd = None
-        salvaged = self.decoder.finish()
-        if salvaged:
+        for salvaged in self.decoder.finish():
             self._deliver(salvaged)
-        tail = self.reassembler.flush()
+        tail = self.reassembler.flush() if self.wants_lines() else []
         if tail:
             try:
-                self._on_batch([], tail)
+                self._on_batch(Chunk(), tail)
             except Exception:
                 log.exception("consumer of %s failed on the final batch", self.path)
         try:

@@ -68,7 +68,7 @@ def test_rotation_keeps_max_file_files_and_the_newest_lines(
     assert all(f.endswith(".gz") for f in files()[1:]), files()
     sizes = [len(gzip.decompress((store / f).read_bytes())) for f in files()[1:]]
     current = (store / "container.log").stat().st_size
-    entry = 4 + len(b"line 1234 of the rotation test") + 20 + 4  # length, body, length
+    entry = 4 + len(b"line 1234 of the rotation test") + 20  # length prefix, body
     for size in sizes:
         assert 10 * 1024 - entry < size <= 10 * 1024  # each rotated file is full, never over
     assert 0 < current <= 10 * 1024
