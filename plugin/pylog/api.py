@@ -14,6 +14,9 @@ from aiohttp import web
 
 from .driver import Driver
 from .errors import PylogError, RequestError, UnknownContainerError
+from .logreader import ReadConfig
+from .reassembly import Reassembler
+from .record import TimestampFormatter, record_json
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +95,71 @@ async def read_logs(request: web.Request) -> web.StreamResponse:
     return resp
 
 
+# ---------------------------------------------------------------------------------------------
+# pylog's own routes, beside dockerd's, for `pylog ps / inspect / tail` (same socket, same root).
+
+
+async def list_containers(request: web.Request) -> web.Response:
+    driver = request.app[DRIVER_KEY]
+    out = [dict(c.context.fields(), attachments=len(c.attachments))
+           for c in sorted(driver.containers.values(), key=lambda c: c.name)]
+    return _reply({"Containers": out})
+
+
+def _container_id(request: web.Request) -> str:
+    return request.app[DRIVER_KEY].resolve(request.match_info["ref"])
+
+
+async def inspect_container(request: web.Request) -> web.Response:
+    driver = request.app[DRIVER_KEY]
+    try:
+        cid = _container_id(request)
+    except UnknownContainerError as e:
+        return _err(str(e), 404)
+    ctx = driver.context_of(cid)
+    fields = ctx.fields() if ctx else {"container": {"id": cid}}
+    container = driver.containers.get(cid)
+    fields["attachments"] = len(container.attachments) if container else 0
+    return _reply(fields)
+
+
+async def container_records(request: web.Request) -> web.StreamResponse:
+    """The container's stored lines as records (JSON lines), with its current context."""
+    driver = request.app[DRIVER_KEY]
+    try:
+        cid = _container_id(request)
+        tail = int(request.query.get("tail", "-1"))
+        cfg = ReadConfig(tail=tail, follow=request.query.get("follow") in ("1", "true"))
+        batches = driver.read_entries(cid, cfg)
+    except UnknownContainerError as e:
+        return _err(str(e), 404)
+    except (ValueError, PylogError) as e:
+        return _err(str(e), 400)
+    resp = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
+    await resp.prepare(request)
+    reassembler = Reassembler()
+    ts = TimestampFormatter()
+    try:
+        async for entries in batches:
+            ctx = driver.context_of(cid)
+            if ctx is None:
+                continue
+            lines = [line for line in map(reassembler.push, entries) if line is not None]
+            if lines:
+                await resp.write("".join(record_json(line, ctx, ts) + "\n"
+                                         for line in lines).encode())
+        ctx = driver.context_of(cid)
+        rest = reassembler.flush()
+        if rest and ctx is not None:
+            await resp.write("".join(record_json(line, ctx, ts) + "\n" for line in rest).encode())
+        await resp.write_eof()
+    except (ConnectionError, RuntimeError):
+        pass
+    finally:
+        await batches.aclose()  # type: ignore[attr-defined]
+    return resp
+
+
 def make_app(driver: Driver) -> web.Application:
     app = web.Application(client_max_size=16 << 20)
     app[DRIVER_KEY] = driver
@@ -100,4 +168,7 @@ def make_app(driver: Driver) -> web.Application:
     app.router.add_post("/LogDriver.StartLogging", start_logging)
     app.router.add_post("/LogDriver.StopLogging", stop_logging)
     app.router.add_post("/LogDriver.ReadLogs", read_logs)
+    app.router.add_get("/pylog/v1/containers", list_containers)
+    app.router.add_get("/pylog/v1/containers/{ref}", inspect_container)
+    app.router.add_get("/pylog/v1/containers/{ref}/records", container_records)
     return app

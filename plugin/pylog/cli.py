@@ -5,13 +5,16 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import signal
 import socket
 import sys
 from pathlib import Path
+from typing import Any
 
+import aiohttp
 from aiohttp import web
 
 from . import __version__
@@ -72,6 +75,91 @@ async def serve(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---------------------------------------------------------------------------------------------
+# Client commands: talk to the running plugin over its socket.
+
+NS_COLUMNS = ("cgroup", "ipc", "mnt", "net", "pid", "time", "user", "uts")
+
+
+async def _get(sock: str, path: str) -> Any:
+    async with aiohttp.ClientSession(connector=aiohttp.UnixConnector(path=sock)) as session:
+        async with session.get(f"http://pylog{path}") as resp:
+            body = await resp.json(content_type=None)
+            if resp.status != 200:
+                raise SystemExit(f"pylog: {body.get('Err', resp.reason)}")
+            return body
+
+
+def _ns_label(ns: dict[str, Any] | None) -> str:
+    if ns is None:
+        return "-"
+    if ns.get("is_host"):
+        return "host"
+    ident = ns.get("id", ns["inode"])
+    return f"{ident}{'*' if ns.get('shared_with') else ''}"  # host ones return above
+
+
+def format_ps(containers: list[dict[str, Any]]) -> str:
+    """A table a person reads at a glance, then who shares what and who is in the host's."""
+    rows = [["CONTAINER", "NAME", "PID", *NS_COLUMNS]]
+    shared: dict[tuple[str, str], list[str]] = {}
+    in_host: list[str] = []
+    for c in containers:
+        ns = c.get("pylog", {}).get("ns")
+        name = c["container"]["name"]
+        rows.append([c["container"]["id"][:12], name, str(c.get("process", {}).get("pid", "-")),
+                     *(_ns_label(ns.get(t)) if ns else "?" for t in NS_COLUMNS)])
+        for t, v in (ns or {}).items():
+            if v.get("shared_with") and not v.get("is_host"):
+                shared.setdefault((t, _ns_label(v).rstrip("*")), []).append(name)
+        host_types = [t for t in ("ipc", "mnt", "net", "pid", "uts") if (ns or {}).get(t, {}).get("is_host")]
+        if host_types:
+            in_host.append(f"{name}: {', '.join(host_types)}")
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(r, widths)).rstrip() for r in rows]
+    if shared:
+        lines += ["", "Sharing a namespace (* above):"]
+        lines += [f"  {t} {ident}: {', '.join(sorted(names))}" for (t, ident), names in sorted(shared.items())]
+    if in_host:
+        lines += ["", "In the host's namespaces (besides cgroup, time, user):"]
+        lines += [f"  {entry}" for entry in in_host]
+    if len(rows) == 1:
+        lines.append("(no container is attached)")
+    lines += ["", "Namespace columns: the namespace id (inode where the kernel has no id); "
+              "host = the host's; ? = not found yet."]
+    return "\n".join(lines)
+
+
+async def ps(args: argparse.Namespace) -> int:
+    body = await _get(args.socket, "/pylog/v1/containers")
+    if args.json:
+        print(json.dumps(body["Containers"], indent=2))
+    else:
+        print(format_ps(body["Containers"]))
+    return 0
+
+
+async def inspect(args: argparse.Namespace) -> int:
+    print(json.dumps(await _get(args.socket, f"/pylog/v1/containers/{args.container}"), indent=2))
+    return 0
+
+
+async def tail(args: argparse.Namespace) -> int:
+    query = f"?tail={args.lines}&follow={'1' if args.follow else '0'}"
+    connector = aiohttp.UnixConnector(path=args.socket)
+    timeout = aiohttp.ClientTimeout(total=None)
+    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+        async with session.get(f"http://pylog/pylog/v1/containers/{args.container}/records"
+                               f"{query}") as resp:
+            if resp.status != 200:
+                body = await resp.json(content_type=None)
+                raise SystemExit(f"pylog: {body.get('Err', resp.reason)}")
+            async for line in resp.content:
+                sys.stdout.write(line.decode())
+                sys.stdout.flush()
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="pylog", description=__doc__)
     parser.add_argument("--version", action="version", version=f"pylog {__version__}")
@@ -92,12 +180,32 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--log-level", default=os.environ.get("LOG_LEVEL", "info"),
                    choices=["debug", "info", "warning", "error"],
                    help="pylog's own log level (default: $LOG_LEVEL or info)")
+    for name, helptext in (("ps", "list attached containers with their namespaces"),
+                           ("inspect", "print one container's context as JSON"),
+                           ("tail", "print a container's records (JSON lines)")):
+        c = sub.add_parser(name, help=helptext)
+        c.add_argument("--socket", default=DEFAULT_SOCKET,
+                       help="the running plugin's socket (default %(default)s)")
+        if name == "ps":
+            c.add_argument("--json", action="store_true", help="print JSON instead of a table")
+        else:
+            c.add_argument("container", help="container name, ID or unique ID prefix")
+        if name == "tail":
+            c.add_argument("-f", "--follow", action="store_true",
+                           help="keep printing new records until the container stops")
+            c.add_argument("-n", "--lines", type=int, default=-1,
+                           help="only the last N entries (default: all)")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
+    logging.basicConfig(level=getattr(args, "log_level", "warning").upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    if args.command == "serve":
-        return asyncio.run(serve(args))
-    return 2
+    commands = {"serve": serve, "ps": ps, "inspect": inspect, "tail": tail}
+    try:
+        return asyncio.run(commands[args.command](args))
+    except (aiohttp.ClientConnectionError, FileNotFoundError) as e:
+        if args.command == "serve":
+            raise
+        print(f"pylog: cannot reach the plugin at {args.socket}: {e}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -2,12 +2,16 @@
 
 The API layer calls :meth:`Driver.start_logging`, :meth:`Driver.stop_logging` and
 :meth:`Driver.read_logs`; everything here answers at once and does its slow work in the background.
+
+A container can have more than one attachment at a time (``docker logs`` on a stopped container
+makes dockerd attach a second, empty FIFO); its store, context and namespaces are per container.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import stat
@@ -18,11 +22,19 @@ from pathlib import Path
 from typing import Any
 
 from .docker_api import DockerAPI
-from .frames import Chunk
+from .entry import LogEntry
 from .errors import RequestError, UnknownContainerError
-from .logreader import ReadConfig, read_logs
+from .frames import Chunk
+from .logreader import ReadConfig, read_entries, read_logs
+from .namespaces import (
+    NamespaceIdentity,
+    NamespaceRegistry,
+    find_container_namespaces,
+    host_namespaces,
+)
 from .options import LogOptions, parse_log_options
 from .reassembly import Line
+from .record import ContainerContext, build_context, context_from_fields
 from .store import CONTAINER_ID_RE, ContainerLog, Store, StoreOptions
 from .stream import FifoStream
 
@@ -30,25 +42,48 @@ log = logging.getLogger(__name__)
 
 DEFAULT_FIFO_DIR = "/run/docker/logging"
 STOP_GRACE = 10.0  # seconds to wait for end of stream after StopLogging before closing anyway
+CONTEXT_FILE = "context.json"
+
+
+@dataclass(eq=False)
+class Container:
+    """An attached container: its store, its context, and the search for its namespaces."""
+
+    container_id: str
+    info: Mapping[str, Any]
+    options: LogOptions
+    clog: ContainerLog
+    context: ContainerContext
+    attachments: set[Attachment] = field(default_factory=set)
+    finder: asyncio.Task[None] | None = None
+
+    @property
+    def name(self) -> str:
+        return self.context.name
 
 
 @dataclass(eq=False)
 class Attachment:
-    """One StartLogging: a FIFO, the container it belongs to, and where its entries go."""
+    """One StartLogging: a FIFO and the container it belongs to."""
 
     file: str
-    info: Mapping[str, Any]
-    options: LogOptions
-    container_id: str
-    clog: ContainerLog
+    container: Container
     stream: FifoStream | None = None
     stopping: bool = False
     lines: int = 0
     tasks: set[asyncio.Task[None]] = field(default_factory=set)
 
     @property
+    def container_id(self) -> str:
+        return self.container.container_id
+
+    @property
     def container_name(self) -> str:
-        return str(self.info.get("ContainerName") or "").lstrip("/")
+        return self.container.name
+
+    @property
+    def context(self) -> ContainerContext:
+        return self.container.context
 
 
 LineConsumer = Callable[[Attachment, list[Line]], None]
@@ -56,7 +91,8 @@ LineConsumer = Callable[[Attachment, list[Line]], None]
 
 class Driver:
     def __init__(self, state_dir: Path, fifo_dir: str = DEFAULT_FIFO_DIR,
-                 docker: DockerAPI | None = None, gc_interval: float = 300.0) -> None:
+                 docker: DockerAPI | None = None, gc_interval: float = 300.0,
+                 proc: Path = Path("/proc")) -> None:
         self.state_dir = state_dir
         state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         os.chmod(state_dir, 0o700)
@@ -64,9 +100,14 @@ class Driver:
         self._compressor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pylog-compress")
         self.store = Store(state_dir, self._compressor)
         self.attachments: dict[str, Attachment] = {}
+        self.containers: dict[str, Container] = {}
         self.line_consumers: list[LineConsumer] = []
         self.docker = docker
         self.gc_interval = gc_interval
+        self.proc = proc
+        self.host_ns: dict[str, NamespaceIdentity] = host_namespaces(proc)
+        self.registry = NamespaceRegistry()
+        self.lookups_failed = 0
         self._gc_task: asyncio.Task[None] | None = None
 
     # ----------------------------------------------------------------- lifecycle
@@ -83,6 +124,9 @@ class Driver:
         for att in list(self.attachments.values()):
             if att.stream is not None:
                 att.stream.close()
+        for container in list(self.containers.values()):
+            self._forget(container)
+        self.registry.close()
         self.store.close()
         self._compressor.shutdown(wait=True)
 
@@ -100,23 +144,34 @@ class Driver:
         if fifo in self.attachments:
             raise RequestError(f"StartLogging: {fifo} is already attached")
         options = parse_log_options(info.get("Config"))
-        clog = self.store.open(container_id, StoreOptions(
-            max_size=options["max-size"], max_file=options["max-file"],
-            compress=options["compress"]))
-        att = Attachment(file=fifo, info=info, options=options, container_id=container_id,
-                         clog=clog)
+        container = self.containers.get(container_id)
+        if container is None:
+            clog = self.store.open(container_id, StoreOptions(
+                max_size=options["max-size"], max_file=options["max-file"],
+                compress=options["compress"]))
+            container = Container(container_id, info, options, clog,
+                                  build_context(info, options, host=self.host_ns))
+        att = Attachment(file=fifo, container=container)
         stream = FifoStream(fifo, lambda chunk, lines: self._on_batch(att, chunk, lines),
                             lambda: self._on_end(att),
                             wants_lines=lambda: bool(self.line_consumers))
         try:
             stream.start()
         except OSError as e:
-            self.store.release(container_id)
+            if not container.attachments:
+                self.store.release(container_id)
             raise RequestError(f"StartLogging: cannot open {fifo}: {e.strerror}") from None
         att.stream = stream
-        clog.writers += 1
+        container.clog.writers += 1
+        container.attachments.add(att)
         self.attachments[fifo] = att
-        log.info("attached %s (%s) on %s", att.container_name, container_id[:12], fifo)
+        if container_id not in self.containers:
+            self.containers[container_id] = container
+            if options["namespaces"]:
+                # Starts after our reply, when runc creates the container's process.
+                container.finder = asyncio.create_task(self._find_namespaces(container),
+                                                       name=f"pylog-ns-{container_id[:12]}")
+        log.info("attached %s (%s) on %s", container.name, container_id[:12], fifo)
         return att
 
     def stop_logging(self, file: Any) -> None:
@@ -153,21 +208,28 @@ class Driver:
         clog = self.store.get(container_id)
         if clog is None:
             raise UnknownContainerError(f"no logs stored for container {container_id[:12]}")
-        return self._read_and_release(clog, container_id, cfg)
+        return self._released_after(container_id, read_logs(clog, cfg))
 
-    async def _read_and_release(self, clog: ContainerLog, container_id: str,
-                                cfg: ReadConfig) -> AsyncIterator[bytes]:
+    def read_entries(self, container_id: str, cfg: ReadConfig) -> AsyncIterator[list[LogEntry]]:
+        clog = self.store.get(container_id)
+        if clog is None:
+            raise UnknownContainerError(f"no logs stored for container {container_id[:12]}")
+        return self._released_after(container_id, read_entries(clog, cfg))
+
+    async def _released_after(self, container_id: str, items: AsyncIterator[Any]
+                              ) -> AsyncIterator[Any]:
         try:
-            async for chunk in read_logs(clog, cfg):
-                yield chunk
+            async for item in items:
+                yield item
         finally:
+            await items.aclose()  # type: ignore[attr-defined]
             self.store.release(container_id)
 
     # ----------------------------------------------------------------- the hot path
 
     def _on_batch(self, att: Attachment, chunk: Chunk, lines: list[Line]) -> None:
         if chunk.runs:
-            att.clog.append(chunk.data, chunk.runs)
+            att.container.clog.append(chunk.data, chunk.runs)
         if lines:
             att.lines += len(lines)
             for consumer in self.line_consumers:
@@ -175,12 +237,100 @@ class Driver:
 
     def _on_end(self, att: Attachment) -> None:
         self.attachments.pop(att.file, None)
-        att.clog.writers -= 1
-        att.clog.wake()
+        container = att.container
+        container.attachments.discard(att)
+        container.clog.writers -= 1
+        container.clog.wake()
         stats = att.stream.decoder.stats if att.stream else None
-        log.info("detached %s (%s): %d entries, %d corrupt frames skipped", att.container_name,
-                 att.container_id[:12], stats.frames if stats else 0, stats.corrupt if stats else 0)
-        self.store.release(att.container_id)
+        log.info("detached %s (%s): %d entries, %d corrupt frames skipped", container.name,
+                 container.container_id[:12], stats.frames if stats else 0,
+                 stats.corrupt if stats else 0)
+        if not container.attachments:
+            self._forget(container)
+
+    def _forget(self, container: Container) -> None:
+        """The container's last attachment ended: let go of its namespaces and files."""
+        if self.containers.get(container.container_id) is container:
+            del self.containers[container.container_id]
+        if container.finder is not None:
+            container.finder.cancel()
+        for cid in self.registry.remove(container.container_id):
+            self._refresh(cid)
+        self.store.release(container.container_id)
+
+    # ----------------------------------------------------------------- namespaces
+
+    async def _find_namespaces(self, container: Container) -> None:
+        try:
+            held = await find_container_namespaces(container.container_id, self.host_ns,
+                                                   proc=self.proc)
+        except asyncio.CancelledError:
+            if container.attachments and not any(a.stopping for a in container.attachments):
+                self.lookups_failed += 1
+            raise
+        except Exception:
+            self.lookups_failed += 1
+            log.exception("finding the namespaces of %s failed", container.container_id[:12])
+            return
+        if self.containers.get(container.container_id) is not container:
+            held.close()
+            return
+        touched = self.registry.add(container.container_id, held)
+        self._refresh(container.container_id)
+        for cid in touched:
+            self._refresh(cid)
+        log.info("%s (%s): pid %d, namespaces %s", container.name, container.container_id[:12],
+                 held.pid, " ".join(f"{t}:{i.inode}" for t, i in sorted(held.identities.items())))
+
+    def _refresh(self, container_id: str) -> None:
+        """Rebuild a container's context after what it says changed; keep it for later reads."""
+        container = self.containers.get(container_id)
+        if container is None:
+            return
+        container.context = build_context(
+            container.info, container.options, self.registry.held(container_id), self.host_ns,
+            self.registry, names={cid: c.name for cid, c in self.containers.items()})
+        self._save_context(container)
+
+    def _save_context(self, container: Container) -> None:
+        path = container.clog.directory / CONTEXT_FILE
+        tmp = path.with_suffix(".tmp")
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as f:
+                json.dump(container.context.fields(), f)
+            os.rename(tmp, path)
+        except OSError as e:
+            log.warning("could not save the context of %s: %s", container.container_id[:12], e)
+
+    def context_of(self, container_id: str) -> ContainerContext | None:
+        """The live context of an attached container, else the one saved with its logs."""
+        container = self.containers.get(container_id)
+        if container is not None:
+            return container.context
+        try:
+            text = (self.store.root / container_id / CONTEXT_FILE).read_text()
+            return context_from_fields(json.loads(text))
+        except (OSError, ValueError, KeyError):
+            return None
+
+    def resolve(self, ref: str) -> str:
+        """A container ID from a full or unique partial ID or a name, attached ones first."""
+        ref = ref.lstrip("/")
+        for cid, c in self.containers.items():
+            if c.name == ref:
+                return cid
+        stored = self.store.stored_ids()
+        for cid in stored:
+            ctx = self.context_of(cid)
+            if ctx is not None and ctx.name == ref:
+                return cid
+        matches = {cid for cid in [*self.containers, *stored] if cid.startswith(ref)}
+        if len(matches) == 1 and ref:
+            return matches.pop()
+        if len(matches) > 1:
+            raise UnknownContainerError(f"{ref!r} matches more than one container")
+        raise UnknownContainerError(f"no container {ref!r} is attached or stored")
 
     # ----------------------------------------------------------------- housekeeping
 
@@ -202,10 +352,9 @@ class Driver:
         """Delete the stores of containers dockerd no longer knows (``docker rm``)."""
         assert self.docker is not None
         existing = await self.docker.container_ids()
-        attached = {a.container_id for a in self.attachments.values()}
         removed = []
         for cid in self.store.stored_ids():
-            if cid not in existing and cid not in attached and not self.store.in_use(cid):
+            if cid not in existing and cid not in self.containers and not self.store.in_use(cid):
                 self.store.remove(cid)
                 removed.append(cid)
         if removed:

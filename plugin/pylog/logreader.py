@@ -75,26 +75,42 @@ def _read_file(fd: int, is_gzip: bool) -> bytes:
     return data
 
 
-def render(entries: list[LogEntry], cfg: ReadConfig) -> tuple[bytes, bool]:
-    """Frames for dockerd from stored entries; True as second value once past ``until``."""
-    out: list[bytes] = []
+def select_entries(entries: list[LogEntry], cfg: ReadConfig) -> tuple[list[LogEntry], bool]:
+    """The entries within Since/Until; True as second value once past Until (stop reading)."""
     since, until = cfg.since, cfg.until
-    pack = _LEN.pack
+    if since is None and until is None:
+        return entries, False
+    out = []
     for entry in entries:
         t = entry.time_nano
         if since is not None and t < since:
             continue
         if until is not None and t > until:
-            return b"".join(out), True
+            return out, True
+        out.append(entry)
+    return out, False
+
+
+def encode_for_docker(entries: list[LogEntry]) -> bytes:
+    """Frames as dockerd's ReadLogs decoder wants them."""
+    out: list[bytes] = []
+    pack = _LEN.pack
+    for entry in entries:
         # As json-file: a newline ends every line and every line's last chunk; a partial chunk
         # that is not the last (or output that ended without a newline) gets none.
         whole = not entry.partial or entry.partial_log_metadata.last
-        reply = LogEntry(source=entry.source, time_nano=t,
+        reply = LogEntry(source=entry.source, time_nano=entry.time_nano,
                          line=entry.line + b"\n" if whole else entry.line)
         encoded = reply.SerializeToString()
         out.append(pack(len(encoded)))
         out.append(encoded)
-    return b"".join(out), False
+    return b"".join(out)
+
+
+def render(entries: list[LogEntry], cfg: ReadConfig) -> tuple[bytes, bool]:
+    """Frames for dockerd from stored entries; True as second value once past ``until``."""
+    selected, stop = select_entries(entries, cfg)
+    return encode_for_docker(selected), stop
 
 
 def _decode(data: bytes) -> list[LogEntry]:
@@ -116,6 +132,16 @@ def _tail_entries(files: list[tuple[int, bool]], current: list[LogEntry], n: int
 
 async def read_logs(clog: ContainerLog, cfg: ReadConfig) -> AsyncIterator[bytes]:
     """Yield frame batches for ``docker logs``; with Follow, until the container stops logging."""
+    async for entries in read_entries(clog, cfg):
+        if len(entries) > 1000:  # history: encode off the event loop
+            yield await asyncio.to_thread(encode_for_docker, entries)
+        else:
+            yield encode_for_docker(entries)
+
+
+async def read_entries(clog: ContainerLog, cfg: ReadConfig) -> AsyncIterator[list[LogEntry]]:
+    """Stored entries in batches, as ReadConfig selects them; with Follow, until the container
+    stops logging."""
     snap = clog.snapshot()
     waiter = clog.waiter() if cfg.follow and clog.writers > 0 else None
     try:
@@ -126,7 +152,7 @@ async def read_logs(clog: ContainerLog, cfg: ReadConfig) -> AsyncIterator[bytes]
         if cfg.tail < 0:
             for _seq, fd, is_gz in snap.rotated:
                 data = await asyncio.to_thread(_read_file, fd, is_gz)
-                out, stop = await asyncio.to_thread(_render_data, data, cfg)
+                out, stop = await asyncio.to_thread(_select_data, data, cfg)
                 if out:
                     yield out
                 if stop:
@@ -134,7 +160,7 @@ async def read_logs(clog: ContainerLog, cfg: ReadConfig) -> AsyncIterator[bytes]
             if cur is not None:
                 data = await asyncio.to_thread(_read_to_eof, cur)
                 entries = current.feed(data).entries
-                out, stop = await asyncio.to_thread(render, entries, cfg)
+                out, stop = select_entries(entries, cfg)
                 if out:
                     yield out
                 if stop:
@@ -144,7 +170,7 @@ async def read_logs(clog: ContainerLog, cfg: ReadConfig) -> AsyncIterator[bytes]
             entries = current.feed(data).entries
             files = [(fd, gz) for _s, fd, gz in snap.rotated]
             picked = await asyncio.to_thread(_tail_entries, files, entries, cfg.tail)
-            out, stop = await asyncio.to_thread(render, picked, cfg)
+            out, stop = select_entries(picked, cfg)
             if out:
                 yield out
             if stop:
@@ -163,12 +189,12 @@ async def read_logs(clog: ContainerLog, cfg: ReadConfig) -> AsyncIterator[bytes]
         snap.close()
 
 
-def _render_data(data: bytes, cfg: ReadConfig) -> tuple[bytes, bool]:
-    return render(_decode(data), cfg)
+def _select_data(data: bytes, cfg: ReadConfig) -> tuple[list[LogEntry], bool]:
+    return select_entries(_decode(data), cfg)
 
 
 async def _follow(clog: ContainerLog, cfg: ReadConfig, waiter: asyncio.Event, seq: int,
-                  fd: int | None, decoder: FrameDecoder) -> AsyncIterator[bytes]:
+                  fd: int | None, decoder: FrameDecoder) -> AsyncIterator[list[LogEntry]]:
     """New entries as they are written, across rotations, until no stream writes any more.
 
     Runs on the event loop thread, where the store writes too: between two awaits nothing is
@@ -181,7 +207,7 @@ async def _follow(clog: ContainerLog, cfg: ReadConfig, waiter: asyncio.Event, se
             if fd is not None:
                 chunk = os.read(fd, _READ_CHUNK)
                 if chunk:
-                    out, stop = render(decoder.feed(chunk).entries, cfg)
+                    out, stop = select_entries(decoder.feed(chunk).entries, cfg)
                     if out:
                         yield out
                     if stop:
@@ -201,7 +227,7 @@ async def _follow(clog: ContainerLog, cfg: ReadConfig, waiter: asyncio.Event, se
                     rfd, is_gz = opened
                     own_fds.append(rfd)
                     if is_gz:
-                        out, stop = await asyncio.to_thread(_render_data, _read_file(rfd, True), cfg)
+                        out, stop = await asyncio.to_thread(_select_data, _read_file(rfd, True), cfg)
                         if out:
                             yield out
                         if stop:

@@ -102,6 +102,10 @@ OPTION_GROUPS: dict[str, dict[str, tuple[Parser, Any]]] = {
         "env": (parse_name_list, ()),
         "env-regex": (parse_regex, None),
     },
+    # Namespace enrichment.
+    "enrichment": {
+        "namespaces": (parse_bool, True),
+    },
     # The local store, with the options and defaults of Docker's `local` driver.
     "store": {
         "max-size": (parse_size, 20 * 1024 * 1024),

@@ -1,0 +1,263 @@
+"""A container's namespace identities: found off the hot path, once, and held for its lifetime.
+
+For each type the identity is the nsfs inode (``st_ino``) and, on Linux 6.x, the 64-bit
+``NS_GET_ID`` id, which unlike the inode is never reused. pylog keeps an open fd on each of a
+container's namespaces while the container is attached: that keeps the namespace (and so its
+inode) alive, so a recycled inode can never be attributed to the wrong container.
+
+The process is found through the container's cgroup (see :mod:`pylog.cgroup`), polled from the
+moment StartLogging returns: runc puts the container's init in its cgroup at ``create`` and it
+waits there until ``start``, so even ``docker run --rm busybox echo hi`` is caught.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fcntl
+import logging
+import os
+import struct
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import cgroup
+
+log = logging.getLogger(__name__)
+
+NS_TYPES = ("cgroup", "ipc", "mnt", "net", "pid", "time", "user", "uts")
+NS_GET_ID = 0x8008B70D  # _IOR(0xb7, 0xd, __u64), Linux 6.x
+PROC = Path("/proc")
+# runc's set-up stages, still in the host's (or half-made) namespaces: never the container's.
+_RUNC_SETUP_COMMS = ("runc", "runc:[0:PARENT]", "runc:[1:CHILD]")
+_RUNC_INIT_COMM = "runc:[2:INIT]"  # final namespaces, waiting for `start` (cgroupns may follow)
+
+
+@dataclass(frozen=True, slots=True)
+class NamespaceIdentity:
+    type: str
+    inode: int
+    dev: int
+    id: int | None  # NS_GET_ID, None where the kernel has no such ioctl
+
+    @property
+    def key(self) -> tuple[str, int, int]:
+        """What makes two namespaces the same: the never-reused id, else device and inode."""
+        return (self.type, 0, self.id) if self.id is not None else (self.type, self.dev, self.inode)
+
+
+@dataclass(eq=False)
+class HeldNamespaces:
+    """A process's namespaces, each with an open fd that keeps it alive."""
+
+    pid: int
+    identities: dict[str, NamespaceIdentity]
+    fds: list[int] = field(default_factory=list)
+
+    def close(self) -> None:
+        for fd in self.fds:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        self.fds.clear()
+
+
+def _ns_get_id(fd: int) -> int | None:
+    try:
+        buf = fcntl.ioctl(fd, NS_GET_ID, b"\0" * 8)
+    except OSError:
+        return None  # ENOTTY / EINVAL before Linux 6.x
+    return int(struct.unpack("=Q", buf)[0])
+
+
+def hold_namespaces(pid: int, proc: Path = PROC, types: Iterable[str] = NS_TYPES) -> HeldNamespaces:
+    """Open and identify ``pid``'s namespaces; OSError if the process is gone or unreadable."""
+    held = HeldNamespaces(pid, {})
+    try:
+        for ns_type in types:
+            try:
+                fd = os.open(proc / str(pid) / "ns" / ns_type, os.O_RDONLY | os.O_CLOEXEC)
+            except FileNotFoundError:
+                if not (proc / str(pid)).exists():
+                    raise
+                continue  # this kernel has no such namespace type (time before 5.6)
+            held.fds.append(fd)
+            st = os.fstat(fd)
+            held.identities[ns_type] = NamespaceIdentity(ns_type, st.st_ino, st.st_dev,
+                                                         _ns_get_id(fd))
+    except BaseException:
+        held.close()
+        raise
+    return held
+
+
+def _read(path: Path) -> str:
+    try:
+        return path.read_text().strip()
+    except OSError:
+        return ""
+
+
+def _ppid(pid: int, proc: Path) -> int:
+    stat = _read(proc / str(pid) / "stat")
+    try:
+        return int(stat.rsplit(")", 1)[1].split()[1])
+    except (IndexError, ValueError):
+        return 0
+
+
+def pick_init(pids: list[int], proc: Path = PROC) -> int | None:
+    """The container's init among the processes of its cgroup: not a runc set-up stage, and
+    whose parent is outside the cgroup (the shim)."""
+    members = set(pids)
+    candidates = [p for p in pids if _read(proc / str(p) / "comm") not in _RUNC_SETUP_COMMS]
+    for p in candidates:
+        if _ppid(p, proc) not in members:
+            return p
+    return candidates[0] if candidates else None
+
+
+@dataclass
+class FinderSchedule:
+    """How often to look: fast while a container is being created, slower later."""
+
+    fast: float = 0.001
+    fast_for: float = 2.0
+    medium: float = 0.01
+    medium_for: float = 10.0
+    slow: float = 0.1
+    scan_after: float = 1.0  # then also scan /proc, for custom --cgroup-parent layouts
+    scan_every: float = 1.0
+
+
+async def find_container_namespaces(container_id: str, host: dict[str, NamespaceIdentity],
+                                    proc: Path = PROC, root: Path = cgroup.CGROUP_ROOT,
+                                    schedule: FinderSchedule | None = None) -> HeldNamespaces:
+    """Wait for the container's init and hold its namespaces. Runs until found or cancelled."""
+    schedule = schedule or FinderSchedule()
+    files = cgroup.procs_files(container_id, root)
+    start = last_scan = time.monotonic()
+    held: HeldNamespaces | None = None
+    while True:
+        now = time.monotonic()
+        pids = cgroup.read_procs(files)
+        if not pids and now - start >= schedule.scan_after and now - last_scan >= schedule.scan_every:
+            last_scan = now
+            pids = await asyncio.to_thread(cgroup.scan_proc, container_id, proc)
+        init = pick_init(pids, proc) if pids else None
+        if init is not None:
+            try:
+                candidate = hold_namespaces(init, proc)
+            except OSError:
+                candidate = None  # gone already, or not ours to read; look again
+            if candidate is not None and _is_container_view(candidate, host):
+                if held is not None:
+                    held.close()
+                held = candidate
+                if _read(proc / str(init) / "comm") != _RUNC_INIT_COMM:
+                    return held  # running the container's own program: final
+                # Still runc's init, waiting for `start`: keep the latest view until it execs.
+            elif candidate is not None:
+                candidate.close()
+        elif held is not None:
+            return held  # it ran and exited between two looks: the last view is the answer
+        elapsed = now - start
+        delay = (schedule.fast if elapsed < schedule.fast_for
+                 else schedule.medium if elapsed < schedule.medium_for else schedule.slow)
+        try:
+            await asyncio.sleep(delay)  # polling the cgroup: there is no event to wait on
+        except asyncio.CancelledError:
+            if held is not None:
+                held.close()
+            raise
+
+
+def _is_container_view(held: HeldNamespaces, host: dict[str, NamespaceIdentity]) -> bool:
+    """Docker always gives a container its own mount namespace; a process still in the host's
+    is a runtime helper that has not entered the container yet."""
+    mnt = held.identities.get("mnt")
+    host_mnt = host.get("mnt")
+    return mnt is not None and (host_mnt is None or mnt.key != host_mnt.key)
+
+
+def _dockerd_pid(proc: Path) -> int | None:
+    for pidfile in (Path("/var/run/docker.pid"), Path("/run/docker.pid")):
+        try:
+            return int(pidfile.read_text().strip())
+        except (OSError, ValueError):
+            pass
+    for name in os.listdir(proc):
+        if name.isdigit() and _read(proc / name / "comm") == "dockerd":
+            return int(name)
+    return None
+
+
+def host_namespaces(proc: Path = PROC) -> dict[str, NamespaceIdentity]:
+    """The host's identities: those of PID 1 as seen in the host PID namespace (never our own:
+    a managed plugin has its own mount, net, uts, ipc namespaces). Where PID 1 cannot be read
+    (some sandboxes deny it even to root), dockerd's own: ``--net=host`` and the like mean
+    dockerd's namespaces."""
+    for pid in (1, _dockerd_pid(proc)):
+        if pid is None:
+            continue
+        try:
+            held = hold_namespaces(pid, proc)
+        except OSError as e:
+            log.info("cannot read the namespaces of PID %d: %s", pid, e)
+            continue
+        held.close()
+        if pid != 1:
+            log.warning("PID 1's namespaces are unreadable; using dockerd's (PID %d) as the host's",
+                        pid)
+        return held.identities
+    log.warning("cannot read the host's namespaces (PID 1, dockerd): is_host will be false")
+    return {}
+
+
+class NamespaceRegistry:
+    """Which attached containers are in which namespace, to say who shares what."""
+
+    def __init__(self) -> None:
+        self._members: dict[tuple[str, int, int], set[str]] = {}
+        self._held: dict[str, HeldNamespaces] = {}
+
+    def add(self, container_id: str, held: HeldNamespaces) -> set[str]:
+        """Register; returns the other containers whose sharing changed."""
+        self.remove(container_id)
+        self._held[container_id] = held
+        touched: set[str] = set()
+        for ident in held.identities.values():
+            members = self._members.setdefault(ident.key, set())
+            touched |= members
+            members.add(container_id)
+        return touched
+
+    def remove(self, container_id: str) -> set[str]:
+        """Unregister and close the fds; returns the containers that shared with it."""
+        held = self._held.pop(container_id, None)
+        if held is None:
+            return set()
+        touched: set[str] = set()
+        for ident in held.identities.values():
+            members = self._members.get(ident.key)
+            if members is None:
+                continue
+            members.discard(container_id)
+            touched |= members
+            if not members:
+                del self._members[ident.key]
+        held.close()
+        return touched
+
+    def held(self, container_id: str) -> HeldNamespaces | None:
+        return self._held.get(container_id)
+
+    def sharing(self, container_id: str, ident: NamespaceIdentity) -> list[str]:
+        """The other registered containers in the same namespace."""
+        return sorted(self._members.get(ident.key, set()) - {container_id})
+
+    def close(self) -> None:
+        for cid in list(self._held):
+            self.remove(cid)

@@ -1,0 +1,205 @@
+"""The record sinks send: one line plus its container's context.
+
+The context (identity, selected labels and env, tag, namespaces) is built once per container and
+whenever what it says changes (namespaces found, a sharing container comes or goes), and kept
+pre-encoded; per line only the time, stream and message are added.
+
+The JSON form, which the Elasticsearch sink indexes and ``pylog tail`` prints, uses ECS names:
+
+    {"@timestamp": "2026-11-22T03:56:09.670262696Z", "message": "hello", "stream": "stdout",
+     "tag": "3f2a1b9c0d1e",
+     "container": {"id": ..., "name": ..., "image": {"name": ..., "id": ...}, "labels": {...}},
+     "host": {"name": ...}, "process": {"pid": 12345},
+     "pylog": {"env": {...}, "ns": {"net": {"inode": 4026532184, "id": 8589934601,
+                                            "is_host": false, "shared_with": ["web"]}, ...}}}
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from .entry import LogEntry
+from .namespaces import HeldNamespaces, NamespaceIdentity, NamespaceRegistry
+from .options import LogOptions
+from .tag import render_tag
+
+
+@dataclass(frozen=True, slots=True)
+class NamespaceView:
+    type: str
+    inode: int
+    id: int | None
+    is_host: bool
+    shared_with: tuple[str, ...] = ()
+
+    def fields(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"inode": self.inode}
+        if self.id is not None:
+            out["id"] = self.id
+        out["is_host"] = self.is_host
+        if self.shared_with:
+            out["shared_with"] = list(self.shared_with)
+        return out
+
+
+@dataclass(frozen=True)
+class ContainerContext:
+    """Everything a record says besides time, stream and message."""
+
+    container_id: str
+    name: str
+    image_name: str
+    image_id: str
+    tag: str
+    host_name: str
+    labels: Mapping[str, str] = field(default_factory=dict)
+    env: Mapping[str, str] = field(default_factory=dict)
+    pid: int | None = None
+    namespaces: Mapping[str, NamespaceView] | None = None
+
+    def fields(self) -> dict[str, Any]:
+        """The nested JSON form, without the per-line keys."""
+        container: dict[str, Any] = {
+            "id": self.container_id, "name": self.name,
+            "image": {"name": self.image_name, "id": self.image_id},
+        }
+        if self.labels:
+            container["labels"] = dict(self.labels)
+        out: dict[str, Any] = {"tag": self.tag, "container": container,
+                               "host": {"name": self.host_name}}
+        if self.pid is not None:
+            out["process"] = {"pid": self.pid}
+        pylog: dict[str, Any] = {}
+        if self.env:
+            pylog["env"] = dict(self.env)
+        if self.namespaces is not None:
+            pylog["ns"] = {t: v.fields() for t, v in sorted(self.namespaces.items())}
+        if pylog:
+            out["pylog"] = pylog
+        return out
+
+    @property
+    def json_fragment(self) -> str:
+        """The context's JSON members, ready to be spliced into each line's object."""
+        cached: str | None = getattr(self, "_fragment", None)
+        if cached is None:
+            cached = json.dumps(self.fields(), ensure_ascii=False, separators=(",", ":"))[1:-1]
+            object.__setattr__(self, "_fragment", cached)
+        return cached
+
+    def sharing_summary(self) -> dict[str, list[str]]:
+        return {t: list(v.shared_with) for t, v in (self.namespaces or {}).items() if v.shared_with}
+
+
+def _dedot(key: str) -> str:
+    # Elasticsearch would turn "com.example.x" into nested objects that clash with a label
+    # "com.example"; Beats replaces the dots, and so do we.
+    return key.replace(".", "_")
+
+
+def select(pairs: Mapping[str, str], names: Iterable[str], pattern: re.Pattern[str] | None,
+           ) -> dict[str, str]:
+    """What Docker's drivers pass on: the keys named in ``names`` or matching ``pattern``."""
+    wanted = set(names)
+    return {k: v for k, v in pairs.items() if k in wanted or (pattern and pattern.search(k))}
+
+
+def env_map(env: Iterable[str] | None) -> dict[str, str]:
+    out = {}
+    for item in env or ():
+        key, _, value = item.partition("=")
+        out[key] = value
+    return out
+
+
+def build_context(info: Mapping[str, Any], options: LogOptions,
+                  held: HeldNamespaces | None = None,
+                  host: Mapping[str, NamespaceIdentity] | None = None,
+                  registry: NamespaceRegistry | None = None,
+                  host_name: str | None = None,
+                  names: Mapping[str, str] | None = None) -> ContainerContext:
+    """``names`` maps the IDs of other attached containers to their names, for shared_with."""
+    labels = select(info.get("ContainerLabels") or {}, options["labels"], options["labels-regex"])
+    env = select(env_map(info.get("ContainerEnv")), options["env"], options["env-regex"])
+    namespaces = None
+    container_id = str(info.get("ContainerID") or "")
+    if held is not None:
+        host = host or {}
+        namespaces = {
+            t: NamespaceView(
+                type=t, inode=ident.inode, id=ident.id,
+                is_host=t in host and host[t].key == ident.key,
+                shared_with=tuple(sorted(
+                    (names or {}).get(other, other[:12])
+                    for other in registry.sharing(container_id, ident))) if registry else ())
+            for t, ident in held.identities.items()
+        }
+    return ContainerContext(
+        container_id=container_id,
+        name=str(info.get("ContainerName") or "").lstrip("/"),
+        image_name=str(info.get("ContainerImageName") or ""),
+        image_id=str(info.get("ContainerImageID") or ""),
+        tag=render_tag(options["tag"], info),
+        host_name=host_name or os.uname().nodename,
+        labels={_dedot(k): v for k, v in labels.items()},
+        env=env,
+        pid=held.pid if held is not None else None,
+        namespaces=namespaces,
+    )
+
+
+class TimestampFormatter:
+    """RFC 3339 UTC with nine fractional digits; the date part is formatted once a second."""
+
+    def __init__(self) -> None:
+        self._secs = -1
+        self._prefix = ""
+
+    def __call__(self, ns: int) -> str:
+        secs, frac = divmod(ns, 1_000_000_000)
+        if secs != self._secs:
+            self._secs = secs
+            self._prefix = time.strftime("%Y-%m-%dT%H:%M:%S.", time.gmtime(secs))
+        return f"{self._prefix}{frac:09d}Z"
+
+
+_dumps = json.JSONEncoder(ensure_ascii=False).encode
+
+
+def record_json(line: LogEntry, ctx: ContainerContext, ts: TimestampFormatter) -> str:
+    """One record in its JSON form (a single line of text)."""
+    message = _dumps(line.line.decode("utf-8", "replace"))
+    return (f'{{"@timestamp":"{ts(line.time_nano)}","message":{message},'
+            f'"stream":"{line.source}",{ctx.json_fragment}}}')
+
+
+def record_dict(line: LogEntry, ctx: ContainerContext, ts: TimestampFormatter) -> dict[str, Any]:
+    out: dict[str, Any] = {"@timestamp": ts(line.time_nano),
+                           "message": line.line.decode("utf-8", "replace"),
+                           "stream": line.source}
+    out.update(ctx.fields())
+    return out
+
+
+def context_from_fields(fields: Mapping[str, Any]) -> ContainerContext:
+    """Read back a context saved with ``fields()`` (``context.json`` in the store)."""
+    container = fields.get("container", {})
+    ns = fields.get("pylog", {}).get("ns")
+    namespaces = None
+    if ns is not None:
+        namespaces = {t: NamespaceView(t, v["inode"], v.get("id"), v["is_host"],
+                                       tuple(v.get("shared_with", ())))
+                      for t, v in ns.items()}
+    return ContainerContext(
+        container_id=container.get("id", ""), name=container.get("name", ""),
+        image_name=container.get("image", {}).get("name", ""),
+        image_id=container.get("image", {}).get("id", ""),
+        tag=fields.get("tag", ""), host_name=fields.get("host", {}).get("name", ""),
+        labels=container.get("labels", {}), env=fields.get("pylog", {}).get("env", {}),
+        pid=fields.get("process", {}).get("pid"), namespaces=namespaces)
