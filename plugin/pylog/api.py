@@ -116,8 +116,7 @@ async def inspect_container(request: web.Request) -> web.Response:
         cid = _container_id(request)
     except UnknownContainerError as e:
         return _err(str(e), 404)
-    ctx = driver.context_of(cid)
-    fields = ctx.fields() if ctx else {"container": {"id": cid}}
+    fields = driver.context_of(cid).fields()
     container = driver.containers.get(cid)
     fields["attachments"] = len(container.attachments) if container else 0
     return _reply(fields)
@@ -142,15 +141,13 @@ async def container_records(request: web.Request) -> web.StreamResponse:
     try:
         async for entries in batches:
             ctx = driver.context_of(cid)
-            if ctx is None:
-                continue
             lines = [line for line in map(reassembler.push, entries) if line is not None]
             if lines:
                 await resp.write("".join(record_json(line, ctx, ts) + "\n"
                                          for line in lines).encode())
         ctx = driver.context_of(cid)
         rest = reassembler.flush()
-        if rest and ctx is not None:
+        if rest:
             await resp.write("".join(record_json(line, ctx, ts) + "\n" for line in rest).encode())
         await resp.write_eof()
     except (ConnectionError, RuntimeError):

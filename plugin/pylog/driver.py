@@ -167,6 +167,8 @@ class Driver:
         self.attachments[fifo] = att
         if container_id not in self.containers:
             self.containers[container_id] = container
+            if not (container.clog.directory / CONTEXT_FILE).exists():
+                self._save_context(container)  # so records of it can be read after it stops
             if options["namespaces"]:
                 # Starts after our reply, when runc creates the container's process.
                 container.finder = asyncio.create_task(self._find_namespaces(container),
@@ -303,16 +305,18 @@ class Driver:
         except OSError as e:
             log.warning("could not save the context of %s: %s", container.container_id[:12], e)
 
-    def context_of(self, container_id: str) -> ContainerContext | None:
-        """The live context of an attached container, else the one saved with its logs."""
+    def context_of(self, container_id: str) -> ContainerContext:
+        """The live context of an attached container, else the one saved with its logs (else
+        just its ID)."""
         container = self.containers.get(container_id)
         if container is not None:
             return container.context
         try:
             text = (self.store.root / container_id / CONTEXT_FILE).read_text()
             return context_from_fields(json.loads(text))
-        except (OSError, ValueError, KeyError):
-            return None
+        except (OSError, ValueError, KeyError, TypeError):
+            return ContainerContext(container_id=container_id, name="", image_name="",
+                                    image_id="", tag=container_id[:12], host_name="")
 
     def resolve(self, ref: str) -> str:
         """A container ID from a full or unique partial ID or a name, attached ones first."""
@@ -322,8 +326,7 @@ class Driver:
                 return cid
         stored = self.store.stored_ids()
         for cid in stored:
-            ctx = self.context_of(cid)
-            if ctx is not None and ctx.name == ref:
+            if self.context_of(cid).name == ref:
                 return cid
         matches = {cid for cid in [*self.containers, *stored] if cid.startswith(ref)}
         if len(matches) == 1 and ref:
