@@ -15,6 +15,7 @@ import json
 import logging
 import os
 import stat
+import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -27,6 +28,7 @@ from .errors import RequestError, UnknownContainerError
 from .frames import Chunk
 from .logreader import ReadConfig, read_entries, read_logs
 from .namespaces import (
+    HeldNamespaces,
     NamespaceIdentity,
     NamespaceRegistry,
     find_container_namespaces,
@@ -263,9 +265,24 @@ class Driver:
     # ----------------------------------------------------------------- namespaces
 
     async def _find_namespaces(self, container: Container) -> None:
+        started = time.monotonic()
+
+        def update(held: HeldNamespaces) -> None:
+            if self.containers.get(container.container_id) is not container:
+                held.close()
+                return
+            touched = self.registry.add(container.container_id, held)
+            self._refresh(container.container_id)
+            for cid in touched:
+                self._refresh(cid)
+            log.info("%s (%s): pid %d, namespaces known %.1f ms after StartLogging: %s",
+                     container.name, container.container_id[:12], held.pid,
+                     (time.monotonic() - started) * 1000,
+                     " ".join(f"{t}:{i.inode}" for t, i in sorted(held.identities.items())))
+
         try:
-            held = await find_container_namespaces(container.container_id, self.host_ns,
-                                                   proc=self.proc)
+            await find_container_namespaces(container.container_id, self.host_ns,
+                                            proc=self.proc, on_update=update)
         except asyncio.CancelledError:
             if container.attachments and not any(a.stopping for a in container.attachments):
                 self.lookups_failed += 1
@@ -273,16 +290,6 @@ class Driver:
         except Exception:
             self.lookups_failed += 1
             log.exception("finding the namespaces of %s failed", container.container_id[:12])
-            return
-        if self.containers.get(container.container_id) is not container:
-            held.close()
-            return
-        touched = self.registry.add(container.container_id, held)
-        self._refresh(container.container_id)
-        for cid in touched:
-            self._refresh(cid)
-        log.info("%s (%s): pid %d, namespaces %s", container.name, container.container_id[:12],
-                 held.pid, " ".join(f"{t}:{i.inode}" for t, i in sorted(held.identities.items())))
 
     def _refresh(self, container_id: str) -> None:
         """Rebuild a container's context after what it says changed; keep it for later reads."""

@@ -17,8 +17,9 @@ import fcntl
 import logging
 import os
 import struct
+import sys
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -132,46 +133,80 @@ class FinderSchedule:
     scan_every: float = 1.0
 
 
-async def find_container_namespaces(container_id: str, host: dict[str, NamespaceIdentity],
-                                    proc: Path = PROC, root: Path = cgroup.CGROUP_ROOT,
-                                    schedule: FinderSchedule | None = None) -> HeldNamespaces:
-    """Wait for the container's init and hold its namespaces. Runs until found or cancelled."""
+async def find_container_namespaces(
+        container_id: str, host: dict[str, NamespaceIdentity], proc: Path = PROC,
+        root: Path = cgroup.CGROUP_ROOT, schedule: FinderSchedule | None = None,
+        on_update: Callable[[HeldNamespaces], None] | None = None) -> HeldNamespaces:
+    """Wait for the container's init and hold its namespaces. Runs until found or cancelled.
+
+    runc's init sits in the container's final namespaces waiting for ``start``; a view seen the
+    same on two looks in a row is handed to ``on_update`` at once (so even the first line of a
+    container gets it), and again if it changes before the container's program runs. Each view
+    handed to ``on_update`` belongs to the callee from then on; the return value is the last
+    one handed out (or, without ``on_update``, the caller's to close).
+    """
     schedule = schedule or FinderSchedule()
     files = cgroup.procs_files(container_id, root)
     start = last_scan = time.monotonic()
-    held: HeldNamespaces | None = None
-    while True:
-        now = time.monotonic()
-        pids = cgroup.read_procs(files)
-        if not pids and now - start >= schedule.scan_after and now - last_scan >= schedule.scan_every:
-            last_scan = now
-            pids = await asyncio.to_thread(cgroup.scan_proc, container_id, proc)
-        init = pick_init(pids, proc) if pids else None
-        if init is not None:
-            try:
-                candidate = hold_namespaces(init, proc)
-            except OSError:
-                candidate = None  # gone already, or not ours to read; look again
-            if candidate is not None and _is_container_view(candidate, host):
-                if held is not None:
-                    held.close()
-                held = candidate
-                if _read(proc / str(init) / "comm") != _RUNC_INIT_COMM:
-                    return held  # running the container's own program: final
-                # Still runc's init, waiting for `start`: keep the latest view until it execs.
-            elif candidate is not None:
-                candidate.close()
-        elif held is not None:
-            return held  # it ran and exited between two looks: the last view is the answer
-        elapsed = now - start
-        delay = (schedule.fast if elapsed < schedule.fast_for
-                 else schedule.medium if elapsed < schedule.medium_for else schedule.slow)
-        try:
+    published: HeldNamespaces | None = None
+    seen: HeldNamespaces | None = None  # ours: looked at, not handed out
+
+    def publish() -> None:
+        nonlocal published, seen
+        assert seen is not None
+        if published is not None and published.identities == seen.identities:
+            seen.close()  # nothing new
+        else:
+            published = seen
+            if on_update is not None:
+                on_update(published)
+        seen = None
+
+    try:
+        while True:
+            now = time.monotonic()
+            pids = cgroup.read_procs(files)
+            if not pids and now - start >= schedule.scan_after and \
+                    now - last_scan >= schedule.scan_every:
+                last_scan = now
+                pids = await asyncio.to_thread(cgroup.scan_proc, container_id, proc)
+            init = pick_init(pids, proc) if pids else None
+            candidate: HeldNamespaces | None = None
+            if init is not None:
+                try:
+                    candidate = hold_namespaces(init, proc)
+                except OSError:
+                    pass  # gone already, or not ours to read; look again
+                if candidate is not None and not _is_container_view(candidate, host):
+                    candidate.close()
+                    candidate = None
+            if candidate is not None:
+                final = _read(proc / str(candidate.pid) / "comm") != _RUNC_INIT_COMM
+                same = seen is not None and seen.pid == candidate.pid and \
+                    seen.identities == candidate.identities
+                if seen is not None:
+                    seen.close()
+                seen = candidate
+                if final or same:
+                    publish()
+                if final:
+                    assert published is not None
+                    return published
+            elif init is None and (published is not None or seen is not None):
+                # It ran and exited between two looks: the last view is the answer.
+                if seen is not None:
+                    publish()
+                assert published is not None
+                return published
+            elapsed = now - start
+            delay = (schedule.fast if elapsed < schedule.fast_for
+                     else schedule.medium if elapsed < schedule.medium_for else schedule.slow)
             await asyncio.sleep(delay)  # polling the cgroup: there is no event to wait on
-        except asyncio.CancelledError:
-            if held is not None:
-                held.close()
-            raise
+    finally:
+        if seen is not None:
+            seen.close()
+        if published is not None and on_update is None and sys.exc_info()[0] is not None:
+            published.close()
 
 
 def _is_container_view(held: HeldNamespaces, host: dict[str, NamespaceIdentity]) -> bool:
