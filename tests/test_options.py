@@ -18,7 +18,7 @@ VECTORS = Path(__file__).parent / "vectors"
 ALL_OPTIONS = {
     "mode", "max-buffer-size", "cache-disabled", "cache-max-size", "cache-max-file",
     "cache-compress", "tag", "labels", "labels-regex", "env", "env-regex",
-    "max-size", "max-file", "compress",
+    "max-size", "max-file", "compress", "namespaces",
 }
 
 
@@ -50,6 +50,7 @@ def test_defaults(config):
     assert opts["max-size"] == 20 * 1024 * 1024
     assert opts["max-file"] == 5
     assert opts["compress"] is True
+    assert opts["namespaces"] is True  # enrichment is on unless switched off
     assert opts.given == frozenset()
     assert set(opts.values) == ALL_OPTIONS
 
@@ -60,6 +61,8 @@ def test_allowed_options_are_exactly_the_documented_ones():
 
 
 @pytest.mark.parametrize("name,value,expected", [
+    ("namespaces", "false", False),
+    ("namespaces", "true", True),
     ("mode", "non-blocking", "non-blocking"),
     ("mode", "blocking", "blocking"),
     ("max-buffer-size", "4m", 4 << 20),

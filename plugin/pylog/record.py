@@ -131,15 +131,15 @@ def build_context(info: Mapping[str, Any], options: LogOptions,
     container_id = str(info.get("ContainerID") or "")
     if held is not None:
         host = host or {}
-        namespaces = {
-            t: NamespaceView(
-                type=t, inode=ident.inode, id=ident.id,
-                is_host=t in host and host[t].key == ident.key,
-                shared_with=tuple(sorted(
-                    (names or {}).get(other, other[:12])
-                    for other in registry.sharing(container_id, ident))) if registry else ())
-            for t, ident in held.identities.items()
-        }
+        namespaces = {}
+        for t, ident in held.identities.items():
+            is_host = t in host and host[t].key == ident.key
+            # In the host's namespace every container shares with every other: is_host says
+            # it, and listing them all would make each record grow with the host's size.
+            others = registry.sharing(container_id, ident) if registry and not is_host else []
+            namespaces[t] = NamespaceView(
+                type=t, inode=ident.inode, id=ident.id, is_host=is_host,
+                shared_with=tuple(sorted((names or {}).get(o, o[:12]) for o in others)))
     return ContainerContext(
         container_id=container_id,
         name=str(info.get("ContainerName") or "").lstrip("/"),
@@ -177,6 +177,25 @@ def record_json(line: LogEntry, ctx: ContainerContext, ts: TimestampFormatter) -
     message = _dumps(line.line.decode("utf-8", "replace"))
     return (f'{{"@timestamp":"{ts(line.time_nano)}","message":{message},'
             f'"stream":"{line.source}",{ctx.json_fragment}}}')
+
+
+def records_ndjson(lines: list[LogEntry], ctx: ContainerContext, ts: TimestampFormatter,
+                   before: str = "") -> str:
+    """Many records as JSON lines, each preceded by ``before`` (e.g. a bulk action line).
+
+    Built with one join, so the context's bytes are copied once per record: with all eight
+    namespaces a record costs within 5% of one without (bench/bench_records.py).
+    """
+    tail = f',{ctx.json_fragment}}}\n'
+    parts: list[str] = []
+    add = parts.append
+    dumps = _dumps
+    for line in lines:
+        add(f'{before}{{"@timestamp":"{ts(line.time_nano)}","message":')
+        add(dumps(line.line.decode("utf-8", "replace")))
+        add(f',"stream":"{line.source}"')
+        add(tail)
+    return "".join(parts)
 
 
 def record_dict(line: LogEntry, ctx: ContainerContext, ts: TimestampFormatter) -> dict[str, Any]:
