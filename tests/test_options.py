@@ -108,12 +108,13 @@ def test_all_options_at_once():
         "mode": "non-blocking", "max-buffer-size": "2m", "cache-disabled": "false",
         "cache-max-size": "5m", "cache-max-file": "2", "cache-compress": "true",
         "tag": "{{.ImageName}}", "labels": "a", "labels-regex": "b", "env": "C", "env-regex": "D",
-        "max-size": "10k", "max-file": "3", "compress": "false",
+        "max-size": "10k", "max-file": "3", "compress": "false", "namespaces": "false",
     }
     assert set(config) == ALL_OPTIONS
     opts = parse_log_options(config)
     assert opts.given == frozenset(ALL_OPTIONS)
     assert opts["max-size"] == 10240 and opts["max-file"] == 3 and opts["compress"] is False
+    assert opts["namespaces"] is False
 
 
 def test_config_of_every_captured_start_logging_is_accepted():
