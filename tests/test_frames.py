@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from pylog.entry import LogEntry, PartialLogEntryMetadata
-from pylog.frames import DEFAULT_MAX_FRAME, FrameDecoder, encode_frame
+from pylog.frames import DEFAULT_MAX_FRAME, Chunk, FrameDecoder, decode_all, encode_frame
 
 VECTORS = Path(__file__).parent / "vectors"
 VECTOR_NAMES = ["basic", "binary", "hostns", "longline", "tty"]
@@ -25,26 +25,54 @@ def frame(line: bytes, t: int = 1_700_000_000_000_000_000, source: str = "stdout
     return encode_frame(LogEntry(source=source, time_nano=t, line=line))
 
 
-def decode(data: bytes, chunks: list[int] | None = None, max_frame: int = DEFAULT_MAX_FRAME):
-    """Feed ``data`` whole or cut at the given sizes, then finish(); return (frames, decoder)."""
-    dec = FrameDecoder(max_frame)
+def check_chunk(chunk: Chunk) -> None:
+    """What the store relies on: ``runs`` are ordered, non-empty, non-adjacent (coalesced)
+    ranges of ``data`` tiled exactly by whole frames, one per entry."""
+    assert isinstance(chunk, Chunk)
+    prev_end = -1
+    for start, end in chunk.runs:
+        assert 0 <= start < end <= len(chunk.data), chunk.runs
+        assert start > prev_end, chunk.runs  # a gap between two runs, else they would be one
+        prev_end = end
+    frames = chunk.frames()
+    assert len(frames) == len(chunk.entries)
+    # frames() walks the length prefixes: they must end exactly at each run's end.
+    assert b"".join(frames) == b"".join(chunk.data[s:e] for s, e in chunk.runs)
+    assert sum(len(f) for f in frames) == sum(e - s for s, e in chunk.runs)
+
+
+def pairs(chunks: list[Chunk]) -> list[tuple[bytes, LogEntry]]:
+    """``(raw_frame, entry)`` for every valid frame of the chunks, in order."""
     out = []
+    for chunk in chunks:
+        check_chunk(chunk)
+        out += zip(chunk.frames(), chunk.entries, strict=True)
+    return out
+
+
+def decode(data: bytes, chunks: list[int] | None = None, max_frame: int = DEFAULT_MAX_FRAME):
+    """Feed ``data`` whole or cut at the given sizes, then finish(); return (frames, decoder)
+    with frames as ``(raw_frame, entry)`` pairs."""
+    dec = FrameDecoder(max_frame)
+    got: list[Chunk] = []
     if chunks is None:
-        out += dec.feed(data)
+        got.append(dec.feed(data))
     else:
         pos = 0
         for size in chunks:
-            out += dec.feed(data[pos:pos + size])
+            got.append(dec.feed(data[pos:pos + size]))
             pos += size
-        out += dec.feed(data[pos:])
-    extra = dec.finish()
-    if isinstance(extra, list):  # frames rescued at end of stream, should finish() ever return them
-        out += extra
-    return out, dec
+        got.append(dec.feed(data[pos:]))
+    got += dec.finish()  # frames rescued at end of stream
+    return pairs(got), dec
 
 
 def lines(frames) -> list[bytes]:
     return [entry.line for _raw, entry in frames]
+
+
+def chunk_lines(*chunks: Chunk) -> list[bytes]:
+    return lines(pairs(list(chunks)))
 
 
 def summary(frames, dec):
@@ -97,10 +125,14 @@ def test_partial_frame_is_held_back_until_complete():
     data = vector("basic")
     first_len = 4 + struct.unpack(">I", data[:4])[0]
     dec = FrameDecoder()
-    assert dec.feed(data[:first_len - 1]) == []
+    held = dec.feed(data[:first_len - 1])
+    assert held.entries == [] and held.runs == [] and held.frames() == []
     assert dec.pending_bytes == first_len - 1
-    frames = dec.feed(data[first_len - 1:first_len])
-    assert lines(frames) == [b"hello stderr"]
+    chunk = dec.feed(data[first_len - 1:first_len])
+    assert chunk_lines(chunk) == [b"hello stderr"]
+    # The held-back bytes are part of the chunk's data, and the run covers them.
+    assert chunk.data == data[:first_len]
+    assert chunk.runs == [(0, first_len)]
     assert dec.pending_bytes == 0
 
 
@@ -223,12 +255,12 @@ def test_two_corrupt_regions_are_counted_twice():
 
 def test_one_corrupt_region_spread_over_many_feeds_counts_once():
     dec = FrameDecoder()
-    out = dec.feed(A)
+    out = [dec.feed(A)]
     for _ in range(50):
-        out += dec.feed(b"\xee" * 7)
-    out += dec.feed(C + D)
-    dec.finish()
-    assert lines(out) == [b"first good line"] + GOOD_AFTER
+        out.append(dec.feed(b"\xee" * 7))
+    out.append(dec.feed(C + D))
+    assert dec.finish() == []
+    assert chunk_lines(*out) == [b"first good line"] + GOOD_AFTER
     assert dec.stats.corrupt == 1
     assert dec.stats.skipped_bytes == 350
 
@@ -294,7 +326,7 @@ def test_overlong_length_field_does_not_lose_the_frames_after_it(length):
     bad = struct.pack(">I", length) + B[4:]
     dec = FrameDecoder()
     out = dec.feed(A + bad + C + D)
-    assert lines(out + dec.finish()) == [b"first good line"] + GOOD_AFTER
+    assert chunk_lines(out, *dec.finish()) == [b"first good line"] + GOOD_AFTER
     assert dec.stats.corrupt == 1
     assert dec.stats.skipped_bytes == len(bad)
     assert dec.stats.frames == 3
@@ -322,6 +354,137 @@ def test_frame_without_a_source_first_is_skipped():
     assert dec.stats.corrupt == 1
 
 
+# ------------------------------------------------------------------ Chunk.runs
+
+
+def test_runs_coalesce_adjacent_frames_into_one():
+    data = A + B + C + D
+    chunk = FrameDecoder().feed(data)
+    assert chunk.data == data
+    assert chunk.runs == [(0, len(data))]
+    assert chunk.frames() == [A, B, C, D]
+    assert [e.line for e in chunk.entries] == [b"first good line", b"hello world, a longer line",
+                                               b"third", b"fourth"]
+
+
+@pytest.mark.parametrize("name", VECTOR_NAMES)
+def test_a_clean_vector_is_one_run_over_all_of_it(name):
+    data = vector(name)
+    chunk = FrameDecoder().feed(data)
+    assert chunk.runs == [(0, len(data))]
+    assert b"".join(chunk.frames()) == data
+
+
+@pytest.mark.parametrize("garbage", [
+    b"x",
+    b"\xff" * 100,
+    b"\x00\x00\x00\x03abc",  # a length below the minimum
+    struct.pack(">I", 12) + b"\n\x06stdout\x0f\x00\x00\x00",  # a body that is not a LogEntry
+    struct.pack(">I", DEFAULT_MAX_FRAME + 1) + B[4:],  # an oversized length
+    struct.pack(">I", 16) + b"\n\x06stdout\x10\x07\n\x04evil",  # parses, but overrides source
+])
+def test_runs_leave_a_gap_exactly_where_a_corrupt_region_is(garbage):
+    data = A + B + garbage + C + D
+    chunk = FrameDecoder().feed(data)
+    good_end = len(A + B)
+    assert chunk.runs == [(0, good_end), (good_end + len(garbage), len(data))]
+    assert chunk.frames() == [A, B, C, D]
+    assert len(chunk.entries) == 4
+
+
+def test_runs_around_leading_and_trailing_garbage():
+    dec = FrameDecoder()
+    lead, trail = b"leading junk", b"\xee" * 30
+    chunk = dec.feed(lead + A + B + trail)
+    assert chunk.runs == [(len(lead), len(lead + A + B))]
+    assert chunk.frames() == [A, B]
+    assert dec.finish() == []
+    assert dec.stats.corrupt == 2
+    assert dec.stats.skipped_bytes == len(lead) + len(trail)
+
+
+def test_runs_with_several_gaps():
+    g1, g2 = b"garbage one", b"garbage two"
+    data = A + g1 + B + C + g2 + D
+    chunk = FrameDecoder().feed(data)
+    a, b, c = len(A), len(A + g1), len(A + g1 + B + C)
+    assert chunk.runs == [(0, a), (b, c), (c + len(g2), len(data))]
+    assert chunk.frames() == [A, B, C, D]
+
+
+def test_only_garbage_gives_no_runs():
+    dec = FrameDecoder()
+    chunk = dec.feed(b"\xee" * 64)
+    assert chunk.runs == [] and chunk.entries == [] and chunk.frames() == []
+    assert dec.finish() == []
+
+
+def test_runs_index_data_that_starts_with_the_held_back_bytes():
+    dec = FrameDecoder()
+    first = dec.feed(A + C[:5])
+    assert first.runs == [(0, len(A))]
+    assert first.frames() == [A]
+    second = dec.feed(C[5:] + b"junk" + D)
+    assert second.data == C + b"junk" + D  # the 5 held-back bytes come first
+    assert second.runs == [(0, len(C)), (len(C) + 4, len(C) + 4 + len(D))]
+    assert second.frames() == [C, D]
+    assert [e.line for e in second.entries] == [b"third", b"fourth"]
+
+
+def test_every_stored_byte_comes_from_a_run_however_the_stream_is_cut():
+    """What a store writes (the runs of each chunk) is the same for any cut of the stream."""
+    data = A + b"garbage" + B + C + b"\x00\x00\x00\x03abc" + D
+    whole = FrameDecoder().feed(data)
+    expected = b"".join(whole.data[s:e] for s, e in whole.runs)
+    assert expected == A + B + C + D
+    for size in (1, 2, 3, 5, 8, 13, 40):
+        dec = FrameDecoder()
+        got = [dec.feed(data[i:i + size]) for i in range(0, len(data), size)] + dec.finish()
+        for chunk in got:
+            check_chunk(chunk)
+        assert b"".join(c.data[s:e] for c in got for s, e in c.runs) == expected, size
+
+
+@pytest.mark.parametrize("length", [len(B) - 4 + 1, len(B) + 20, 100_000])
+def test_frames_salvaged_by_finish_come_in_chunks_with_runs(length):
+    bad = struct.pack(">I", length) + B[4:]
+    dec = FrameDecoder()
+    first = dec.feed(A + bad + C + D)
+    rest = dec.finish()
+    for chunk in [first, *rest]:
+        check_chunk(chunk)
+        assert chunk.entries  # finish() returns no empty chunks
+    stored = b"".join(c.data[s:e] for c in [first, *rest] for s, e in c.runs)
+    assert stored == A + C + D
+
+
+def test_empty_chunk():
+    chunk = Chunk()
+    assert chunk.data == b"" and chunk.runs == [] and chunk.entries == [] and chunk.frames() == []
+    assert FrameDecoder().feed(b"").runs == []
+
+
+# ------------------------------------------------------------------ decode_all()
+
+
+@pytest.mark.parametrize("name", VECTOR_NAMES)
+def test_decode_all_equals_the_incremental_decoder(name):
+    data = vector(name)
+    frames, _ = decode(data)
+    assert decode_all(data) == [e for _, e in frames]
+
+
+def test_decode_all_skips_damage_and_salvages_behind_an_overlong_length():
+    bad = struct.pack(">I", 100_000) + B[4:]
+    got = decode_all(A + b"garbage" + bad + C + D + b"\x00\x00")
+    assert [e.line for e in got] == [b"first good line"] + GOOD_AFTER
+
+
+def test_decode_all_honours_max_frame():
+    assert [e.line for e in decode_all(vector("longline"), max_frame=5_000)] == [b"after"]
+    assert len(decode_all(vector("longline"))) == 4
+
+
 # ------------------------------------------------------------------ finish()
 
 
@@ -336,7 +499,7 @@ def test_finish_on_a_frame_boundary_drops_nothing():
 @pytest.mark.parametrize("cut", [1, 3, 4, 10, len(C) - 1])
 def test_finish_counts_a_dangling_partial_frame(cut):
     dec = FrameDecoder()
-    assert lines(dec.feed(A + C[:cut])) == [b"first good line"]
+    assert chunk_lines(dec.feed(A + C[:cut])) == [b"first good line"]
     assert dec.pending_bytes == cut
     assert dec.stats.corrupt == 0
     assert dec.finish() == []
@@ -344,7 +507,7 @@ def test_finish_counts_a_dangling_partial_frame(cut):
     assert dec.stats.skipped_bytes == cut
     assert dec.pending_bytes == 0
     # The decoder starts clean afterwards.
-    assert lines(dec.feed(D)) == [b"fourth"]
+    assert chunk_lines(dec.feed(D)) == [b"fourth"]
     assert dec.stats.corrupt == 1
 
 
@@ -392,6 +555,9 @@ def _check_invariants(data: bytes, chunks: list[int]) -> None:
         assert dec.stats.corrupt >= 1
     # However the bytes are cut, the result is the same.
     assert summary(*decode(data, chunks=chunks)) == summary(frames, dec)
+    # decode_all() is the same decoder on a complete byte string.
+    assert [e.SerializeToString() for e in decode_all(data)] == [
+        entry.SerializeToString() for _, entry in frames]
 
 
 _MUTATIONS = st.lists(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gzip
 import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -12,7 +13,7 @@ import pytest
 from pylog.entry import LogEntry
 from pylog.errors import RequestError
 from pylog.frames import FrameDecoder, encode_frame
-from pylog.logreader import ReadConfig, read_logs, render, split_entries
+from pylog.logreader import ReadConfig, read_logs, render
 from pylog.store import ContainerLog, Store, StoreOptions
 from pylog.timefmt import format_rfc3339_ns
 
@@ -31,22 +32,28 @@ def line_of(i: int, size: int = 20) -> bytes:
     return (b"%06d " % i).ljust(size, b"x")[:size] + b"\n"
 
 
-STORED_LEN = len(frame(0)) + 4
+STORED_LEN = len(frame(0))  # the store keeps frames as they came: [len][LogEntry]
 
 
 def stored(raw_frames: list[bytes]) -> bytes:
-    """Frames in the store's file format."""
-    return b"".join(raw + raw[:4] for raw in raw_frames)
+    """Frames in the store's file format (the FIFO's own)."""
+    return b"".join(raw_frames)
+
+
+def append(clog: ContainerLog, frames: list[bytes]) -> None:
+    """Append whole frames as the driver does: one buffer, one run over all of it."""
+    data = b"".join(frames)
+    clog.append(data, [(0, len(data))] if data else [])
 
 
 def vector_frames(name: str) -> list[bytes]:
-    return [raw for raw, _ in FrameDecoder().feed((VECTORS / f"{name}.fifo.bin").read_bytes())]
+    return FrameDecoder().feed((VECTORS / f"{name}.fifo.bin").read_bytes()).frames()
 
 
 def decode_output(data: bytes) -> list[LogEntry]:
     """The frames dockerd reads back: whole, with a valid source and nothing but the 3 fields."""
     dec = FrameDecoder()
-    entries = [e for _, e in dec.feed(data)]
+    entries = dec.feed(data).entries
     assert dec.pending_bytes == 0 and dec.stats.corrupt == 0
     for e in entries:
         assert e.source in ("stdout", "stderr")
@@ -96,20 +103,20 @@ def open_log(store: Store, per_file: int = 1000, max_file: int = 100,
 async def test_lines_get_a_newline_unless_the_output_ended_without_one(store):
     clog = store.open(CID, StoreOptions())
     frames = vector_frames("basic")
-    clog.append(frames)
+    append(clog, frames)
     entries = await read_all(clog)
     assert [(e.source, e.line) for e in entries] == [
         ("stderr", b"hello stderr\n"),
         ("stdout", b"hello stdout\n"),
         ("stdout", b"no newline at end"),
     ]
-    originals = [e for _, e in FrameDecoder().feed(b"".join(frames))]
+    originals = FrameDecoder().feed(b"".join(frames)).entries
     assert [e.time_nano for e in entries] == [e.time_nano for e in originals]
 
 
 async def test_split_line_reads_back_as_one_line_then_the_next(store):
     clog = store.open(CID, StoreOptions())
-    clog.append(vector_frames("longline"))
+    append(clog, vector_frames("longline"))
     entries = await read_all(clog)
     assert b"".join(e.line for e in entries) == b"a" * 40000 + b"\n" + b"after\n"
     assert [len(e.line) for e in entries] == [16384, 16384, 7233, 6]
@@ -123,7 +130,7 @@ async def test_split_line_reads_back_as_one_line_then_the_next(store):
 ])
 async def test_vectors_read_back_byte_for_byte(store, name, expected):
     clog = store.open(CID, StoreOptions())
-    clog.append(vector_frames(name))
+    append(clog, vector_frames(name))
     assert [e.line for e in await read_all(clog)] == expected
 
 
@@ -140,7 +147,7 @@ async def test_empty_log_reads_nothing(store):
 async def test_tail_across_rotated_files(store, executor, compress):
     clog = open_log(store, per_file=3, max_file=20, compress=compress)
     for i in range(25):
-        clog.append([frame(i)])
+        append(clog, [frame(i)])
     drain(executor)
     names = os.listdir(clog.directory)
     assert len(names) == 9
@@ -156,7 +163,7 @@ async def test_tail_across_rotated_files(store, executor, compress):
 
 async def test_tail_after_pruning_gives_what_is_left(store, executor):
     clog = open_log(store, per_file=2, max_file=3)
-    clog.append([frame(i) for i in range(11)])
+    append(clog, [frame(i) for i in range(11)])
     drain(executor)
     assert numbers(await read_all(clog)) == [6, 7, 8, 9, 10]
     assert numbers(await read_all(clog, tail=100)) == [6, 7, 8, 9, 10]
@@ -165,13 +172,13 @@ async def test_tail_after_pruning_gives_what_is_left(store, executor):
 
 async def test_tail_counts_chunks_of_a_split_line_as_entries(store):
     clog = store.open(CID, StoreOptions())
-    clog.append(vector_frames("longline"))
+    append(clog, vector_frames("longline"))
     assert [e.line for e in await read_all(clog, tail=2)] == [b"a" * 7232 + b"\n", b"after\n"]
 
 
 async def test_damaged_compressed_file_is_skipped(store, executor):
     clog = open_log(store, per_file=2, max_file=10)
-    clog.append([frame(i) for i in range(7)])
+    append(clog, [frame(i) for i in range(7)])
     drain(executor)
     bad = clog.directory / "container.log.2.gz"
     bad.write_bytes(b"this is not gzip")
@@ -206,7 +213,7 @@ def ts(i: int) -> int:
 @pytest.mark.parametrize("per_file", [2, 1000])
 async def test_since_and_until_are_inclusive(store, executor, cfg, expected, per_file):
     clog = open_log(store, per_file=per_file)
-    clog.append([frame(i) for i in range(10)])
+    append(clog, [frame(i) for i in range(10)])
     drain(executor)
     assert numbers(await read_all(clog, **cfg)) == expected
 
@@ -233,74 +240,137 @@ def test_read_config_rejects_malformed_requests(config):
 
 
 def test_render_stops_at_the_first_entry_after_until():
-    bodies = [frame(i)[4:] for i in (1, 2, 9, 3)]
-    out, stop = render(bodies, ReadConfig(until=ts(5)))
+    entries = [LogEntry.FromString(frame(i)[4:]) for i in (1, 2, 9, 3)]
+    out, stop = render(entries, ReadConfig(until=ts(5)))
     assert stop is True
     assert numbers(decode_output(out)) == [1, 2]
-    out, stop = render(bodies, ReadConfig())
+    out, stop = render(entries, ReadConfig())
     assert stop is False
     assert numbers(decode_output(out)) == [1, 2, 9, 3]
 
 
-# ------------------------------------------------------------------ split_entries
+# ------------------------------------------------------------------ stored data as read back
 
 
-def test_split_entries_whole_data():
-    frames = [frame(i) for i in range(5)]
-    data = stored(frames)
-    bodies, used = split_entries(data)
-    assert bodies == [f[4:] for f in frames]
-    assert used == len(data)
+def put_rotated(clog: ContainerLog, data: bytes, seq: int = 1, compressed: bool = False) -> None:
+    """A rotated file holding ``data`` (written as it lies on disk after a crash or damage)."""
+    name = f"container.log.{seq}" + (".gz" if compressed else "")
+    (clog.directory / name).write_bytes(gzip.compress(data) if compressed else data)
 
 
-def test_split_entries_stops_before_an_unfinished_entry():
+def put_current(clog: ContainerLog, data: bytes) -> None:
+    """Bytes added to the open log's current file behind the store's back."""
+    with open(clog.directory / "container.log", "ab") as f:
+        f.write(data)
+
+
+@pytest.mark.parametrize("where", ["current", "rotated", "compressed"])
+async def test_whole_stored_data_reads_back(store, where):
+    clog = store.open(CID, StoreOptions())
+    data = stored([frame(i) for i in range(5)])
+    if where == "current":
+        put_current(clog, data)
+    else:
+        put_rotated(clog, data, compressed=where == "compressed")
+    assert numbers(await read_all(clog)) == [0, 1, 2, 3, 4]
+    assert numbers(await read_all(clog, tail=2)) == [3, 4]
+
+
+@pytest.mark.parametrize("cut", range(1, STORED_LEN))
+async def test_an_unfinished_frame_at_the_end_of_the_current_file_is_held_back(store, cut):
+    """A frame only partly written yet is not returned, not counted as corrupt, and a follower
+    gets it once the rest of it is written."""
+    clog = open_log(store)
     frames = [frame(i) for i in range(3)]
     data = stored(frames)
-    for cut in range(1, STORED_LEN):
-        bodies, used = split_entries(data[:-cut])
-        assert bodies == [f[4:] for f in frames[:2]], cut
-        assert used == 2 * STORED_LEN, cut
+    put_current(clog, data[:-cut])
+    assert numbers(await read_all(clog)) == [0, 1]
+    assert numbers(await read_all(clog, tail=1)) == [1]
+    clog.writers = 1
+    f = Follower(clog)
+    await f.wait_count(2)
+    put_current(clog, data[-cut:])  # the rest of the frame
+    clog.wake()
+    await f.wait_count(3)
+    append(clog, [frame(3)])
+    await f.wait_count(4)
+    assert await f.end(clog) == [0, 1, 2, 3]
 
 
-def test_split_entries_from_an_offset():
-    frames = [frame(i) for i in range(3)]
-    bodies, used = split_entries(stored(frames), STORED_LEN)
-    assert bodies == [f[4:] for f in frames[1:]]
-    assert used == 3 * STORED_LEN
+_TORN = frame(99)
+_TORN_LONG = frame(99, size=5000)
+
+_KNOWN_TORN_IN_LINE = pytest.mark.xfail(strict=True, reason=(
+    "KNOWN (restart resync, issue 5; see test_frames.py): the decoder accepts a frame "
+    "truncated inside its `line` bytes when the following bytes complete the body, so a bogus "
+    "entry is returned and the next frame is lost. The old store format's trailing length "
+    "caught this; the FIFO format has nothing to check it against"))
 
 
-@pytest.mark.parametrize("damage", [
-    b"\x00",
-    b"garbage bytes",
-    b"\x00\x00\x00\x08\n\x06stdout",  # a header and body without the trailing length
-    b"\x00\x00\x00\x08\n\x06stdout\x00\x00\x00\x09",  # a trailing length that does not match
-    stored([frame(99)])[:30],  # a torn write: the start of an entry
-    stored([frame(99)])[5:],  # the end of an entry
+DAMAGES = [
+    pytest.param(b"\x00", id="one-byte"),
+    pytest.param(b"garbage bytes", id="garbage"),
+    pytest.param(b"\x00\x00\x00\x09\n\x06stdout", id="length-one-too-big"),
+    pytest.param(b"\x00\x00\x00\x07\n\x06stdout", id="length-below-minimum"),
+    pytest.param(_TORN[:12], id="torn-before-line"),  # a torn write: header, source, half a time
+    pytest.param(_TORN[:30], id="torn-in-line", marks=_KNOWN_TORN_IN_LINE),
+    pytest.param(_TORN[5:], id="end-of-a-frame"),
+]
+
+
+@pytest.mark.parametrize("where", ["rotated", "compressed", "current"])
+@pytest.mark.parametrize("damage", DAMAGES)
+async def test_a_damaged_region_is_skipped_and_later_entries_are_read(store, where, damage):
+    clog = store.open(CID, StoreOptions())
+    data = stored([frame(0), frame(1)]) + damage + stored([frame(2), frame(3)])
+    if where == "current":
+        put_current(clog, data)
+    else:
+        put_rotated(clog, data, compressed=where == "compressed")
+    assert numbers(await read_all(clog)) == [0, 1, 2, 3]
+    assert numbers(await read_all(clog, tail=3)) == [1, 2, 3]
+
+
+@pytest.mark.parametrize("where", [
+    "rotated",
+    "compressed",
+    pytest.param("current"),
 ])
-def test_split_entries_skips_a_damaged_region(damage):
-    before, after = [frame(0), frame(1)], [frame(2), frame(3)]
-    data = stored(before) + damage + stored(after)
-    bodies, used = split_entries(data)
-    assert bodies == [f[4:] for f in before + after]
-    assert used == len(data)
+async def test_a_torn_long_frame_does_not_hide_the_entries_after_it(store, where):
+    clog = store.open(CID, StoreOptions())
+    data = stored([frame(0)]) + _TORN_LONG[:100] + stored([frame(1), frame(2)])
+    if where == "current":
+        put_current(clog, data)
+    else:
+        put_rotated(clog, data, compressed=where == "compressed")
+    assert numbers(await read_all(clog)) == [0, 1, 2]
+    assert numbers(await read_all(clog, tail=2)) == [1, 2]
 
 
-def test_split_entries_skips_a_torn_long_entry():
-    torn = stored([frame(99, size=5000)])[:100]
-    data = stored([frame(0)]) + torn + stored([frame(1), frame(2)])
-    bodies, used = split_entries(data)
-    assert bodies == [frame(0)[4:], frame(1)[4:], frame(2)[4:]]
-    assert used == len(data)
+async def test_damage_in_a_rotated_file_does_not_affect_the_next_files(store, executor,
+                                                                     tmp_path):
+    d = tmp_path / "containers" / CID
+    d.mkdir(parents=True)
+    # Rotated in an earlier run of the plugin, damaged since.
+    (d / "container.log.1").write_bytes(stored([frame(0)]) + b"junk" + _TORN_LONG[:100])
+    clog = open_log(store, per_file=2, max_file=10, compress=False)
+    append(clog, [frame(i) for i in range(1, 6)])
+    drain(executor)
+    assert sorted(os.listdir(clog.directory)) == [
+        "container.log", "container.log.1", "container.log.2", "container.log.3"]
+    assert numbers(await read_all(clog)) == [0, 1, 2, 3, 4, 5]
+    assert numbers(await read_all(clog, tail=5)) == [1, 2, 3, 4, 5]
 
 
 async def test_torn_write_from_a_crash_is_skipped_by_docker_logs(tmp_path, executor):
     d = tmp_path / "containers" / CID
     d.mkdir(parents=True)
-    (d / "container.log").write_bytes(stored([frame(0)]) + stored([frame(99)])[:30])
+    (d / "container.log").write_bytes(stored([frame(0)]) + _TORN[:30])
     s = Store(tmp_path, executor)  # the plugin after the crash
     try:
         clog = s.open(CID, StoreOptions())
-        clog.append([frame(1), frame(2)])
+        assert (d / "container.log").read_bytes() == stored([frame(0)])  # the torn tail is cut
+        append(clog, [frame(1), frame(2)])
         assert numbers(await read_all(clog)) == [0, 1, 2]
         assert numbers(await read_all(clog, tail=2)) == [1, 2]
     finally:
@@ -314,7 +384,22 @@ async def test_torn_long_entry_from_a_crash_is_skipped_by_docker_logs(tmp_path, 
     s = Store(tmp_path, executor)
     try:
         clog = s.open(CID, StoreOptions())
-        clog.append([frame(1), frame(2)])
+        append(clog, [frame(1), frame(2)])
+        assert numbers(await read_all(clog)) == [0, 1, 2]
+        assert numbers(await read_all(clog, tail=1)) == [2]
+    finally:
+        s.close()
+
+
+async def test_damage_in_the_middle_of_the_current_file_survives_a_restart(tmp_path, executor):
+    d = tmp_path / "containers" / CID
+    d.mkdir(parents=True)
+    (d / "container.log").write_bytes(stored([frame(0)]) + b"garbage bytes"
+                                      + stored([frame(1), frame(2)]))
+    s = Store(tmp_path, executor)  # the plugin restarts; `docker logs` reads
+    try:
+        clog = s.get(CID)
+        assert clog is not None
         assert numbers(await read_all(clog)) == [0, 1, 2]
     finally:
         s.close()
@@ -335,7 +420,7 @@ class Follower:
     async def _run(self, clog: ContainerLog, cfg: ReadConfig) -> None:
         try:
             async for batch in read_logs(clog, cfg):
-                new = [e for _, e in self._decoder.feed(batch)]
+                new = self._decoder.feed(batch).entries
                 async with self._cond:
                     self.entries += new
                     self._cond.notify_all()
@@ -364,7 +449,7 @@ class Follower:
 
 async def test_follow_without_a_writer_ends_after_the_history(store):
     clog = open_log(store)
-    clog.append([frame(i) for i in range(3)])
+    append(clog, [frame(i) for i in range(3)])
     assert clog.writers == 0
     f = Follower(clog)
     await asyncio.wait_for(f.task, TIMEOUT)
@@ -374,13 +459,13 @@ async def test_follow_without_a_writer_ends_after_the_history(store):
 async def test_follow_streams_new_entries_until_logging_stops(store):
     clog = open_log(store)
     clog.writers = 1
-    clog.append([frame(i) for i in range(3)])
+    append(clog, [frame(i) for i in range(3)])
     f = Follower(clog)
     await f.wait_count(3)
-    clog.append([frame(3)])
+    append(clog, [frame(3)])
     await f.wait_count(4)
-    clog.append([frame(4), frame(5)])
-    clog.append([frame(6)])
+    append(clog, [frame(4), frame(5)])
+    append(clog, [frame(6)])
     await f.wait_count(7)
     assert not f.task.done()
     assert await f.end(clog) == list(range(7))
@@ -402,7 +487,7 @@ async def test_entries_appended_right_before_stop_are_not_lost(store):
     clog.writers = 1
     f = Follower(clog)
     await asyncio.sleep(0)
-    clog.append([frame(i) for i in range(10)])  # rotates twice, then logging stops at once
+    append(clog, [frame(i) for i in range(10)])  # rotates twice, then logging stops at once
     assert await f.end(clog) == list(range(10))
 
 
@@ -410,12 +495,12 @@ async def test_entries_appended_right_before_stop_are_not_lost(store):
 async def test_follow_across_rotations_gets_every_entry_exactly_once(store, executor, compress):
     clog = open_log(store, per_file=3, max_file=50, compress=compress)
     clog.writers = 1
-    clog.append([frame(i) for i in range(5)])
+    append(clog, [frame(i) for i in range(5)])
     f = Follower(clog)
     await f.wait_count(5)
     n = 5
     for batch in [1, 1, 2, 3, 1, 7, 1, 1, 1, 12, 2]:
-        clog.append([frame(i) for i in range(n, n + batch)])
+        append(clog, [frame(i) for i in range(n, n + batch)])
         n += batch
         await f.wait_count(n)
     drain(executor)
@@ -427,24 +512,24 @@ async def test_follow_across_rotations_gets_every_entry_exactly_once(store, exec
 async def test_follow_catches_up_over_several_rotations_and_compressed_files(store, executor):
     clog = open_log(store, per_file=2, max_file=50, compress=True)
     clog.writers = 1
-    clog.append([frame(0)])
+    append(clog, [frame(0)])
     f = Follower(clog)
     await f.wait_count(1)
     # Several rotations before the follower runs again, and the rotated files are already
     # compressed (drain() blocks the loop until the worker is done) when it does.
-    clog.append([frame(i) for i in range(1, 12)])
+    append(clog, [frame(i) for i in range(1, 12)])
     drain(executor)
     assert sum(n.endswith(".gz") for n in os.listdir(clog.directory)) == 5
     assert numbers(f.entries) == [0]
     await f.wait_count(12)
-    clog.append([frame(12)])
+    append(clog, [frame(12)])
     assert await f.end(clog) == list(range(13))
 
 
 async def test_rotation_while_the_history_is_being_read(store, executor):
     clog = open_log(store, per_file=3, max_file=50, compress=True)
     clog.writers = 1
-    clog.append([frame(i) for i in range(8)])
+    append(clog, [frame(i) for i in range(8)])
     drain(executor)
     taken = asyncio.Event()
     snapshot = clog.snapshot
@@ -458,9 +543,9 @@ async def test_rotation_while_the_history_is_being_read(store, executor):
     f = Follower(clog)
     await taken.wait()  # the follower holds its snapshot and is reading the history in a thread
     assert f.entries == [] and not f.task.done()
-    clog.append([frame(i) for i in range(8, 20)])  # four rotations meanwhile
+    append(clog, [frame(i) for i in range(8, 20)])  # four rotations meanwhile
     await f.wait_count(20)
-    clog.append([frame(20)])
+    append(clog, [frame(20)])
     assert await f.end(clog) == list(range(21))
 
 
@@ -468,10 +553,10 @@ async def test_rotation_while_the_history_is_being_read(store, executor):
 async def test_follow_with_tail(store, tail, history):
     clog = open_log(store, per_file=2)
     clog.writers = 1
-    clog.append([frame(i) for i in range(5)])
+    append(clog, [frame(i) for i in range(5)])
     f = Follower(clog, tail=tail)
     await f.wait_count(len(history))
-    clog.append([frame(5), frame(6)])
+    append(clog, [frame(5), frame(6)])
     await f.wait_count(len(history) + 2)
     assert await f.end(clog) == history + [5, 6]
 
@@ -479,10 +564,10 @@ async def test_follow_with_tail(store, tail, history):
 async def test_follow_with_tail_zero_after_the_snapshot(store):
     clog = open_log(store, per_file=2)
     clog.writers = 1
-    clog.append([frame(i) for i in range(3)])
+    append(clog, [frame(i) for i in range(3)])
     f = Follower(clog, tail=0)
     await asyncio.sleep(0)
-    clog.append([frame(3)])
+    append(clog, [frame(3)])
     await f.wait_count(1)
     assert await f.end(clog) == [3]
 
@@ -490,10 +575,10 @@ async def test_follow_with_tail_zero_after_the_snapshot(store):
 async def test_follow_with_since_filters_new_entries_too(store):
     clog = open_log(store)
     clog.writers = 1
-    clog.append([frame(i) for i in range(3)])
+    append(clog, [frame(i) for i in range(3)])
     f = Follower(clog, since=ts(2))
     await f.wait_count(1)
-    clog.append([frame(1), frame(5)])  # an entry with an older timestamp arrives late
+    append(clog, [frame(1), frame(5)])  # an entry with an older timestamp arrives late
     await f.wait_count(2)
     assert await f.end(clog) == [2, 5]
 
@@ -501,10 +586,10 @@ async def test_follow_with_since_filters_new_entries_too(store):
 async def test_follow_ends_at_the_first_entry_after_until(store):
     clog = open_log(store)
     clog.writers = 1
-    clog.append([frame(i) for i in range(3)])
+    append(clog, [frame(i) for i in range(3)])
     f = Follower(clog, until=ts(4))
     await f.wait_count(3)
-    clog.append([frame(3), frame(4), frame(5), frame(6)])
+    append(clog, [frame(3), frame(4), frame(5), frame(6)])
     await asyncio.wait_for(f.task, TIMEOUT)  # ends although the container still logs
     assert numbers(f.entries) == [0, 1, 2, 3, 4]
     assert clog.writers == 1
@@ -516,7 +601,7 @@ async def test_two_followers_each_get_everything(store):
     f1, f2 = Follower(clog), Follower(clog, tail=0)
     await asyncio.sleep(0)
     for i in range(10):
-        clog.append([frame(i)])
+        append(clog, [frame(i)])
         await f1.wait_count(i + 1)
         await f2.wait_count(i + 1)
     clog.writers = 0
@@ -528,7 +613,7 @@ async def test_two_followers_each_get_everything(store):
 async def test_follower_going_away_releases_its_waiter(store):
     clog = open_log(store)
     clog.writers = 1
-    clog.append([frame(0)])
+    append(clog, [frame(0)])
     gen = read_logs(clog, ReadConfig(follow=True))
     assert numbers(decode_output(await gen.__anext__())) == [0]
     await gen.aclose()  # dockerd closed the connection

@@ -16,7 +16,12 @@ VECTORS = Path(__file__).parent / "vectors"
 
 
 def vector_entries(name: str) -> list[LogEntry]:
-    return [e for _raw, e in FrameDecoder().feed((VECTORS / f"{name}.fifo.bin").read_bytes())]
+    return FrameDecoder().feed((VECTORS / f"{name}.fifo.bin").read_bytes()).entries
+
+
+def L(source: str, time_nano: int, line: bytes, partial: bool = False) -> Line:
+    """A line as the Reassembler hands it out: a LogEntry without partial_log_metadata."""
+    return LogEntry(source=source, time_nano=time_nano, line=line, partial=partial)
 
 
 def chunk(line: bytes, pid: str, ordinal: int, last: bool = False, t: int = 100,
@@ -34,14 +39,20 @@ def push_all(r: Reassembler, entries) -> list[Line]:
     return [line for e in entries if (line := r.push(e)) is not None]
 
 
+def test_line_is_log_entry():
+    assert Line is LogEntry
+
+
 def test_longline_reassembles_to_one_line():
     entries = vector_entries("longline")
     r = Reassembler()
     results = [r.push(e) for e in entries]
     assert results[0] is None and results[1] is None  # nothing until the last chunk
     line, after = results[2], results[3]
-    assert line == Line("stdout", entries[0].time_nano, b"a" * 40000, complete=True)
-    assert after == Line("stdout", entries[3].time_nano, b"after", complete=True)
+    assert line == L("stdout", entries[0].time_nano, b"a" * 40000, partial=False)
+    assert not line.HasField("partial_log_metadata")
+    assert after == L("stdout", entries[3].time_nano, b"after", partial=False)
+    assert after is entries[3]  # a whole entry is passed on as it is
     assert r.pending == 0
     assert r.flush() == []
     assert r.stats.lines == 2
@@ -54,13 +65,15 @@ def test_basic_final_partial_chunk_comes_out_of_flush_incomplete():
     entries = vector_entries("basic")
     r = Reassembler()
     lines = push_all(r, entries)
-    assert [(ln.source, ln.line, ln.complete) for ln in lines] == [
-        ("stderr", b"hello stderr", True),
-        ("stdout", b"hello stdout", True),
+    assert [(ln.source, ln.line, ln.partial) for ln in lines] == [
+        ("stderr", b"hello stderr", False),
+        ("stdout", b"hello stdout", False),
     ]
+    assert lines[0] is entries[0] and lines[1] is entries[1]
     assert r.pending == 1
     flushed = r.flush()
-    assert flushed == [Line("stdout", entries[2].time_nano, b"no newline at end", complete=False)]
+    assert flushed == [L("stdout", entries[2].time_nano, b"no newline at end", partial=True)]
+    assert not flushed[0].HasField("partial_log_metadata")
     assert r.pending == 0
     assert r.flush() == []  # flushed once only
     assert r.stats.lines == 3
@@ -71,9 +84,11 @@ def test_unsplit_vectors_pass_through_unchanged(name):
     entries = vector_entries(name)
     r = Reassembler()
     lines = push_all(r, entries)
-    assert [(ln.source, ln.time_nano, ln.line, ln.complete) for ln in lines] == [
-        (e.source, e.time_nano, e.line, True) for e in entries
+    assert [(ln.source, ln.time_nano, ln.line, ln.partial) for ln in lines] == [
+        (e.source, e.time_nano, e.line, False) for e in entries
     ]
+    assert len(lines) == len(entries)
+    assert all(ln is e for ln, e in zip(lines, entries))  # passed on, not copied
     assert r.flush() == []
 
 
@@ -88,9 +103,9 @@ def test_interleaved_stdout_and_stderr_partials():
         chunk(b"out-3", "idout", 3, last=True, t=10, source="stdout"),
     ])
     assert out == [
-        Line("stderr", 12, b"a whole stderr line"),
-        Line("stderr", 11, b"err-1 err-2"),
-        Line("stdout", 10, b"out-1 out-2 out-3"),
+        L("stderr", 12, b"a whole stderr line"),
+        L("stderr", 11, b"err-1 err-2"),
+        L("stdout", 10, b"out-1 out-2 out-3"),
     ]
     assert r.pending == 0
     assert r.stats.out_of_order == 0
@@ -117,8 +132,8 @@ def test_flush_returns_every_unfinished_line_oldest_first():
     ]) == []
     assert r.pending == 2
     assert r.flush() == [
-        Line("stderr", 10, b"older", complete=False),
-        Line("stdout", 20, b"newer more", complete=False),
+        L("stderr", 10, b"older", partial=True),
+        L("stdout", 20, b"newer more", partial=True),
     ]
 
 
@@ -131,8 +146,8 @@ def test_partials_without_metadata_id_are_joined_per_source():
         LogEntry(source="stdout", time_nano=3, line=b"o2", partial=True,
                  partial_log_metadata=PartialLogEntryMetadata(last=True)),
     ])
-    assert out == [Line("stdout", 1, b"o1o2")]
-    assert r.flush() == [Line("stderr", 2, b"e1", complete=False)]
+    assert out == [L("stdout", 1, b"o1o2")]
+    assert r.flush() == [L("stderr", 2, b"e1", partial=True)]
 
 
 def test_max_line_cuts_a_long_line_into_pieces_that_add_up():
@@ -141,8 +156,9 @@ def test_max_line_cuts_a_long_line_into_pieces_that_add_up():
     results = [r.push(e) for e in entries]
     assert results[0] is None
     piece1, piece2, after = results[1], results[2], results[3]
-    assert piece1 == Line("stdout", entries[0].time_nano, b"a" * 32768, complete=False)
+    assert piece1 == L("stdout", entries[0].time_nano, b"a" * 32768, partial=True)
     assert piece2.line == b"a" * 7232
+    assert piece2.partial is False  # the last piece ends the line
     assert piece2.time_nano == entries[0].time_nano
     assert piece1.line + piece2.line == b"a" * 40000
     assert after.line == b"after"
@@ -157,12 +173,13 @@ def test_max_line_bounds_what_is_held_for_an_endless_line():
     for i in range(1, 200):
         line = r.push(chunk(bytes([65 + i % 26]) * 16384, "endless", i))
         if line is not None:
-            assert line.complete is False
+            assert line.partial is True
+            assert not line.HasField("partial_log_metadata")
             emitted.append(line.line)
         held_max = max(held_max, 16384 * i - sum(map(len, emitted)))
     assert held_max < 50_000 + 16384
     rest = r.flush()
-    assert len(rest) == 1 and rest[0].complete is False
+    assert len(rest) == 1 and rest[0].partial is True
     got = b"".join(emitted) + rest[0].line
     assert got == b"".join(bytes([65 + i % 26]) * 16384 for i in range(1, 200))
     assert r.stats.cut_lines == len(emitted)
@@ -175,7 +192,7 @@ def test_out_of_order_chunks_are_counted():
         chunk(b"3", "x", 3),  # 2 is missing
         chunk(b"4", "x", 4, last=True),
     ])
-    assert out == [Line("stdout", 100, b"134")]
+    assert out == [L("stdout", 100, b"134")]
     assert r.stats.out_of_order == 1
 
 
@@ -238,7 +255,8 @@ def test_interleaved_streams_reassemble_to_the_original_lines(out_lines, err_lin
     for source, expected, nl in (("stdout", out_lines, out_nl), ("stderr", err_lines, err_nl)):
         got = [ln for ln in lines if ln.source == source]
         assert [ln.line for ln in got] == expected
-        assert [ln.complete for ln in got] == [nl or i < len(expected) - 1
-                                               for i in range(len(expected))]
+        assert [not ln.partial for ln in got] == [nl or i < len(expected) - 1
+                                                  for i in range(len(expected))]
+    assert not any(ln.HasField("partial_log_metadata") for ln in lines)
     assert r.stats.out_of_order == 0
     assert r.pending == 0

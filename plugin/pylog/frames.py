@@ -41,6 +41,7 @@ class Chunk:
     data: bytes = b""
     runs: list[tuple[int, int]] = field(default_factory=list)
     entries: list[LogEntry] = field(default_factory=list)
+    base: int = 0  # where data[0] is in the whole stream fed to the decoder
 
     def frames(self) -> list[bytes]:
         """Each valid frame's bytes (length prefix included), e.g. for tests and tools."""
@@ -61,6 +62,7 @@ class FrameDecoder:
         self.max_frame = max_frame
         self.stats = DecodeStats()
         self._rest = b""
+        self._base = 0  # stream offset of _rest[0] (or of the next byte fed)
         self._in_garbage = False  # inside a corrupt region already counted
 
     @property
@@ -110,8 +112,10 @@ class FrameDecoder:
         if run_end > run_start:
             runs.append((run_start, run_end))
         self._rest = buf[pos:]
+        base = self._base
+        self._base = base + pos
         self.stats.frames += len(entries)
-        return Chunk(buf, runs, entries)
+        return Chunk(buf, runs, entries, base)
 
     def _resync(self, buf: bytes, bad: int) -> int:
         """Skip a corrupt frame at ``bad``: return where the next plausible frame starts."""
@@ -143,7 +147,9 @@ class FrameDecoder:
         while self._rest:
             buf, self._rest = self._rest, b""
             # Each pass skips at least one byte, so this ends.
-            chunk = self.feed(buf[self._resync(buf, 0):])
+            skip = self._resync(buf, 0)
+            self._base += skip
+            chunk = self.feed(buf[skip:])
             if chunk.entries:
                 out.append(chunk)
         self._in_garbage = False

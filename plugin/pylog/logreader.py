@@ -21,14 +21,13 @@ from typing import Any
 from .entry import LogEntry
 from .errors import RequestError
 from .frames import FrameDecoder, decode_all
-from .store import ContainerLog
+from .store import MAX_STORED_FRAME, ContainerLog
 from .timefmt import parse_rfc3339_ns
 
 log = logging.getLogger(__name__)
 
 _LEN = struct.Struct(">I")
 _READ_CHUNK = 4 << 20
-MAX_STORED_FRAME = 64 << 20  # what the store may hold (frames are capped lower on the FIFO)
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,11 +131,15 @@ def _tail_entries(files: list[tuple[int, bool]], current: list[LogEntry], n: int
 
 async def read_logs(clog: ContainerLog, cfg: ReadConfig) -> AsyncIterator[bytes]:
     """Yield frame batches for ``docker logs``; with Follow, until the container stops logging."""
-    async for entries in read_entries(clog, cfg):
-        if len(entries) > 1000:  # history: encode off the event loop
-            yield await asyncio.to_thread(encode_for_docker, entries)
-        else:
-            yield encode_for_docker(entries)
+    inner = read_entries(clog, cfg)
+    try:
+        async for entries in inner:
+            if len(entries) > 1000:  # history: encode off the event loop
+                yield await asyncio.to_thread(encode_for_docker, entries)
+            else:
+                yield encode_for_docker(entries)
+    finally:
+        await inner.aclose()  # type: ignore[attr-defined]  # release the follow waiter now
 
 
 async def read_entries(clog: ContainerLog, cfg: ReadConfig) -> AsyncIterator[list[LogEntry]]:
@@ -149,6 +152,16 @@ async def read_entries(clog: ContainerLog, cfg: ReadConfig) -> AsyncIterator[lis
         # written yet stays in the decoder until the follow loop reads the rest.
         current = FrameDecoder(MAX_STORED_FRAME)
         cur = snap.current
+
+        def decode_current(data: bytes) -> list[LogEntry]:
+            entries = current.feed(data).entries
+            if waiter is None:
+                # Not following: the file holds all there is; a frame whose length promised
+                # more is damage, and the whole frames behind it still count.
+                for chunk in current.finish():
+                    entries += chunk.entries
+            return entries
+
         if cfg.tail < 0:
             for _seq, fd, is_gz in snap.rotated:
                 data = await asyncio.to_thread(_read_file, fd, is_gz)
@@ -159,15 +172,14 @@ async def read_entries(clog: ContainerLog, cfg: ReadConfig) -> AsyncIterator[lis
                     return
             if cur is not None:
                 data = await asyncio.to_thread(_read_to_eof, cur)
-                entries = current.feed(data).entries
-                out, stop = select_entries(entries, cfg)
+                out, stop = select_entries(decode_current(data), cfg)
                 if out:
                     yield out
                 if stop:
                     return
         elif cfg.tail > 0:
             data = await asyncio.to_thread(_read_to_eof, cur) if cur is not None else b""
-            entries = current.feed(data).entries
+            entries = decode_current(data)
             files = [(fd, gz) for _s, fd, gz in snap.rotated]
             picked = await asyncio.to_thread(_tail_entries, files, entries, cfg.tail)
             out, stop = select_entries(picked, cfg)

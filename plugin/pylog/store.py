@@ -24,7 +24,11 @@ from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .frames import FrameDecoder
+
 log = logging.getLogger(__name__)
+
+MAX_STORED_FRAME = 64 << 20  # what a stored frame may be (FIFO frames are capped lower)
 
 CURRENT = "container.log"
 _ROTATED_RE = re.compile(r"^container\.log\.(\d+)(\.gz)?$")
@@ -90,7 +94,9 @@ class ContainerLog:
     def _repair_tail(self) -> None:
         """Cut off a frame a crash left half-written, so new entries do not follow garbage.
 
-        Walks the length prefixes (~60 ms for a full 20 MiB file); readers skip any damage.
+        Walks the length prefixes (~60 ms for a full 20 MiB file); only if that does not land
+        on the end of the file is it decoded, and cut after its last whole frame. Readers skip
+        damage in the middle.
         """
         if self._size == 0:
             return
@@ -102,11 +108,18 @@ class ContainerLog:
             if nxt > end:
                 break
             pos = nxt
-        if pos != end:
+        if pos == end:
+            return
+        decoder = FrameDecoder(MAX_STORED_FRAME)
+        last = 0
+        for chunk in [decoder.feed(data), *decoder.finish()]:
+            if chunk.runs:
+                last = chunk.base + chunk.runs[-1][1]
+        if last < end:
             log.warning("%s: cutting %d bytes of a torn entry off the end of the log",
-                        self.directory.name, end - pos)
-            os.ftruncate(self._fd, pos)
-            self._size = pos
+                        self.directory.name, end - last)
+            os.ftruncate(self._fd, last)
+            self._size = last
 
     # ----------------------------------------------------------------- writing
 
@@ -133,9 +146,9 @@ class ContainerLog:
                 if cut > start:
                     self._write(view[start:cut])
                     start = cut
-                if self._size > 0:
-                    self._rotate()
-                elif cut == start:  # one frame larger than max-size: keep it alone
+                if self._size > 0 and self._rotate():
+                    continue
+                if cut == start:  # one frame larger than max-size (or no rotation): write it
                     nxt = start + 4 + _LEN.unpack_from(data, start)[0]
                     self._write(view[start:nxt])
                     start = nxt
@@ -153,34 +166,41 @@ class ContainerLog:
             except OSError:
                 pass
             self.stats.dropped_bytes += size
-            if self.stats.last_error != str(e):
+            error = f"write: {e}"
+            if self.stats.last_error != error:
                 log.error("store write failed for %s: %s", self.directory.name, e)
-            self.stats.last_error = str(e)
+            self.stats.last_error = error
             return
         self._size += size
         self.stats.bytes += size
-        self.stats.last_error = ""
+        if self.stats.last_error.startswith("write:"):
+            self.stats.last_error = ""  # writing works again (a rotation error stays shown)
 
-    def _rotate(self) -> None:
+    def _rotate(self) -> bool:
+        """Start a new current file; False if that failed (we keep writing to this one)."""
         seq = self.next_seq
         rotated = self.directory / f"{CURRENT}.{seq}"
         try:
             os.rename(self.directory / CURRENT, rotated)
             new_fd = os.open(self.directory / CURRENT, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
         except OSError as e:
+            if not os.path.exists(self.directory / CURRENT):
+                os.rename(rotated, self.directory / CURRENT)  # undo, keep writing here
             log.error("store rotation failed for %s: %s", self.directory.name, e)
-            self.stats.last_error = str(e)
-            return
+            self.stats.last_error = f"rotate: {e}"
+            return False
         os.close(self._fd)
         self._fd = new_fd
         self._size = 0
         self.next_seq = seq + 1
         self.stats.rotations += 1
+        self.stats.last_error = ""
         keep = self.options.max_file - 1  # rotated files kept besides the current one
         # Compression and pruning run in one worker thread, in order, so a file is never pruned
         # while it is being compressed (which would leave a stale .gz behind).
         self._compressor.submit(_finish_rotation, self.directory, rotated,
                                 keep > 0 and self.options.compress, seq - keep)
+        return True
 
     def _rotated_files(self) -> list[tuple[int, Path]]:
         found = []
