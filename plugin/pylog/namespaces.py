@@ -17,7 +17,6 @@ import fcntl
 import logging
 import os
 import struct
-import sys
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -150,6 +149,7 @@ async def find_container_namespaces(
     start = last_scan = time.monotonic()
     published: HeldNamespaces | None = None
     seen: HeldNamespaces | None = None  # ours: looked at, not handed out
+    returned = False
 
     def publish() -> None:
         nonlocal published, seen
@@ -170,6 +170,9 @@ async def find_container_namespaces(
                     now - last_scan >= schedule.scan_every:
                 last_scan = now
                 pids = await asyncio.to_thread(cgroup.scan_proc, container_id, proc)
+            last = seen or published
+            if not pids and last is not None and (proc / str(last.pid)).exists():
+                pids = [last.pid]  # found by a /proc scan, and no scan is due: still there
             init = pick_init(pids, proc) if pids else None
             candidate: HeldNamespaces | None = None
             if init is not None:
@@ -191,12 +194,14 @@ async def find_container_namespaces(
                     publish()
                 if final:
                     assert published is not None
+                    returned = True
                     return published
             elif init is None and (published is not None or seen is not None):
                 # It ran and exited between two looks: the last view is the answer.
                 if seen is not None:
                     publish()
                 assert published is not None
+                returned = True
                 return published
             elapsed = now - start
             delay = (schedule.fast if elapsed < schedule.fast_for
@@ -205,8 +210,8 @@ async def find_container_namespaces(
     finally:
         if seen is not None:
             seen.close()
-        if published is not None and on_update is None and sys.exc_info()[0] is not None:
-            published.close()
+        if published is not None and on_update is None and not returned:
+            published.close()  # cancelled: nobody else will
 
 
 def _is_container_view(held: HeldNamespaces, host: dict[str, NamespaceIdentity]) -> bool:
@@ -260,13 +265,13 @@ class NamespaceRegistry:
 
     def add(self, container_id: str, held: HeldNamespaces) -> set[str]:
         """Register; returns the other containers whose sharing changed."""
-        self.remove(container_id)
+        touched = self.remove(container_id)  # those that shared the old view
         self._held[container_id] = held
-        touched: set[str] = set()
         for ident in held.identities.values():
             members = self._members.setdefault(ident.key, set())
             touched |= members
             members.add(container_id)
+        touched.discard(container_id)
         return touched
 
     def remove(self, container_id: str) -> set[str]:
