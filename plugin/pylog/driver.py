@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .delivery import Delivery
 from .docker_api import DockerAPI
 from .entry import LogEntry
 from .errors import RequestError, UnknownContainerError
@@ -37,6 +38,7 @@ from .namespaces import (
 from .options import LogOptions, parse_log_options
 from .reassembly import Line
 from .record import ContainerContext, build_context, context_from_fields
+from .sinks import SinkPool, configured_sinks
 from .store import CONTAINER_ID_RE, ContainerLog, Store, StoreOptions
 from .stream import FifoStream
 
@@ -44,6 +46,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_FIFO_DIR = "/run/docker/logging"
 STOP_GRACE = 10.0  # seconds to wait for end of stream after StopLogging before closing anyway
+SHUTDOWN_GRACE = 5.0  # seconds sinks get at shutdown to deliver what is stored; the rest waits
 CONTEXT_FILE = "context.json"
 
 
@@ -110,6 +113,8 @@ class Driver:
         self.host_ns: dict[str, NamespaceIdentity] = host_namespaces(proc)
         self.registry = NamespaceRegistry()
         self.lookups_failed = 0
+        self.sinks = SinkPool(state_dir)
+        self.deliveries: dict[tuple[str, str], Delivery] = {}
         self._gc_task: asyncio.Task[None] | None = None
 
     # ----------------------------------------------------------------- lifecycle
@@ -128,6 +133,18 @@ class Driver:
                 att.stream.close()
         for container in list(self.containers.values()):
             self._forget(container)
+        # Sinks deliver what is stored for a bounded time; the rest stays for the next start.
+        deliveries = list(self.deliveries.values())
+        for d in deliveries:
+            d.closing = True
+            d.clog.wake()
+        tasks = [d.task for d in deliveries if d.task is not None]
+        if tasks:
+            _, pending = await asyncio.wait(tasks, timeout=SHUTDOWN_GRACE)
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+        await self.sinks.close()
         self.registry.close()
         self.store.close()
         self._compressor.shutdown(wait=True)
@@ -175,6 +192,7 @@ class Driver:
                 # Starts after our reply, when runc creates the container's process.
                 container.finder = asyncio.create_task(self._find_namespaces(container),
                                                        name=f"pylog-ns-{container_id[:12]}")
+            self._start_deliveries(container)
         log.info("attached %s (%s) on %s", container.name, container_id[:12], fifo)
         return att
 
@@ -261,6 +279,32 @@ class Driver:
         for cid in self.registry.remove(container.container_id):
             self._refresh(cid)
         self.store.release(container.container_id)
+
+    # ----------------------------------------------------------------- sinks
+
+    def _start_deliveries(self, container: Container) -> None:
+        """One delivery per sink the container's options switch on (one that is still
+        catching up from the container's previous run goes on instead)."""
+        cid = container.container_id
+        for config in configured_sinks(container.options):
+            key = (cid, config.key)
+            if key in self.deliveries:
+                continue
+            sink = self.sinks.acquire(config)
+            delivery = Delivery(container.clog, sink, lambda cid=cid: self.context_of(cid))
+            self.deliveries[key] = delivery
+            delivery.start().add_done_callback(
+                lambda task, key=key, d=delivery: self._delivery_done(key, d, task))
+
+    def _delivery_done(self, key: tuple[str, str], delivery: Delivery,
+                       task: asyncio.Task[None]) -> None:
+        if self.deliveries.get(key) is delivery:
+            del self.deliveries[key]
+        if not task.cancelled() and task.exception() is not None:
+            log.error("delivery to %s for %s failed: %r", delivery.sink.key, key[0][:12],
+                      task.exception())
+        release = asyncio.ensure_future(self.sinks.release(delivery.sink))
+        release.add_done_callback(lambda _: self.store.release(key[0]))
 
     # ----------------------------------------------------------------- namespaces
 

@@ -1,0 +1,103 @@
+"""What every sink is: an encoder plus a request. Queues, spooling, retry and backoff are not
+here: they are shared machinery (:mod:`pylog.delivery`), so a new sink is one file.
+
+A sink is switched on for a container by its address option (``fluentd-address=...``); its
+other options are validated with the rest at StartLogging. Containers with the same sink
+options share one sink instance (one connection).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+from ..options import Parser
+from ..reassembly import Line
+from ..record import ContainerContext
+
+
+class SinkError(Exception):
+    """A batch was not delivered; the delivery retries it with backoff."""
+
+
+@dataclass(frozen=True)
+class SinkConfig:
+    """One sink's options for one container (only its own options, defaults filled in)."""
+
+    kind: str
+    values: tuple[tuple[str, Any], ...]
+
+    @property
+    def key(self) -> str:
+        """Stable across restarts: names the sink's cursor files."""
+        digest = hashlib.sha256(repr(self.values).encode()).hexdigest()[:12]
+        return f"{self.kind}-{digest}"
+
+    def __getitem__(self, name: str) -> Any:
+        return dict(self.values)[name]
+
+
+@dataclass
+class SinkStatus:
+    state: str = "up"  # up | retrying
+    last_error: str = ""
+    last_success: float = 0.0
+    failures: int = 0  # consecutive
+    delivered_lines: int = 0
+    retries: int = 0
+
+
+class Sink:
+    """Base class. Subclasses set ``KIND``, ``ADDRESS_OPTION``, ``OPTIONS`` and implement
+    :meth:`send` (deliver every line or raise SinkError) and :meth:`close`."""
+
+    KIND: ClassVar[str]
+    ADDRESS_OPTION: ClassVar[str]
+    OPTIONS: ClassVar[dict[str, tuple[Parser, Any]]]
+    # Backoff between retries of one batch: RETRY_WAIT * 2**n, at most MAX_RETRY_WAIT seconds.
+    RETRY_WAIT_OPTION: ClassVar[str | None] = None
+    MAX_RETRY_WAIT: ClassVar[float] = 10.0
+
+    def __init__(self, config: SinkConfig, state_dir: Path) -> None:
+        self.config = config
+        self.state_dir = state_dir
+        self.status = SinkStatus()
+
+    @property
+    def key(self) -> str:
+        return self.config.key
+
+    @property
+    def retry_wait(self) -> float:
+        if self.RETRY_WAIT_OPTION is None:
+            return 1.0
+        return float(self.config[self.RETRY_WAIT_OPTION])
+
+    async def send(self, lines: list[Line], ctx: ContainerContext) -> None:
+        raise NotImplementedError
+
+    async def close(self) -> None:
+        return None
+
+    def note_success(self, lines: int) -> None:
+        self.status.state = "up"
+        self.status.failures = 0
+        self.status.last_success = time.time()
+        self.status.delivered_lines += lines
+
+    def note_failure(self, error: BaseException) -> None:
+        self.status.state = "retrying"
+        self.status.failures += 1
+        self.status.retries += 1
+        self.status.last_error = f"{type(error).__name__}: {error}"
+
+    @classmethod
+    def configure(cls, values: Mapping[str, Any]) -> SinkConfig | None:
+        """This sink's config from a container's parsed log-opts; None if it is not switched on."""
+        if values.get(cls.ADDRESS_OPTION) is None:
+            return None
+        return SinkConfig(cls.KIND, tuple(sorted((k, values[k]) for k in cls.OPTIONS)))

@@ -1,0 +1,250 @@
+"""fluentd (and Fluent Bit) over the Forward protocol, in PackedForward mode.
+
+Records keep the keys of Docker's fluentd driver — ``container_id``, ``container_name`` (with its
+leading ``/``, as Docker sends it), ``source``, ``log``, and the selected labels and env vars as
+top-level keys — so existing fluentd configurations keep working; pylog adds ``container``,
+``host``, ``process`` and ``pylog`` (the namespaces), as in the JSON form. Lines arrive whole, so
+the ``partial_*`` keys never appear. Times are fluent-logger's msgpack EventTime (nanoseconds)
+unless ``fluentd-sub-second-precision=false``.
+
+One batch of lines becomes one or more PackedForward messages (``[tag, entries, option]``), each
+at most ``fluentd-buffer-limit`` bytes; with ``fluentd-request-ack`` each counts as delivered only
+when fluentd acks its chunk id.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import os
+import re
+import ssl
+import struct
+from typing import Any
+from urllib.parse import urlsplit
+
+import msgpack
+from fluent.sender import EventTime
+
+from ..errors import OptionError
+from ..options import parse_bool, parse_size
+from ..reassembly import Line
+from ..record import ContainerContext
+from .base import Sink, SinkError
+
+DEFAULT_PORT = 24224
+_DURATION_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def parse_duration(name: str, value: str) -> float:
+    """A Go duration (``500ms``, ``1s``, ``1m30s``) in seconds; a bare number is seconds."""
+    text = value.strip()
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    total, pos = 0.0, 0
+    for m in re.finditer(r"(\d+(?:\.\d+)?)(ns|us|µs|ms|s|m|h)", text):
+        if m.start() != pos:
+            break
+        total += float(m.group(1)) * _DURATION_UNITS[m.group(2)]
+        pos = m.end()
+    if pos != len(text) or not text:
+        raise OptionError(f"invalid value {value!r} for log opt {name!r}: expected a duration "
+                          f"such as 500ms, 1s or 1m30s")
+    return total
+
+
+def parse_fluentd_address(name: str, value: str) -> tuple[str, str, int | str]:
+    """``tcp://host:port``, ``tls://host:port``, ``unix:///path``, or ``host[:port]``."""
+    text = value.strip()
+    if "://" not in text:
+        text = "tcp://" + text
+    u = urlsplit(text)
+    if u.scheme == "unix":
+        if not u.path:
+            raise OptionError(f"invalid value {value!r} for log opt {name!r}: unix:// needs a path")
+        return ("unix", "", u.path)
+    if u.scheme not in ("tcp", "tls"):
+        raise OptionError(f"invalid value {value!r} for log opt {name!r}: the scheme must be "
+                          f"tcp://, tls:// or unix://")
+    try:
+        port = u.port or DEFAULT_PORT
+    except ValueError:
+        raise OptionError(f"invalid value {value!r} for log opt {name!r}: bad port") from None
+    if not u.hostname:
+        raise OptionError(f"invalid value {value!r} for log opt {name!r}: no host")
+    return (u.scheme, u.hostname, port)
+
+
+def parse_retries(name: str, value: str) -> int:
+    if not value.isdigit():
+        raise OptionError(f"invalid value {value!r} for log opt {name!r}: expected a number >= 0")
+    return int(value)
+
+
+def event_time(ns: int) -> bytes:
+    """fluent-logger's EventTime (msgpack ext type 0: seconds, nanoseconds), packed; the same
+    bytes as ``msgpack.packb(EventTime.from_unix_nano(ns))``, ten times faster."""
+    secs, nanos = divmod(ns, 1_000_000_000)
+    return b"\xd7\x00" + struct.pack(">II", secs, nanos)
+
+
+def _str_header(n: int) -> bytes:
+    if n < 32:
+        return bytes((0xA0 | n,))
+    if n < 256:
+        return b"\xd9" + bytes((n,))
+    if n < 65536:
+        return b"\xda" + struct.pack(">H", n)
+    return b"\xdb" + struct.pack(">I", n)
+
+
+def _map_header(n: int) -> bytes:
+    return bytes((0x80 | n,)) if n < 16 else b"\xde" + struct.pack(">H", n)
+
+
+_SOURCE = {s: msgpack.packb("source") + msgpack.packb(s) for s in ("stdout", "stderr")}
+_LOG_KEY = msgpack.packb("log")
+
+
+def context_pairs(ctx: ContainerContext) -> tuple[int, bytes]:
+    """The record's constant key/value pairs for a container, msgpack-encoded once."""
+    cached: tuple[int, bytes] | None = getattr(ctx, "_fluentd_pairs", None)
+    if cached is not None:
+        return cached
+    pairs: dict[str, Any] = {"container_id": ctx.container_id,
+                             "container_name": "/" + ctx.name}
+    pairs.update(ctx.labels)  # Docker's fluentd driver puts selected labels and env at the top
+    pairs.update(ctx.env)
+    fields = ctx.fields()
+    fields.pop("tag", None)  # it is the fluentd tag
+    pairs.update(fields)
+    body = b"".join(msgpack.packb(k) + msgpack.packb(v) for k, v in pairs.items())
+    cached = (len(pairs), body)
+    object.__setattr__(ctx, "_fluentd_pairs", cached)
+    return cached
+
+
+def encode_entries(lines: list[Line], ctx: ContainerContext, sub_second: bool) -> list[bytes]:
+    """Each line as one msgpack ``[time, record]`` entry (PackedForward's entries)."""
+    n, pairs = context_pairs(ctx)
+    head = b"\x92"
+    map_head = _map_header(n + 2)
+    out = []
+    for line in lines:
+        t = event_time(line.time_nano) if sub_second else msgpack.packb(line.time_nano // 10**9)
+        text = line.line  # raw bytes as a msgpack str, exactly as Docker's Go encoder sends them
+        out.append(b"".join((head, t, map_head, pairs, _SOURCE[line.source], _LOG_KEY,
+                             _str_header(len(text)), text)))
+    return out
+
+
+class FluentdSink(Sink):
+    KIND = "fluentd"
+    ADDRESS_OPTION = "fluentd-address"
+    RETRY_WAIT_OPTION = "fluentd-retry-wait"
+    OPTIONS = {
+        "fluentd-address": (parse_fluentd_address, None),
+        "fluentd-retry-wait": (parse_duration, 1.0),
+        "fluentd-max-retries": (parse_retries, 4294967295),
+        "fluentd-buffer-limit": (parse_size, 1 << 20),
+        "fluentd-sub-second-precision": (parse_bool, True),
+        "fluentd-request-ack": (parse_bool, False),
+        "fluentd-write-timeout": (parse_duration, 10.0),
+        "fluentd-async": (parse_bool, False),
+        "fluentd-async-connect": (parse_bool, False),
+    }
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.address = self.config["fluentd-address"]
+        self.limit = int(self.config["fluentd-buffer-limit"])
+        self.ack = bool(self.config["fluentd-request-ack"])
+        self.sub_second = bool(self.config["fluentd-sub-second-precision"])
+        timeout = float(self.config["fluentd-write-timeout"])
+        self.timeout = timeout if timeout > 0 else None
+        self._reader: asyncio.StreamReader | None = None
+        self._writer: asyncio.StreamWriter | None = None
+        self._lock = asyncio.Lock()  # one batch on the connection at a time
+        self._unpacker: msgpack.Unpacker | None = None
+
+    async def _connect(self) -> None:
+        scheme, host, port = self.address
+        if scheme == "unix":
+            self._reader, self._writer = await asyncio.open_unix_connection(str(port))
+        else:
+            tls = ssl.create_default_context() if scheme == "tls" else None
+            self._reader, self._writer = await asyncio.open_connection(host, int(port), ssl=tls)
+        self._unpacker = msgpack.Unpacker(raw=False)
+
+    async def _drop_connection(self) -> None:
+        writer, self._writer, self._reader = self._writer, None, None
+        if writer is not None:
+            writer.close()
+            try:
+                await asyncio.wait_for(writer.wait_closed(), 1)
+            except (OSError, asyncio.TimeoutError):
+                pass
+
+    def messages(self, lines: list[Line], ctx: ContainerContext) -> list[tuple[bytes, str | None]]:
+        """PackedForward messages of at most fluentd-buffer-limit bytes, with their chunk ids."""
+        entries = encode_entries(lines, ctx, self.sub_second)
+        tag = msgpack.packb(ctx.tag)
+        out: list[tuple[bytes, str | None]] = []
+        start = 0
+        while start < len(entries):
+            size, end = 0, start
+            while end < len(entries) and (end == start or size + len(entries[end]) <= self.limit):
+                size += len(entries[end])
+                end += 1
+            chunk = base64.b64encode(os.urandom(16)).decode() if self.ack else None
+            option: dict[str, Any] = {"size": end - start}
+            if chunk is not None:
+                option["chunk"] = chunk
+            blob = b"".join(entries[start:end])
+            packed = b"\x93" + tag + msgpack.packb(blob, use_bin_type=True) + msgpack.packb(option)
+            out.append((packed, chunk))
+            start = end
+        return out
+
+    async def send(self, lines: list[Line], ctx: ContainerContext) -> None:
+        messages = self.messages(lines, ctx)
+        async with self._lock:
+            try:
+                if self._writer is None:
+                    await asyncio.wait_for(self._connect(), self.timeout)
+                for packed, chunk in messages:
+                    await asyncio.wait_for(self._write(packed, chunk), self.timeout)
+            except (OSError, asyncio.TimeoutError, SinkError, ValueError) as e:
+                await self._drop_connection()
+                if isinstance(e, SinkError):
+                    raise
+                raise SinkError(f"fluentd at {self._where()}: {e or type(e).__name__}") from e
+
+    async def _write(self, packed: bytes, chunk: str | None) -> None:
+        assert self._writer is not None and self._reader is not None
+        self._writer.write(packed)
+        await self._writer.drain()
+        if chunk is None:
+            return
+        assert self._unpacker is not None
+        while True:
+            for reply in self._unpacker:
+                if isinstance(reply, dict) and reply.get("ack") == chunk:
+                    return
+                raise SinkError(f"fluentd answered {reply!r} instead of ack {chunk}")
+            data = await self._reader.read(4096)
+            if not data:
+                raise SinkError("fluentd closed the connection before acking")
+            self._unpacker.feed(data)
+
+    def _where(self) -> str:
+        scheme, host, port = self.address
+        return f"unix://{port}" if scheme == "unix" else f"{scheme}://{host}:{port}"
+
+    async def close(self) -> None:
+        await self._drop_connection()
+
+
+__all__ = ["EventTime", "FluentdSink", "event_time", "parse_duration", "parse_fluentd_address"]

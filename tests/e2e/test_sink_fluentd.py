@@ -1,0 +1,158 @@
+"""The fluentd sink against a Forward-protocol receiver, side by side with Docker's own driver."""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from tests.peers.fluentd_receiver import FluentdReceiver, Received
+from tests.peers.threaded import LoopThread
+
+from .conftest import Containers, PylogServer, logs
+
+pytestmark = pytest.mark.e2e
+
+
+class Receiver:
+    def __init__(self, ack: bool = True) -> None:
+        self.thread = LoopThread()
+        self.peer = FluentdReceiver(ack=ack)
+        self.port = self.thread.run(self.peer.start())
+
+    @property
+    def address(self) -> str:
+        return f"tcp://127.0.0.1:{self.port}"
+
+    def events(self, tag: str | None = None) -> list[Received]:
+        return [e for e in self.thread.call(list, self.peer.events) if tag is None or e.tag == tag]
+
+    def wait_for(self, count: int, tag: str, timeout: float = 120) -> list[Received]:
+        deadline = time.monotonic() + timeout
+        while len(self.events(tag)) < count and time.monotonic() < deadline:
+            self.thread.run(_wait_arrival(self.peer), timeout=timeout)
+        return self.events(tag)
+
+    def stop_listening(self) -> None:
+        self.thread.run(self.peer.stop())
+
+    def start_listening(self) -> None:
+        self.thread.run(self.peer.start())
+
+    def close(self) -> None:
+        self.thread.run(self.peer.stop())
+        self.thread.stop()
+
+
+async def _wait_arrival(peer: FluentdReceiver) -> None:
+    import asyncio
+    peer.arrived.clear()
+    try:
+        await asyncio.wait_for(peer.arrived.wait(), 1.0)
+    except asyncio.TimeoutError:
+        pass  # re-check the count; the caller's deadline bounds the loop
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    r = Receiver()
+    yield r
+    r.close()
+
+
+SCRIPT = r"""
+echo first stdout
+echo first stderr >&2
+i=0; while [ $i -lt 50 ]; do echo "line $i"; i=$((i+1)); done
+head -c 40000 /dev/zero | tr '\0' x; echo
+printf 'bad utf8: \377\376 end\n'
+printf 'tab\tand\rcr\n'
+printf '\n'
+printf 'no newline at end'
+"""
+
+
+def by_stream(events: list[Received]) -> dict[str, list[bytes | str]]:
+    out: dict[str, list[bytes | str]] = {"stdout": [], "stderr": []}
+    for e in events:
+        out[e.record["source"]].append(e.record["log"])
+    return out
+
+
+def test_same_records_as_dockers_fluentd_driver(pylog: PylogServer, containers: Containers,
+                                                receiver: Receiver) -> None:
+    common = ("labels=app", "env=MODE")
+    args = ("--label", "app=demo", "-e", "MODE=prod", "-e", "SECRET=hush")
+    docker = containers.run("fluentd", SCRIPT, f"fluentd-address={receiver.address}",
+                            "tag=docker.{{.ID}}", *common, args=args)
+    ours = containers.run(pylog.name, SCRIPT, f"fluentd-address={receiver.address}",
+                          "tag=pylog.{{.ID}}", *common, args=args)
+    # Docker splits the 40000-byte line into 16 KiB partial records; pylog sends it whole.
+    docker_events = receiver.wait_for(59, f"docker.{docker[:12]}")
+    our_events = receiver.wait_for(57, f"pylog.{ours[:12]}")
+    assert len(our_events) == 57 and len(docker_events) == 59
+    d, p = by_stream(docker_events), by_stream(our_events)
+
+    def joined(records: list[Received]) -> list[str]:
+        """Docker's records with the partial_* chunks of one line joined back together."""
+        out, buf = [], ""
+        for e in records:
+            buf += e.record["log"]
+            if e.record.get("partial_message") != "true" or e.record.get("partial_last") == "true":
+                out.append(buf)
+                buf = ""
+        return out + ([buf] if buf else [])
+
+    for stream in ("stdout", "stderr"):
+        docker_lines = joined([e for e in docker_events if e.record["source"] == stream])
+        assert p[stream] == docker_lines, stream
+    first = our_events[0].record
+    ref = docker_events[0].record
+    for key in ("container_id", "container_name", "source", "app", "MODE"):
+        assert key in first and key in ref
+    assert first["container_name"].startswith("/") and ref["container_name"].startswith("/")
+    assert first["container_id"] == ours and ref["container_id"] == docker
+    assert first["app"] == ref["app"] == "demo" and first["MODE"] == ref["MODE"] == "prod"
+    assert not any("partial_message" in e.record for e in our_events)
+    assert all("SECRET" not in e.record and "hush" not in str(e.record) for e in our_events)
+    # pylog adds the enrichment, and keeps nanoseconds.
+    assert first["container"]["id"] == ours and "ns" in first["pylog"]
+    assert all(e.event_time for e in our_events)
+    # Keys Docker sends are all there (pylog adds fields and loses none).
+    for e in our_events:
+        assert set(ref) - {"partial_message", "partial_id", "partial_ordinal", "partial_last"} \
+            <= set(e.record)
+
+
+def test_request_ack_and_every_line_of_a_burst(pylog: PylogServer, containers: Containers,
+                                               receiver: Receiver) -> None:
+    cid = containers.run(pylog.name, "seq 1 100000", f"fluentd-address={receiver.address}",
+                         "fluentd-request-ack=true")
+    events = receiver.wait_for(100000, cid[:12])
+    assert [e.record["log"] for e in events] == [str(i) for i in range(1, 100001)]
+    assert receiver.peer.acks_sent >= 1
+    assert logs(cid)[0].count(b"\n") == 100000
+
+
+def test_outage_of_30s_loses_nothing(pylog: PylogServer, containers: Containers,
+                                     receiver: Receiver) -> None:
+    """fluentd down for 30 s in the middle of a 100000-line run: all lines arrive after it
+    returns, and the container runs as fast as with fluentd up."""
+    script = ("seq 1 50000; while [ ! -e /tmp/go ]; do usleep 10000; done; seq 50001 100000")
+    up = containers.start(pylog.name, script, f"fluentd-address={receiver.address}")
+    receiver.wait_for(50000, up[:12])
+    receiver.stop_listening()
+    t0 = time.monotonic()
+    subprocess.run(["docker", "exec", up, "touch", "/tmp/go"], check=True)
+    assert subprocess.run(["docker", "wait", up], capture_output=True, timeout=60).returncode == 0
+    run_time_down = time.monotonic() - t0
+    assert logs(up)[0].count(b"\n") == 100000
+    assert len(receiver.events(up[:12])) == 50000  # nothing got through while it was down
+    time.sleep(max(0.0, 30 - (time.monotonic() - t0)))  # the outage itself lasts 30 s
+    receiver.start_listening()
+    events = receiver.wait_for(100000, up[:12], timeout=120)
+    assert sorted(int(e.record["log"]) for e in events) == list(range(1, 100001))
+    assert [int(e.record["log"]) for e in events] == sorted(int(e.record["log"]) for e in events)
+    assert run_time_down < 30
