@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from pylog.errors import OptionError
+from pylog.sinks import SINK_TYPES
 from pylog.options import allowed_options, parse_log_options, parse_size
 from pylog.tag import parse_tag_template, render_tag
 
@@ -20,6 +21,9 @@ ALL_OPTIONS = {
     "cache-compress", "tag", "labels", "labels-regex", "env", "env-regex",
     "max-size", "max-file", "compress", "namespaces",
 }
+SINK_OPTIONS = {name for cls in SINK_TYPES.values() for name in cls.OPTIONS}
+CORE_OPTIONS = set(ALL_OPTIONS)
+ALL_OPTIONS |= SINK_OPTIONS
 
 
 def start_logging_infos() -> list[dict]:
@@ -110,9 +114,9 @@ def test_all_options_at_once():
         "tag": "{{.ImageName}}", "labels": "a", "labels-regex": "b", "env": "C", "env-regex": "D",
         "max-size": "10k", "max-file": "3", "compress": "false", "namespaces": "false",
     }
-    assert set(config) == ALL_OPTIONS
+    assert set(config) == CORE_OPTIONS
     opts = parse_log_options(config)
-    assert opts.given == frozenset(ALL_OPTIONS)
+    assert opts.given == frozenset(CORE_OPTIONS)
     assert opts["max-size"] == 10240 and opts["max-file"] == 3 and opts["compress"] is False
     assert opts["namespaces"] is False
 
@@ -131,7 +135,7 @@ def test_config_of_every_captured_start_logging_is_accepted():
 # ------------------------------------------------------------------ rejected options
 
 
-@pytest.mark.parametrize("unknown", ["max-sizee", "fluentd-address", "Tag", "max_size", ""])
+@pytest.mark.parametrize("unknown", ["max-sizee", "gelf-address", "Tag", "max_size", ""])
 def test_unknown_option_names_it_and_lists_allowed_ones(unknown):
     with pytest.raises(OptionError) as exc:
         parse_log_options({"max-size": "1m", unknown: "x"})
