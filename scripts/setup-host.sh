@@ -12,6 +12,8 @@ command -v dockerd >/dev/null 2>&1 || packages+=(docker.io)
 if [ "${1:-}" = "--for-tests" ]; then
   dpkg -s busybox-static >/dev/null 2>&1 || packages+=(busybox-static)
   command -v rsyslogd >/dev/null 2>&1 || packages+=(rsyslog)
+  dpkg -s rsyslog-gnutls >/dev/null 2>&1 || packages+=(rsyslog-gnutls)  # TLS for the syslog tests
+  command -v openssl >/dev/null 2>&1 || packages+=(openssl)  # the tests make their own CA
   python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || packages+=(python3-venv)
 fi
 if [ "${#packages[@]}" -gt 0 ]; then
