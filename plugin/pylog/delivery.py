@@ -30,7 +30,7 @@ from .frames import FrameDecoder
 from .reassembly import Line, Reassembler
 from .record import ContainerContext
 from .sinks.base import Sink, SinkError
-from .store import CURRENT, MAX_STORED_FRAME, ContainerLog
+from .store import CURRENT, MAX_STORED_FRAME, ContainerLog, write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -152,12 +152,8 @@ class Cursor:
             return None
 
     def save(self, pos: Position) -> None:
-        tmp = self.path.with_suffix(".tmp")
         try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            with os.fdopen(fd, "w") as f:
-                json.dump({"seq": pos.seq, "offset": pos.offset}, f)
-            os.rename(tmp, self.path)
+            write_json_atomic(self.path, {"seq": pos.seq, "offset": pos.offset})
         except OSError as e:
             log.warning("could not save a sink cursor in %s: %s", self.path.parent.name, e)
 
@@ -209,9 +205,9 @@ class Delivery:
                     if safe is not None:
                         self.cursor.save(safe)
                     continue
-                if at_end and (self.clog.writers == 0 or self.closing):
-                    if self.closing and self.clog.writers > 0:
-                        return  # shutting down: a half-read line is read again next time
+                if at_end and self.closing:
+                    return  # shutting down: a half-read line is read again at the next start
+                if at_end and self.clog.writers == 0:
                     rest = reassembler.flush()
                     if rest:
                         await self._send(rest)

@@ -25,7 +25,7 @@ from typing import Any
 from .delivery import Delivery
 from .docker_api import DockerAPI
 from .entry import LogEntry
-from .errors import RequestError, UnknownContainerError
+from .errors import PylogError, RequestError, UnknownContainerError
 from .frames import Chunk
 from .logreader import ReadConfig, read_entries, read_logs
 from .namespaces import (
@@ -39,7 +39,7 @@ from .options import LogOptions, parse_log_options
 from .reassembly import Line
 from .record import ContainerContext, build_context, context_from_fields
 from .sinks import SinkPool, configured_sinks
-from .store import CONTAINER_ID_RE, ContainerLog, Store, StoreOptions
+from .store import CONTAINER_ID_RE, ContainerLog, Store, StoreOptions, write_json_atomic
 from .stream import FifoStream
 
 log = logging.getLogger(__name__)
@@ -48,6 +48,7 @@ DEFAULT_FIFO_DIR = "/run/docker/logging"
 STOP_GRACE = 10.0  # seconds to wait for end of stream after StopLogging before closing anyway
 SHUTDOWN_GRACE = 5.0  # seconds sinks get at shutdown to deliver what is stored; the rest waits
 CONTEXT_FILE = "context.json"
+OPTIONS_FILE = "log-opts.json"  # the container's log-opts, to resume its sinks after a restart
 
 
 @dataclass(eq=False)
@@ -120,8 +121,25 @@ class Driver:
     # ----------------------------------------------------------------- lifecycle
 
     async def start(self) -> None:
+        self._resume_deliveries()
         if self.docker is not None and self.gc_interval > 0:
             self._gc_task = asyncio.create_task(self._gc_loop(), name="pylog-gc")
+
+    def _resume_deliveries(self) -> None:
+        """Sinks pick up where they were: every stored container whose log-opts switch on a
+        sink gets its deliveries back (one that had delivered everything ends at once)."""
+        for cid in self.store.stored_ids():
+            try:
+                config = json.loads((self.store.root / cid / OPTIONS_FILE).read_text())
+                options = parse_log_options(config)
+            except (OSError, ValueError, PylogError) as e:
+                if not isinstance(e, FileNotFoundError):
+                    log.warning("%s: cannot resume its sinks: %s", cid[:12], e)
+                continue
+            if configured_sinks(options):
+                clog = self.store.get(cid)
+                assert clog is not None
+                self._start_deliveries(cid, clog, options)
 
     async def close(self) -> None:
         if self._gc_task is not None:
@@ -188,11 +206,12 @@ class Driver:
             self.containers[container_id] = container
             if not (container.clog.directory / CONTEXT_FILE).exists():
                 self._save_context(container)  # so records of it can be read after it stops
+            self._save_options(container)
             if options["namespaces"]:
                 # Starts after our reply, when runc creates the container's process.
                 container.finder = asyncio.create_task(self._find_namespaces(container),
                                                        name=f"pylog-ns-{container_id[:12]}")
-            self._start_deliveries(container)
+            self._start_deliveries(container_id, container.clog, options)
         log.info("attached %s (%s) on %s", container.name, container_id[:12], fifo)
         return att
 
@@ -282,16 +301,15 @@ class Driver:
 
     # ----------------------------------------------------------------- sinks
 
-    def _start_deliveries(self, container: Container) -> None:
+    def _start_deliveries(self, cid: str, clog: ContainerLog, options: LogOptions) -> None:
         """One delivery per sink the container's options switch on (one that is still
         catching up from the container's previous run goes on instead)."""
-        cid = container.container_id
-        for config in configured_sinks(container.options):
+        for config in configured_sinks(options):
             key = (cid, config.key)
             if key in self.deliveries:
                 continue
             sink = self.sinks.acquire(config)
-            delivery = Delivery(container.clog, sink, lambda cid=cid: self.context_of(cid))
+            delivery = Delivery(clog, sink, lambda cid=cid: self.context_of(cid))
             self.deliveries[key] = delivery
             delivery.start().add_done_callback(
                 lambda task, key=key, d=delivery: self._delivery_done(key, d, task))
@@ -346,15 +364,17 @@ class Driver:
         self._save_context(container)
 
     def _save_context(self, container: Container) -> None:
-        path = container.clog.directory / CONTEXT_FILE
-        tmp = path.with_suffix(".tmp")
         try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            with os.fdopen(fd, "w") as f:
-                json.dump(container.context.fields(), f)
-            os.rename(tmp, path)
+            write_json_atomic(container.clog.directory / CONTEXT_FILE, container.context.fields())
         except OSError as e:
             log.warning("could not save the context of %s: %s", container.container_id[:12], e)
+
+    def _save_options(self, container: Container) -> None:
+        try:
+            write_json_atomic(container.clog.directory / OPTIONS_FILE,
+                              dict(container.info.get("Config") or {}))
+        except OSError as e:
+            log.warning("could not save the log-opts of %s: %s", container.container_id[:12], e)
 
     def context_of(self, container_id: str) -> ContainerContext:
         """The live context of an attached container, else the one saved with its logs (else

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import gzip
+import json
 import logging
 import os
 import re
@@ -297,6 +298,15 @@ def _compress(path: Path) -> None:
     except OSError as e:
         log.error("compressing %s failed, keeping it uncompressed: %s", path, e)
         _unlink(tmp)
+
+
+def write_json_atomic(path: Path, obj: object) -> None:
+    """Replace ``path`` with ``obj`` as JSON (mode 0600) so a reader never sees half of it."""
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        json.dump(obj, f)
+    os.rename(tmp, path)
 
 
 def _unlink(path: Path) -> None:

@@ -156,3 +156,28 @@ def test_outage_of_30s_loses_nothing(pylog: PylogServer, containers: Containers,
     assert sorted(int(e.record["log"]) for e in events) == list(range(1, 100001))
     assert [int(e.record["log"]) for e in events] == sorted(int(e.record["log"]) for e in events)
     assert run_time_down < 30
+
+
+def test_undelivered_lines_wait_in_the_store_across_a_restart(
+        docker_ready: None, busybox: str, tmp_path: pytest.TempPathFactory,
+        receiver: Receiver) -> None:
+    """SIGTERM with fluentd down: nothing is lost; the next `pylog serve` delivers it all."""
+    from .conftest import new_server
+    server = new_server(tmp_path, ["--gc-interval", "0"])  # type: ignore[arg-type]
+    server.start()
+    c = Containers(busybox)
+    try:
+        receiver.stop_listening()
+        cid = c.run(server.name, "seq 1 20000", f"fluentd-address={receiver.address}")
+        assert logs(cid)[0].count(b"\n") == 20000
+        t0 = time.monotonic()
+        server.stop()  # SIGTERM: sinks get a bounded time, fluentd is down
+        assert time.monotonic() - t0 < 15, "shutdown was not bounded"
+        assert receiver.events(cid[:12]) == []
+        receiver.start_listening()
+        server.start()  # same state dir: the delivery resumes from its cursor
+        events = receiver.wait_for(20000, cid[:12])
+        assert [e.record["log"] for e in events] == [str(i) for i in range(1, 20001)]
+    finally:
+        c.cleanup()
+        server.stop()
