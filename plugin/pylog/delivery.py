@@ -108,12 +108,14 @@ class StoreTail:
             if not self._open():
                 return [], True
             off = self.pos.offset
+            finished = self.pos.seq < self.clog.next_seq  # nothing more is written to this file
             if self._data is not None:
                 data = self._data[off:off + max_bytes]
             else:
                 assert self._fd is not None
-                data = os.pread(self._fd, max_bytes, off)
-            finished = self.pos.seq < self.clog.next_seq  # nothing more is written to this file
+                # Of the current file, only whole frames are ours to read.
+                want = max_bytes if finished else min(max_bytes, self.clog.frame_end - off)
+                data = os.pread(self._fd, want, off) if want > 0 else b""
             chunk = FrameDecoder(MAX_STORED_FRAME).feed(data)
             if chunk.runs:
                 out = []
@@ -130,9 +132,6 @@ class StoreTail:
                 self.pos = Position(self.pos.seq, off + max(1, len(data) - 8))
                 continue
             if finished:
-                if self._fd is not None and not data and self.pos.seq == self._open_seq and \
-                        os.fstat(self._fd).st_size > off:
-                    continue  # the file grew before it was rotated: read the rest
                 self.pos = Position(self.pos.seq + 1, 0)  # done with it (a torn tail is skipped)
                 continue
             return [], True
@@ -223,7 +222,7 @@ class Delivery:
         while True:
             try:
                 await self.sink.send(lines, self.context())
-            except (SinkError, OSError, asyncio.TimeoutError) as e:
+            except (TimeoutError, SinkError, OSError) as e:
                 first = self.sink.status.failures == 0
                 self.sink.note_failure(e)
                 if first:

@@ -16,7 +16,7 @@ import logging
 import os
 import stat
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,7 +26,6 @@ from .delivery import Delivery
 from .docker_api import DockerAPI
 from .entry import LogEntry
 from .errors import PylogError, RequestError, UnknownContainerError
-from .frames import Chunk
 from .logreader import ReadConfig, read_entries, read_logs
 from .namespaces import (
     HeldNamespaces,
@@ -36,7 +35,6 @@ from .namespaces import (
     host_namespaces,
 )
 from .options import LogOptions, parse_log_options
-from .reassembly import Line
 from .record import ContainerContext, build_context, context_from_fields
 from .sinks import SinkPool, configured_sinks
 from .store import CONTAINER_ID_RE, ContainerLog, Store, StoreOptions, write_json_atomic
@@ -76,7 +74,6 @@ class Attachment:
     container: Container
     stream: FifoStream | None = None
     stopping: bool = False
-    lines: int = 0
     tasks: set[asyncio.Task[None]] = field(default_factory=set)
 
     @property
@@ -92,9 +89,6 @@ class Attachment:
         return self.container.context
 
 
-LineConsumer = Callable[[Attachment, list[Line]], None]
-
-
 class Driver:
     def __init__(self, state_dir: Path, fifo_dir: str = DEFAULT_FIFO_DIR,
                  docker: DockerAPI | None = None, gc_interval: float = 300.0,
@@ -107,7 +101,6 @@ class Driver:
         self.store = Store(state_dir, self._compressor)
         self.attachments: dict[str, Attachment] = {}
         self.containers: dict[str, Container] = {}
-        self.line_consumers: list[LineConsumer] = []
         self.docker = docker
         self.gc_interval = gc_interval
         self.proc = proc
@@ -189,9 +182,7 @@ class Driver:
             container = Container(container_id, info, options, clog,
                                   build_context(info, options, host=self.host_ns))
         att = Attachment(file=fifo, container=container)
-        stream = FifoStream(fifo, lambda chunk, lines: self._on_batch(att, chunk, lines),
-                            lambda: self._on_end(att),
-                            wants_lines=lambda: bool(self.line_consumers))
+        stream = FifoStream(fifo, container.clog, lambda: self._on_end(att))
         try:
             stream.start()
         except OSError as e:
@@ -266,15 +257,7 @@ class Driver:
             await items.aclose()  # type: ignore[attr-defined]
             self.store.release(container_id)
 
-    # ----------------------------------------------------------------- the hot path
-
-    def _on_batch(self, att: Attachment, chunk: Chunk, lines: list[Line]) -> None:
-        if chunk.runs:
-            att.container.clog.append(chunk.data, chunk.runs)
-        if lines:
-            att.lines += len(lines)
-            for consumer in self.line_consumers:
-                consumer(att, lines)
+    # ----------------------------------------------------------------- end of a stream
 
     def _on_end(self, att: Attachment) -> None:
         self.attachments.pop(att.file, None)
@@ -282,10 +265,10 @@ class Driver:
         container.attachments.discard(att)
         container.clog.writers -= 1
         container.clog.wake()
-        stats = att.stream.decoder.stats if att.stream else None
-        log.info("detached %s (%s): %d entries, %d corrupt frames skipped", container.name,
-                 container.container_id[:12], stats.frames if stats else 0,
-                 stats.corrupt if stats else 0)
+        stats = att.stream.stats if att.stream else None
+        log.info("detached %s (%s): %d bytes stored, %d dropped; %d corrupt regions so far",
+                 container.name, container.container_id[:12], stats.bytes if stats else 0,
+                 stats.dropped_bytes if stats else 0, container.clog.stats.corrupt)
         if not container.attachments:
             self._forget(container)
 

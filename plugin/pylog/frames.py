@@ -122,21 +122,7 @@ class FrameDecoder:
         if not self._in_garbage:
             self.stats.corrupt += 1
             self._in_garbage = True
-        search = bad + 5  # a body cannot start before bad+1+4
-        while True:
-            q = buf.find(_SYNC, search)
-            if q < 0:
-                # Keep a tail that may hold the start of the next frame's header and prefix.
-                nxt = max(bad + 1, len(buf) - 4 - len(_SYNC) + 1)
-                break
-            if q + 8 <= len(buf) and not buf.startswith(_BODY_PREFIXES, q):
-                search = q + 1
-                continue
-            (n,) = _LEN.unpack_from(buf, q - 4)
-            if _MIN_FRAME <= n <= self.max_frame:
-                nxt = q - 4
-                break
-            search = q + 1
+        nxt = next_sync(buf, bad, self.max_frame)
         self.stats.skipped_bytes += nxt - bad
         return nxt
 
@@ -154,6 +140,40 @@ class FrameDecoder:
                 out.append(chunk)
         self._in_garbage = False
         return out
+
+
+def next_sync(buf: bytes, bad: int, max_frame: int) -> int:
+    """Where the next plausible frame after a corrupt one at ``bad`` starts (a length in range
+    followed by a ``source`` field), or, if none is in ``buf`` yet, the earliest position that
+    may still begin one (so a caller holds those bytes back for more data)."""
+    search = bad + 5  # a body cannot start before bad+1+4
+    while True:
+        q = buf.find(_SYNC, search)
+        if q < 0:
+            return max(bad + 1, len(buf) - 4 - len(_SYNC) + 1)
+        if q + 8 <= len(buf) and not buf.startswith(_BODY_PREFIXES, q):
+            search = q + 1
+            continue
+        (n,) = _LEN.unpack_from(buf, q - 4)
+        if _MIN_FRAME <= n <= max_frame:
+            return q - 4
+        search = q + 1
+
+
+def frame_at(buf: bytes, pos: int, max_frame: int) -> int:
+    """The end of the frame at ``pos`` judged by its header and ``source`` prefix only (no
+    protobuf parse): > 0 a whole frame ends there; 0 not enough bytes yet; -1 not a frame."""
+    avail = len(buf) - pos
+    if avail < 4:
+        return 0
+    (n,) = _LEN.unpack_from(buf, pos)
+    if n < _MIN_FRAME or n > max_frame:
+        return -1
+    if avail < 4 + _MIN_FRAME:
+        return 0
+    if not buf.startswith(_BODY_PREFIXES, pos + 4):
+        return -1
+    return pos + 4 + n if avail >= 4 + n else 0
 
 
 def decode_all(data: bytes, max_frame: int = DEFAULT_MAX_FRAME) -> list[LogEntry]:

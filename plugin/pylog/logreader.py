@@ -21,7 +21,7 @@ from typing import Any
 from .entry import LogEntry
 from .errors import RequestError
 from .frames import FrameDecoder, decode_all
-from .store import MAX_STORED_FRAME, ContainerLog
+from .store import CURRENT, MAX_STORED_FRAME, ContainerLog
 from .timefmt import parse_rfc3339_ns
 
 log = logging.getLogger(__name__)
@@ -148,20 +148,8 @@ async def read_entries(clog: ContainerLog, cfg: ReadConfig) -> AsyncIterator[lis
     snap = clog.snapshot()
     waiter = clog.waiter() if cfg.follow and clog.writers > 0 else None
     try:
-        # The current file is decoded incrementally: what a concurrent write has only half
-        # written yet stays in the decoder until the follow loop reads the rest.
-        current = FrameDecoder(MAX_STORED_FRAME)
         cur = snap.current
-
-        def decode_current(data: bytes) -> list[LogEntry]:
-            entries = current.feed(data).entries
-            if waiter is None:
-                # Not following: the file holds all there is; a frame whose length promised
-                # more is damage, and the whole frames behind it still count.
-                for chunk in current.finish():
-                    entries += chunk.entries
-            return entries
-
+        end = snap.current_end
         if cfg.tail < 0:
             for _seq, fd, is_gz in snap.rotated:
                 data = await asyncio.to_thread(_read_file, fd, is_gz)
@@ -171,29 +159,24 @@ async def read_entries(clog: ContainerLog, cfg: ReadConfig) -> AsyncIterator[lis
                 if stop:
                     return
             if cur is not None:
-                data = await asyncio.to_thread(_read_to_eof, cur)
-                out, stop = select_entries(decode_current(data), cfg)
+                data = await asyncio.to_thread(os.pread, cur, end, 0)
+                out, stop = await asyncio.to_thread(_select_data, data, cfg)
                 if out:
                     yield out
                 if stop:
                     return
         elif cfg.tail > 0:
-            data = await asyncio.to_thread(_read_to_eof, cur) if cur is not None else b""
-            entries = decode_current(data)
+            data = await asyncio.to_thread(os.pread, cur, end, 0) if cur is not None else b""
             files = [(fd, gz) for _s, fd, gz in snap.rotated]
-            picked = await asyncio.to_thread(_tail_entries, files, entries, cfg.tail)
+            picked = await asyncio.to_thread(_tail_entries, files, _decode(data), cfg.tail)
             out, stop = select_entries(picked, cfg)
             if out:
                 yield out
             if stop:
                 return
-        elif cur is not None:
-            # Tail 0: no history. Nothing is written while we run here on the loop thread, so the
-            # end of the file is a frame boundary.
-            os.lseek(cur, 0, os.SEEK_END)
         if waiter is None:
             return
-        async for out in _follow(clog, cfg, waiter, snap.current_seq, cur, current):
+        async for out in _follow(clog, cfg, waiter, snap.current_seq, cur, end):
             yield out
     finally:
         if waiter is not None:
@@ -206,19 +189,24 @@ def _select_data(data: bytes, cfg: ReadConfig) -> tuple[list[LogEntry], bool]:
 
 
 async def _follow(clog: ContainerLog, cfg: ReadConfig, waiter: asyncio.Event, seq: int,
-                  fd: int | None, decoder: FrameDecoder) -> AsyncIterator[list[LogEntry]]:
+                  fd: int | None, offset: int) -> AsyncIterator[list[LogEntry]]:
     """New entries as they are written, across rotations, until no stream writes any more.
 
     Runs on the event loop thread, where the store writes too: between two awaits nothing is
-    written, so "read to the end, then wait" cannot miss an entry.
+    written, so "read to the end, then wait" cannot miss an entry. Of the current file only
+    whole frames are read (up to ``clog.frame_end``); a rotated one is read to its end.
     """
     own_fds: list[int] = []
+    decoder = FrameDecoder(MAX_STORED_FRAME)
     try:
         while True:
             waiter.clear()
             if fd is not None:
-                chunk = os.read(fd, _READ_CHUNK)
+                current = seq == clog.next_seq
+                want = min(_READ_CHUNK, clog.frame_end - offset) if current else _READ_CHUNK
+                chunk = os.pread(fd, want, offset) if want > 0 else b""
                 if chunk:
+                    offset += len(chunk)
                     out, stop = select_entries(decoder.feed(chunk).entries, cfg)
                     if out:
                         yield out
@@ -229,12 +217,13 @@ async def _follow(clog: ContainerLog, cfg: ReadConfig, waiter: asyncio.Event, se
                 # Our file was rotated away and is drained; the next one is seq+1.
                 seq += 1
                 decoder = FrameDecoder(MAX_STORED_FRAME)
+                offset = 0
+                fd = None
                 if seq < clog.next_seq:
                     opened = clog.open_rotated(seq)
                     if opened is None:
                         log.warning("follow fell behind: rotated file %d of %s was pruned",
                                     seq, clog.directory.name)
-                        fd = None
                         continue
                     rfd, is_gz = opened
                     own_fds.append(rfd)
@@ -244,16 +233,12 @@ async def _follow(clog: ContainerLog, cfg: ReadConfig, waiter: asyncio.Event, se
                             yield out
                         if stop:
                             return
-                        fd = None
                         continue
                     fd = rfd
-                else:
-                    fd = os.open(clog.directory / "container.log", os.O_RDONLY)
-                    own_fds.append(fd)
                 continue
             if fd is None:
                 try:
-                    fd = os.open(clog.directory / "container.log", os.O_RDONLY)
+                    fd = os.open(clog.directory / CURRENT, os.O_RDONLY)
                     own_fds.append(fd)
                     continue
                 except FileNotFoundError:

@@ -25,13 +25,16 @@ from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .frames import FrameDecoder
+from .frames import DEFAULT_MAX_FRAME as MAX_FRAME
+from .frames import frame_at, next_sync
 
 log = logging.getLogger(__name__)
 
-MAX_STORED_FRAME = 64 << 20  # what a stored frame may be (FIFO frames are capped lower)
+MAX_STORED_FRAME = MAX_FRAME  # the store holds what the FIFO carried, under the same cap
 
 CURRENT = "container.log"
+NEXT = "container.log.new"  # the next current file, while a rotation is under way
+SPLICE_MIN = 64 << 10  # least bytes one splice may move, also past max-size
 _ROTATED_RE = re.compile(r"^container\.log\.(\d+)(\.gz)?$")
 _LEN = struct.Struct(">I")
 CONTAINER_ID_RE = re.compile(r"^[0-9a-f]{64}$")
@@ -48,6 +51,7 @@ class StoreOptions:
 @dataclass(slots=True)
 class StoreStats:
     bytes: int = 0
+    corrupt: int = 0  # regions of the FIFO's bytes that were no frames (skipped by readers)
     rotations: int = 0
     dropped_bytes: int = 0  # frames that could not be written (disk full, I/O error)
     last_error: str = ""
@@ -64,6 +68,7 @@ class Snapshot:
     rotated: list[tuple[int, int, bool]]
     current: int | None
     current_seq: int
+    current_end: int = 0  # readers read the current file up to here (whole frames)
     fds: list[int] = field(default_factory=list)
 
     def close(self) -> None:
@@ -76,7 +81,14 @@ class Snapshot:
 
 
 class ContainerLog:
-    """One container's files. All methods run on the event loop thread, except compression."""
+    """One container's files. All methods run on the event loop thread, except compression.
+
+    Bytes reach the current file straight from the FIFO (:meth:`splice_from`, in the kernel:
+    nothing read from the FIFO is ever only in pylog's memory, so a crash loses nothing) or
+    through :meth:`append`. :meth:`_index` then walks the new bytes by their length prefixes:
+    it counts corrupt regions, rotates at a frame boundary, and moves ``frame_end``, the end of
+    what readers may read of the current file (a frame still arriving is not theirs yet).
+    """
 
     def __init__(self, directory: Path, options: StoreOptions, compressor: Executor) -> None:
         self.directory = directory
@@ -86,120 +98,150 @@ class ContainerLog:
         self._compressor = compressor
         self._waiters: set[asyncio.Event] = set()
         directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self._recover_rotation()
         seqs = [s for s, _ in self._rotated_files()]
         self.next_seq = max(seqs, default=0) + 1
-        self._fd = os.open(directory / CURRENT, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o600)
+        self._fd = os.open(directory / CURRENT, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         self._size = os.fstat(self._fd).st_size
-        self._repair_tail()
+        self._scan = 0  # where the walk over the current file goes on
+        self.frame_end = 0  # readers read the current file up to here
+        self._in_garbage = False
+        # A tail that is half a frame stays: after a crash the rest of that frame is still in
+        # the FIFO, and the next splice completes it.
+        self._index()
 
-    def _repair_tail(self) -> None:
-        """Cut off a frame a crash left half-written, so new entries do not follow garbage.
-
-        Walks the length prefixes (~60 ms for a full 20 MiB file); only if that does not land
-        on the end of the file is it decoded, and cut after its last whole frame. Readers skip
-        damage in the middle.
-        """
-        if self._size == 0:
+    def _recover_rotation(self) -> None:
+        """A crash in the middle of a rotation leaves ``container.log.new``: finish it."""
+        new = self.directory / NEXT
+        if not new.exists():
             return
-        data = os.pread(self._fd, self._size, 0)
-        pos, end = 0, len(data)
-        unpack = _LEN.unpack_from
-        while end - pos >= 4:
-            nxt = pos + 4 + unpack(data, pos)[0]
-            if nxt > end:
-                break
-            pos = nxt
-        if pos == end:
-            return
-        decoder = FrameDecoder(MAX_STORED_FRAME)
-        last = 0
-        for chunk in [decoder.feed(data), *decoder.finish()]:
-            if chunk.runs:
-                last = chunk.base + chunk.runs[-1][1]
-        if last < end:
-            log.warning("%s: cutting %d bytes of a torn entry off the end of the log",
-                        self.directory.name, end - last)
-            os.ftruncate(self._fd, last)
-            self._size = last
+        current = self.directory / CURRENT
+        if current.exists() and current.stat().st_size > 0:
+            seqs = [s for s, _ in self._rotated_files()]
+            os.rename(current, self.directory / f"{CURRENT}.{max(seqs, default=0) + 1}")
+        os.rename(new, current)
 
     # ----------------------------------------------------------------- writing
 
-    def append(self, data: bytes, runs: list[tuple[int, int]]) -> None:
-        """Keep the whole frames in ``data[start:end]`` for each run, rotating as max-size says.
+    def splice_from(self, fifo_fd: int, max_bytes: int) -> int | None:
+        """Move up to ``max_bytes`` from the FIFO into the current file, in the kernel.
 
-        Never raises. A run that fits is written as it is; only where a rotation falls inside a
-        run are its frames walked to find the boundary.
+        Returns the bytes moved, 0 at end of stream, None if the FIFO is empty. OSError if the
+        file cannot take them (disk full): they are still in the FIFO then.
         """
+        room = self.options.max_size - self._size
+        count = min(max_bytes, max(room, SPLICE_MIN))  # rotation copies at most this much
+        try:
+            n = os.splice(fifo_fd, self._fd, count, offset_dst=self._size,
+                          flags=os.SPLICE_F_NONBLOCK | os.SPLICE_F_MOVE)
+        except BlockingIOError:
+            return None
+        if n:
+            self._size += n
+            self.stats.bytes += n
+            self._index()
+            if self.stats.last_error.startswith("write:"):
+                self.stats.last_error = ""  # writing works again
+        return n
+
+    def note_dropped(self, nbytes: int, error: OSError) -> None:
+        """The FIFO was read but the bytes could not be kept (disk full): count and report."""
+        self.stats.dropped_bytes += nbytes
+        text = f"write: {error}"
+        if self.stats.last_error != text:
+            log.error("store write failed for %s, dropping lines until it works again: %s",
+                      self.directory.name, error)
+        self.stats.last_error = text
+
+    def append(self, data: bytes, runs: list[tuple[int, int]] | None = None) -> None:
+        """Keep ``data`` (or the ``[start, end)`` runs of it) at the end of the current file,
+        rotating as max-size says. Never raises: a failed write is counted as dropped."""
         view = memoryview(data)
-        max_size = self.options.max_size
-        for start, end in runs:
-            while start < end:
-                room = max_size - self._size
-                if end - start <= room:
-                    self._write(view[start:end])
-                    break
-                cut = start
-                while cut < end:  # the longest prefix of whole frames that fits
-                    nxt = cut + 4 + _LEN.unpack_from(data, cut)[0]
-                    if nxt - start > room:
-                        break
-                    cut = nxt
-                if cut > start:
-                    self._write(view[start:cut])
-                    start = cut
-                if self._size > 0 and self._rotate():
-                    continue
-                if cut == start:  # one frame larger than max-size (or no rotation): write it
-                    nxt = start + 4 + _LEN.unpack_from(data, start)[0]
-                    self._write(view[start:nxt])
-                    start = nxt
+        for start, end in runs if runs is not None else [(0, len(data))]:
+            chunk = view[start:end]
+            written = 0
+            try:
+                while written < len(chunk):
+                    written += os.pwrite(self._fd, chunk[written:], self._size + written)
+            except OSError as e:
+                try:
+                    os.ftruncate(self._fd, self._size)  # no torn frame in the file
+                except OSError:
+                    pass
+                self.note_dropped(len(chunk), e)
+                continue
+            self._size += written
+            self.stats.bytes += written
+            self._index()
+            if self.stats.last_error.startswith("write:"):
+                self.stats.last_error = ""
         self._wake()
 
-    def _write(self, data: memoryview) -> None:
-        size = len(data)
-        try:
-            while data:
-                data = data[os.write(self._fd, data):]
-        except OSError as e:
-            # Keep the file whole: cut off a torn write so readers never see half an entry.
-            try:
-                os.ftruncate(self._fd, self._size)
-            except OSError:
-                pass
-            self.stats.dropped_bytes += size
-            error = f"write: {e}"
-            if self.stats.last_error != error:
-                log.error("store write failed for %s: %s", self.directory.name, e)
-            self.stats.last_error = error
+    def _index(self) -> None:
+        """Walk the bytes added since the last walk: count corrupt regions, rotate at a frame
+        boundary, and let readers see every whole frame."""
+        if self._scan >= self._size:
             return
-        self._size += size
-        self.stats.bytes += size
-        if self.stats.last_error.startswith("write:"):
-            self.stats.last_error = ""  # writing works again (a rotation error stays shown)
+        data = os.pread(self._fd, self._size - self._scan, self._scan)
+        base = self._scan  # file offset of data[0]
+        pos = 0
+        max_size = self.options.max_size
+        while True:
+            end = frame_at(data, pos, MAX_FRAME)
+            if end == 0:
+                break
+            if end < 0:
+                if not self._in_garbage:
+                    self.stats.corrupt += 1
+                    self._in_garbage = True
+                pos = next_sync(data, pos, MAX_FRAME)
+                continue
+            self._in_garbage = False
+            if base + end > max_size and base + pos > 0:
+                # This frame would take the file past max-size: it starts the next file.
+                if not self._rotate(base + pos):
+                    max_size = 1 << 62  # rotation failed: keep writing here, no retry loop
+                    continue
+                base = -pos
+            pos = end
+        self._scan = base + pos
+        self.frame_end = self._scan
+        self._wake()
 
-    def _rotate(self) -> bool:
-        """Start a new current file; False if that failed (we keep writing to this one)."""
+    def _rotate(self, boundary: int) -> bool:
+        """Start a new current file with the bytes after ``boundary``; False if that failed
+        (we keep writing to this one)."""
         seq = self.next_seq
-        rotated = self.directory / f"{CURRENT}.{seq}"
+        new_path = self.directory / NEXT
         try:
-            os.rename(self.directory / CURRENT, rotated)
-            new_fd = os.open(self.directory / CURRENT, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+            tail = os.pread(self._fd, self._size - boundary, boundary)
+            new_fd = os.open(new_path, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+            try:
+                if tail:
+                    os.write(new_fd, tail)
+                os.ftruncate(self._fd, boundary)
+                os.rename(self.directory / CURRENT, self.directory / f"{CURRENT}.{seq}")
+                os.rename(new_path, self.directory / CURRENT)
+            except OSError:
+                os.close(new_fd)
+                raise
         except OSError as e:
-            if not os.path.exists(self.directory / CURRENT):
-                os.rename(rotated, self.directory / CURRENT)  # undo, keep writing here
+            _unlink(new_path)
             log.error("store rotation failed for %s: %s", self.directory.name, e)
             self.stats.last_error = f"rotate: {e}"
             return False
         os.close(self._fd)
         self._fd = new_fd
-        self._size = 0
+        self._size = len(tail)
         self.next_seq = seq + 1
         self.stats.rotations += 1
-        self.stats.last_error = ""
+        if self.stats.last_error.startswith("rotate:"):
+            self.stats.last_error = ""
         keep = self.options.max_file - 1  # rotated files kept besides the current one
         # Compression and pruning run in one worker thread, in order, so a file is never pruned
         # while it is being compressed (which would leave a stale .gz behind).
-        self._compressor.submit(_finish_rotation, self.directory, rotated,
+        self._compressor.submit(_finish_rotation, self.directory,
+                                self.directory / f"{CURRENT}.{seq}",
                                 keep > 0 and self.options.compress, seq - keep)
         return True
 
@@ -223,7 +265,8 @@ class ContainerLog:
 
     def snapshot(self) -> Snapshot:
         """Open every file now (fds survive later rotation, compression and pruning)."""
-        snap = Snapshot(rotated=[], current=None, current_seq=self.next_seq)
+        snap = Snapshot(rotated=[], current=None, current_seq=self.next_seq,
+                        current_end=self.frame_end)
         by_seq: dict[int, list[Path]] = {}
         for seq, path in self._rotated_files():
             by_seq.setdefault(seq, []).append(path)

@@ -1,9 +1,16 @@
-"""Reading one container's FIFO: non-blocking, in big chunks, and never stopping.
+"""Reading one container's FIFO: never stopping, and nothing held only in pylog's memory.
 
 dockerd opens the FIFO read-write, so its writes block while nobody reads: a reader that pauses
 (waiting on a sink, say) stalls the container and can hang ``docker stop``. This reader is driven
-by the event loop's readiness callback and hands every batch to its consumer synchronously; the
-consumer must not block (the store writes to the page cache; sinks queue).
+by the event loop's readiness callback and moves what the FIFO holds straight into the
+container's store file with ``splice(2)`` — in the kernel, without copying it through Python —
+so the hot path costs a few syscalls per megabyte plus a walk over the length prefixes (see
+:meth:`pylog.store.ContainerLog._index`). A crash or ``kill -9`` at any moment loses nothing:
+a byte is either still in the FIFO or already in the file. Frames are decoded by the readers
+(``docker logs``, the sinks), which also reassemble dockerd's 16 KiB chunks into lines.
+
+If the file cannot take the bytes (disk full), the FIFO is still read, the bytes are dropped and
+counted, and splicing is tried again on the next wakeup.
 """
 
 from __future__ import annotations
@@ -16,8 +23,7 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from .frames import DEFAULT_MAX_FRAME, Chunk, FrameDecoder
-from .reassembly import DEFAULT_MAX_LINE, Line, Reassembler
+from .store import ContainerLog
 
 log = logging.getLogger(__name__)
 
@@ -31,28 +37,16 @@ READ_BUDGET = 8 << 20  # per wakeup, so one busy container cannot starve the oth
 class StreamStats:
     reads: int = 0
     bytes: int = 0
-
-
-BatchCallback = Callable[[Chunk, list[Line]], None]
+    dropped_bytes: int = 0
 
 
 class FifoStream:
-    """Reads ``path`` until end of stream; calls ``on_batch(chunk, lines)`` for what it decodes.
+    """Moves ``path`` into ``clog`` until end of stream; ``on_end`` runs once, after that."""
 
-    ``chunk`` holds the frames as dockerd sent them (bytes and entries); ``lines`` are the
-    reassembled lines completed by this batch. ``on_end`` runs once, after the final batch.
-    """
-
-    def __init__(self, path: str, on_batch: BatchCallback, on_end: Callable[[], None],
-                 max_frame: int = DEFAULT_MAX_FRAME, max_line: int = DEFAULT_MAX_LINE,
-                 wants_lines: Callable[[], bool] = lambda: True) -> None:
+    def __init__(self, path: str, clog: ContainerLog, on_end: Callable[[], None]) -> None:
         self.path = path
-        # Reassembly costs ~1 us a line: skipped while nobody consumes lines (store only).
-        self.wants_lines = wants_lines
-        self.decoder = FrameDecoder(max_frame)
-        self.reassembler = Reassembler(max_line)
+        self.clog = clog
         self.stats = StreamStats()
-        self._on_batch = on_batch
         self._on_end = on_end
         self._fd: int | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -73,45 +67,39 @@ class FifoStream:
         fd = self._fd
         if fd is None:
             return
-        chunks = []
         budget = READ_BUDGET
         eof = False
         while budget > 0:
             try:
-                chunk = os.read(fd, READ_SIZE)
-            except BlockingIOError:
-                break
+                n = self.clog.splice_from(fd, READ_SIZE)
             except OSError as e:
                 if e.errno == errno.EINTR:
                     continue
-                log.error("reading %s failed: %s", self.path, e)
+                n = self._read_and_drop(fd, e)
+            if n is None:
+                break
+            if n == 0:
                 eof = True
                 break
-            if not chunk:
-                eof = True
-                break
-            chunks.append(chunk)
-            budget -= len(chunk)
-        if chunks:
-            data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
-            self.stats.reads += len(chunks)
-            self.stats.bytes += len(data)
-            self._deliver(self.decoder.feed(data))
+            self.stats.reads += 1
+            self.stats.bytes += n
+            budget -= n
         if eof:
             self._finish()
 
-    def _deliver(self, chunk: Chunk) -> None:
-        lines = []
-        if self.wants_lines():
-            push = self.reassembler.push
-            for entry in chunk.entries:
-                line = push(entry)
-                if line is not None:
-                    lines.append(line)
+    def _read_and_drop(self, fd: int, error: OSError) -> int | None:
+        """The store cannot take bytes: keep the FIFO flowing anyway, and count the loss."""
         try:
-            self._on_batch(chunk, lines)
-        except Exception:  # a consumer bug must not end the stream
-            log.exception("consumer of %s failed on a batch", self.path)
+            data = os.read(fd, READ_SIZE)
+        except BlockingIOError:
+            return None
+        except OSError as e:
+            log.error("reading %s failed: %s", self.path, e)
+            return 0
+        if data:
+            self.stats.dropped_bytes += len(data)
+            self.clog.note_dropped(len(data), error)
+        return len(data)
 
     def _finish(self) -> None:
         if self._fd is None:
@@ -120,21 +108,13 @@ class FifoStream:
         self._loop.remove_reader(self._fd)
         os.close(self._fd)
         self._fd = None
-        for salvaged in self.decoder.finish():
-            self._deliver(salvaged)
-        tail = self.reassembler.flush() if self.wants_lines() else []
-        if tail:
-            try:
-                self._on_batch(Chunk(), tail)
-            except Exception:
-                log.exception("consumer of %s failed on the final batch", self.path)
         try:
             self._on_end()
         finally:
             self.done.set()
 
     def close(self) -> None:
-        """Stop reading now (end of stream not reached): flush what is pending."""
+        """Stop reading now (end of stream not reached)."""
         self._finish()
 
     @property

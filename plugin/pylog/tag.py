@@ -14,7 +14,7 @@ from typing import Any
 
 from .errors import OptionError
 
-_ACTION_RE = re.compile(r"\{\{(-?)\s*(.*?)\s*(-?)\}\}", re.S)
+_ACTION_RE = re.compile(r"\{\{(-?)\s*(.*?)\s*(-?)\}\}", re.DOTALL)
 _FIELD_RE = re.compile(r"^\.([A-Za-z][A-Za-z0-9]*)$")
 
 

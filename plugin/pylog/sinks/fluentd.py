@@ -150,7 +150,9 @@ class FluentdSink(Sink):
         "fluentd-max-retries": (parse_retries, 4294967295),
         "fluentd-buffer-limit": (parse_size, 1 << 20),
         "fluentd-sub-second-precision": (parse_bool, True),
-        "fluentd-request-ack": (parse_bool, False),
+        # On by default (Docker's is off): without acks, lines written into a connection the
+        # peer has just closed are gone, with no error to retry on.
+        "fluentd-request-ack": (parse_bool, True),
         "fluentd-write-timeout": (parse_duration, 10.0),
         "fluentd-async": (parse_bool, False),
         "fluentd-async-connect": (parse_bool, False),
@@ -184,7 +186,7 @@ class FluentdSink(Sink):
             writer.close()
             try:
                 await asyncio.wait_for(writer.wait_closed(), 1)
-            except (OSError, asyncio.TimeoutError):
+            except (TimeoutError, OSError):
                 pass
 
     def messages(self, lines: list[Line], ctx: ContainerContext) -> list[tuple[bytes, str | None]]:
@@ -212,11 +214,14 @@ class FluentdSink(Sink):
         messages = self.messages(lines, ctx)
         async with self._lock:
             try:
+                if self._writer is not None and (self._writer.is_closing() or
+                                                 self._reader is None or self._reader.at_eof()):
+                    await self._drop_connection()  # the peer went away: do not write into it
                 if self._writer is None:
                     await asyncio.wait_for(self._connect(), self.timeout)
                 for packed, chunk in messages:
                     await asyncio.wait_for(self._write(packed, chunk), self.timeout)
-            except (OSError, asyncio.TimeoutError, SinkError, ValueError) as e:
+            except (TimeoutError, OSError, SinkError, ValueError) as e:
                 await self._drop_connection()
                 if isinstance(e, SinkError):
                     raise

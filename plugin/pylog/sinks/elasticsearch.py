@@ -1,0 +1,745 @@
+"""Elasticsearch (7, 8, 9) and OpenSearch over the ``_bulk`` API.
+
+Records are the JSON form of :mod:`pylog.record` (``@timestamp`` with nine fractional digits,
+``container.*``, ``pylog.ns.*``...). Requests go through elasticsearch-py's *transport layer*
+(``AsyncElasticsearch(...).transport.perform_request``, aiohttp underneath, so nothing blocks the
+event loop) with plain ``application/json`` / ``application/x-ndjson`` headers: the high-level
+client sends ``compatible-with=<its major>`` and refuses servers without ``X-Elastic-Product``,
+which would shut out Elasticsearch 7/8 and OpenSearch.
+
+- **Index.** ``elasticsearch-index`` is either a data stream named ``logs-<dataset>-<namespace>``
+  (the default, ``logs-pylog-default``) or a plain index name. On first use the sink installs an
+  index template of priority 200 (the built-in ``logs-*-*`` one has 100) that maps ``@timestamp``
+  as ``date_nanos``; for a data stream it then creates the stream. A server without data streams
+  (osmem, say) gets the same template without ``data_stream`` and a plain index of that name; a
+  server that refuses the template (no privilege, a clash) gets a warning and its own mappings.
+- **Exactly once.** Every document is sent with ``create`` and an ``_id`` derived from the
+  container ID, the line's time, stream and bytes, so a batch sent again (after a timeout, a
+  crash, a retry) yields 409 duplicates, never second copies.
+- **Every item is checked.** ``_bulk`` answers 200 when items failed. 2xx: created. 409: a
+  duplicate, i.e. already there. 429 and 5xx: those items only are sent again with backoff, a few
+  rounds, then :class:`SinkError` (the delivery retries the batch; what was settled is not sent
+  again). 401/403/404 on items (credentials, cluster blocks, a missing index with auto-create off)
+  are not the document's fault: SinkError, retried until fixed. Any other status rejects the
+  document for good: it is counted and appended, with the server's error, to
+  ``<state-dir>/dead-letter/<sink key>.ndjson`` (mode 0600) — never retried forever, never lost.
+- **Credentials** are never log-opts (a log-opt is visible to whoever can ``docker inspect``):
+  they are pylog's own settings, from its environment (``ELASTICSEARCH_USERNAME`` +
+  ``ELASTICSEARCH_PASSWORD``, or ``ELASTICSEARCH_API_KEY``) or from a file named by
+  ``ELASTICSEARCH_CREDENTIALS_FILE``; they are checked at ``docker run`` and never logged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import importlib
+import json
+import logging
+import os
+import re
+import ssl
+import stat
+import struct
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar, Protocol
+from urllib.parse import urlsplit
+
+from ..errors import OptionError
+from ..options import Parser, parse_bool
+from ..reassembly import Line
+from ..record import ContainerContext, TimestampFormatter, records_ndjson
+from .base import Sink, SinkConfig, SinkError
+
+log = logging.getLogger(__name__)
+
+DEFAULT_INDEX = "logs-pylog-default"
+DEFAULT_PORT = 9200
+TEMPLATE_PRIORITY = 200  # above the built-in logs-*-* template (100)
+
+ENV_USERNAME = "ELASTICSEARCH_USERNAME"
+ENV_PASSWORD = "ELASTICSEARCH_PASSWORD"
+ENV_API_KEY = "ELASTICSEARCH_API_KEY"
+ENV_CREDENTIALS_FILE = "ELASTICSEARCH_CREDENTIALS_FILE"
+
+# elastic_transport logs every request body at DEBUG (the containers' log lines, in pylog's own
+# log) and a traceback at WARNING for every failover; pylog logs what matters itself.
+logging.getLogger("elastic_transport").setLevel(logging.ERROR)
+
+
+# ----------------------------------------------------------------------------- credentials
+
+
+class CredentialsError(ValueError):
+    """pylog's Elasticsearch credential settings are unusable (the message never has a secret)."""
+
+
+@dataclass(frozen=True)
+class Credentials:
+    """Basic auth or an API key, with where they came from. ``repr`` shows no secret."""
+
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)
+    api_key: str | None = field(default=None, repr=False)
+    source: str = "none"
+
+    @property
+    def kind(self) -> str:
+        return "api key" if self.api_key else "basic" if self.username else "none"
+
+    def header(self) -> str | None:
+        """The Authorization header's value, or None."""
+        if self.api_key:
+            key = self.api_key
+            if ":" in key:  # "id:api_key", as the create-API-key answer lists them
+                key = base64.b64encode(key.encode()).decode()
+            return f"ApiKey {key}"
+        if self.username is not None and self.password is not None:
+            pair = f"{self.username}:{self.password}".encode()
+            return f"Basic {base64.b64encode(pair).decode()}"
+        return None
+
+
+_FILE_KEYS = {"username": "username", "password": "password", "api_key": "api_key",
+              "apikey": "api_key", ENV_USERNAME.lower(): "username",
+              ENV_PASSWORD.lower(): "password", ENV_API_KEY.lower(): "api_key"}
+
+
+def _read_credentials_file(path_text: str) -> dict[str, str]:
+    """``key=value`` lines (``username``, ``password``, ``api_key``); ``#`` comments."""
+    path = Path(path_text)
+    if not path.is_absolute():
+        raise CredentialsError(f"{ENV_CREDENTIALS_FILE} must be an absolute path")
+    try:
+        st = path.stat()
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeError) as e:
+        reason = e.strerror if isinstance(e, OSError) and e.strerror else type(e).__name__
+        raise CredentialsError(f"cannot read {ENV_CREDENTIALS_FILE} {path}: {reason}") from None
+    if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+        log.warning("the Elasticsearch credentials file %s can be read by other users "
+                    "(mode %o); chmod 600 it", path, stat.S_IMODE(st.st_mode))
+    values: dict[str, str] = {}
+    for number, raw in enumerate(text.splitlines(), 1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        key, sep, value = line.partition("=")
+        name = _FILE_KEYS.get(key.strip().lower())
+        if not sep:
+            # The line may be a bare secret: say where, never what.
+            raise CredentialsError(f"{path} line {number}: expected key=value "
+                                   f"(username, password or api_key)")
+        if name is None:
+            raise CredentialsError(f"{path} line {number}: unknown key {key.strip()[:40]!r} "
+                                   f"(expected username, password or api_key)")
+        values[name] = value.strip()
+    return values
+
+
+def load_credentials(environ: Mapping[str, str] | None = None) -> Credentials:
+    """The credentials pylog's settings give, checked; raises CredentialsError."""
+    env = os.environ if environ is None else environ
+    file_name = env.get(ENV_CREDENTIALS_FILE, "")
+    direct = [n for n in (ENV_USERNAME, ENV_PASSWORD, ENV_API_KEY) if env.get(n)]
+    if file_name:
+        if direct:
+            raise CredentialsError(f"both {ENV_CREDENTIALS_FILE} and {', '.join(direct)} are "
+                                   f"set; use one or the other")
+        values = _read_credentials_file(file_name)
+        source = f"file {file_name}"
+    else:
+        values = {"username": env.get(ENV_USERNAME, ""), "password": env.get(ENV_PASSWORD, ""),
+                  "api_key": env.get(ENV_API_KEY, "")}
+        source = "environment"
+    username = values.get("username") or None
+    password = values.get("password") or None
+    api_key = values.get("api_key") or None
+    where = f"in {source}"
+    if api_key and (username or password):
+        raise CredentialsError(f"an API key and a username/password are both set {where}; "
+                               f"use one or the other")
+    if username and not password:
+        raise CredentialsError(f"a username but no password is set {where}")
+    if password and not username:
+        raise CredentialsError(f"a password but no username is set {where}")
+    if username and ":" in username:
+        raise CredentialsError(f"the username set {where} contains ':', which basic auth "
+                               f"cannot carry")
+    if not (api_key or username):
+        return Credentials(source="none")
+    return Credentials(username=username, password=password, api_key=api_key, source=source)
+
+
+# ----------------------------------------------------------------------------- options
+
+
+def _url_error(name: str, value: str, why: str) -> OptionError:
+    return OptionError(f"invalid value {value!r} for log opt {name!r}: {why}")
+
+
+def parse_urls(name: str, value: str) -> tuple[str, ...]:
+    """One or more comma-separated ``http(s)://host[:port][/path]`` nodes of one cluster,
+    normalised (port 9200 when none). Also checks pylog's credential settings, so that a
+    broken setting fails ``docker run`` rather than every delivery."""
+    if "@" in value:
+        # Never echo the value: it probably holds a password.
+        raise OptionError(
+            f"invalid value for log opt {name!r}: credentials must not be part of the URL (a "
+            f"log-opt is visible to anyone who can run docker inspect); set {ENV_USERNAME} and "
+            f"{ENV_PASSWORD}, {ENV_API_KEY} or {ENV_CREDENTIALS_FILE} for pylog instead")
+    urls = []
+    for part in value.split(","):
+        text = part.strip()
+        if not text:
+            raise _url_error(name, value, "an empty URL in the list")
+        try:
+            u = urlsplit(text)
+            port = u.port
+        except ValueError as e:
+            raise _url_error(name, value, f"{text!r}: bad port or host ({e})") from None
+        if port == 0:
+            raise _url_error(name, value, f"{text!r}: bad port 0")
+        if u.scheme not in ("http", "https"):
+            raise _url_error(name, value, f"{text!r}: the scheme must be http:// or https://")
+        if not u.hostname:
+            raise _url_error(name, value, f"{text!r}: no host")
+        if u.query or u.fragment:
+            raise _url_error(name, value, f"{text!r}: a query or fragment is not allowed")
+        host = f"[{u.hostname}]" if ":" in u.hostname else u.hostname
+        path = u.path.rstrip("/")
+        urls.append(f"{u.scheme}://{host}:{port or DEFAULT_PORT}{path}")
+    try:
+        load_credentials()
+    except CredentialsError as e:
+        raise OptionError(f"log opt {name!r}: pylog's Elasticsearch credential settings are "
+                          f"unusable: {e}") from None
+    return tuple(urls)
+
+
+_DS_PART = re.compile(r"[a-z0-9_.]+")  # no '-' inside the parts (the naming scheme)
+_PLAIN_INDEX = re.compile(r"[a-z0-9][a-z0-9._-]*")
+
+
+def is_data_stream(index: str) -> bool:
+    return index.startswith("logs-")
+
+
+def parse_index(name: str, value: str) -> str:
+    """``logs-<dataset>-<namespace>`` (a data stream) or a plain index name."""
+    if value.startswith("logs-"):
+        parts = value.split("-")
+        if len(parts) != 3 or not all(_DS_PART.fullmatch(p) for p in parts[1:]) or \
+                len(parts[1]) > 100 or len(parts[2]) > 100:
+            raise OptionError(
+                f"invalid value {value!r} for log opt {name!r}: a name starting with logs- is a "
+                f"data stream and must be logs-<dataset>-<namespace>, each part lowercase "
+                f"letters, digits, '_' or '.' without '-' (e.g. logs-pylog-default)")
+        return value
+    if not _PLAIN_INDEX.fullmatch(value) or len(value.encode()) > 255 or value in (".", ".."):
+        raise OptionError(
+            f"invalid value {value!r} for log opt {name!r}: expected a data stream "
+            f"logs-<dataset>-<namespace> or an index name of lowercase letters, digits, '.', "
+            f"'_' and '-' that starts with a letter or digit")
+    return value
+
+
+def parse_ca_cert(name: str, value: str) -> str:
+    """A PEM file of CA certificates, by absolute path (loaded now to check it)."""
+    if not os.path.isabs(value):
+        raise OptionError(f"invalid value {value!r} for log opt {name!r}: expected an absolute "
+                          f"path to a PEM file of CA certificates")
+    try:
+        ssl.create_default_context(cafile=value)
+    except FileNotFoundError:
+        raise OptionError(f"invalid value {value!r} for log opt {name!r}: no such file") from None
+    except (OSError, ssl.SSLError) as e:
+        raise OptionError(f"invalid value {value!r} for log opt {name!r}: cannot load it as PEM "
+                          f"CA certificates: {e}") from None
+    return value
+
+
+# ----------------------------------------------------------------------------- documents
+
+
+def index_template(index: str, data_stream: bool) -> dict[str, Any]:
+    """The composable index template installed for the index (or data stream)."""
+    body: dict[str, Any] = {
+        "index_patterns": [index],
+        "priority": TEMPLATE_PRIORITY,
+        "template": {"mappings": template_mappings()},
+        "_meta": {"managed_by": "pylog", "description": "pylog log records"},
+    }
+    if data_stream:
+        body["data_stream"] = {}
+    return body
+
+
+def template_mappings() -> dict[str, Any]:
+    keyword = {"type": "keyword", "ignore_above": 1024}
+    return {
+        "dynamic_templates": [
+            {"pylog_ns_inode": {"path_match": "pylog.ns.*.inode", "mapping": {"type": "long"}}},
+            {"pylog_ns_id": {"path_match": "pylog.ns.*.id", "mapping": {"type": "long"}}},
+            {"pylog_ns_is_host": {"path_match": "pylog.ns.*.is_host",
+                                  "mapping": {"type": "boolean"}}},
+            {"pylog_ns_shared_with": {"path_match": "pylog.ns.*.shared_with",
+                                      "mapping": keyword}},
+            {"container_labels": {"path_match": "container.labels.*",
+                                  "match_mapping_type": "string", "mapping": keyword}},
+            {"pylog_env": {"path_match": "pylog.env.*", "match_mapping_type": "string",
+                           "mapping": keyword}},
+        ],
+        "properties": {
+            "@timestamp": {"type": "date_nanos"},
+            "message": {"type": "text"},
+            "stream": keyword,
+            "tag": keyword,
+            "container": {"properties": {
+                "id": keyword, "name": keyword,
+                "image": {"properties": {"name": keyword, "id": keyword}},
+                "labels": {"type": "object"},
+            }},
+            "host": {"properties": {"name": keyword}},
+            "process": {"properties": {"pid": {"type": "long"}}},
+            "pylog": {"properties": {"env": {"type": "object"}, "ns": {"type": "object"}}},
+        },
+    }
+
+
+_ID_HEAD = struct.Struct(">q")
+
+
+def document_ids(lines: list[Line], container_id: str) -> list[str]:
+    """A deterministic ``_id`` per line: a hash of the container ID, the time, the stream and
+    the bytes (identical lines with the same nanosecond in one batch get ``.1``, ``.2``...)."""
+    cid = container_id.encode()
+    out: list[str] = []
+    seen: dict[str, int] = {}
+    for line in lines:
+        h = hashlib.blake2b(cid, digest_size=15)
+        h.update(_ID_HEAD.pack(line.time_nano))
+        h.update(line.source.encode())
+        h.update(b"\0")
+        h.update(line.line)
+        doc_id = base64.urlsafe_b64encode(h.digest()).decode()
+        n = seen.get(doc_id)
+        if n is None:
+            seen[doc_id] = 0
+        else:
+            seen[doc_id] = n + 1
+            doc_id = f"{doc_id}.{n + 1}"
+        out.append(doc_id)
+    return out
+
+
+@dataclass(slots=True)
+class Doc:
+    id: str
+    payload: bytes  # the action line and the document line, both ending with \n
+
+    @property
+    def source(self) -> bytes:
+        return self.payload[self.payload.index(b"\n") + 1:-1]
+
+
+def bulk_documents(lines: list[Line], ctx: ContainerContext,
+                   ts: TimestampFormatter) -> list[Doc]:
+    """Each line as a ``create`` action plus its record, ready for ``_bulk``."""
+    records = records_ndjson(lines, ctx, ts).encode("utf-8", "replace").split(b"\n")
+    records.pop()  # after the last newline
+    if len(records) != len(lines):  # a record is one line: JSON escapes every newline
+        raise SinkError(f"{len(lines)} lines made {len(records)} records")
+    ids = document_ids(lines, ctx.container_id)
+    return [Doc(i, b'{"create":{"_id":"' + i.encode() + b'"}}\n' + r + b"\n")
+            for i, r in zip(ids, records)]
+
+
+def chunks(docs: list[Doc], max_bytes: int) -> list[list[Doc]]:
+    """Bulk requests of at most ``max_bytes`` (a bigger document goes alone)."""
+    out: list[list[Doc]] = []
+    current: list[Doc] = []
+    size = 0
+    for d in docs:
+        if current and size + len(d.payload) > max_bytes:
+            out.append(current)
+            current, size = [], 0
+        current.append(d)
+        size += len(d.payload)
+    if current:
+        out.append(current)
+    return out
+
+
+# ----------------------------------------------------------------------------- transport
+
+
+class Transport(Protocol):
+    credentials: Credentials
+
+    async def request(self, method: str, path: str, body: bytes | None = None,
+                      ndjson: bool = False) -> tuple[int, Any]:
+        """The status and the decoded body; SinkError when no node answered."""
+
+    async def close(self) -> None: ...
+
+
+def _describe(e: BaseException) -> str:
+    """A transport error in one line (node URLs and the cause; never request headers)."""
+    text = str(e) or type(e).__name__
+    errors = getattr(e, "errors", ())
+    if errors:
+        text += f" ({len(errors) + 1} tries)"
+    return text
+
+
+class ElasticTransport:
+    """elasticsearch-py's async transport (aiohttp) with plain JSON headers and our auth."""
+
+    REQUEST_TIMEOUT = 30.0
+
+    def __init__(self, client: Any, credentials: Credentials, nodes: int = 1) -> None:
+        self.client = client
+        self.credentials = credentials
+        self._auth = credentials.header()
+        # A request that fails on one node (refused, timed out, 502/503/504, 429) goes to the
+        # next; each node is tried about once. (The client's own retry settings apply only to
+        # its high-level API, so they are given with each request.)
+        self.max_retries = nodes
+
+    @classmethod
+    async def create(cls, urls: tuple[str, ...], ca_cert: str | None, verify: bool,
+                     credentials: Credentials) -> ElasticTransport:
+        # Importing elasticsearch takes ~0.4 s: not on the event loop, which reads the FIFOs.
+        es = await asyncio.to_thread(importlib.import_module, "elasticsearch")
+        et = importlib.import_module("elastic_transport")
+        nodes = []
+        for url in urls:
+            u = urlsplit(url)
+            tls: dict[str, Any] = {}
+            if u.scheme == "https":
+                tls = {"verify_certs": verify, "ssl_show_warn": False}
+                if ca_cert:
+                    tls["ca_certs"] = ca_cert
+            nodes.append(et.NodeConfig(u.scheme, u.hostname or "", u.port or DEFAULT_PORT,
+                                       path_prefix=u.path, request_timeout=cls.REQUEST_TIMEOUT,
+                                       **tls))
+        client = es.AsyncElasticsearch(hosts=nodes, randomize_nodes_in_pool=False,
+                                       meta_header=False)
+        return cls(client, credentials, len(nodes))
+
+    async def request(self, method: str, path: str, body: bytes | None = None,
+                      ndjson: bool = False) -> tuple[int, Any]:
+        headers = {"accept": "application/json"}
+        if body is not None:
+            headers["content-type"] = "application/x-ndjson" if ndjson else "application/json"
+        if self._auth:
+            headers["authorization"] = self._auth
+        try:
+            resp = await self.client.transport.perform_request(
+                method, path, body=body, headers=headers, max_retries=self.max_retries,
+                retry_on_timeout=True)
+        except Exception as e:  # noqa: BLE001 - refused, timeouts, TLS, undecodable answers...
+            raise SinkError(f"{method} {path.split('?')[0]}: {_describe(e)}") from None
+        return int(resp.meta.status), resp.body
+
+    async def close(self) -> None:
+        await self.client.close()
+
+
+# ----------------------------------------------------------------------------- the sink
+
+
+def _reason(body: Any) -> str:
+    """The server's error in one line, from an error answer or a bulk item's ``error``."""
+    err = body.get("error", body) if isinstance(body, dict) else body
+    if isinstance(err, dict):
+        text = f"{err.get('type', '?')}: {err.get('reason', '')}"
+    else:
+        text = str(err)
+    return text[:300]
+
+
+def _is_unsupported(body: Any) -> bool:
+    return "unsupported" in _reason(body).lower() or "no handler" in _reason(body).lower()
+
+
+def _item_outcome(status: int) -> str:
+    if 200 <= status < 300:
+        return "created"
+    if status == 409:
+        return "duplicate"
+    if status == 429 or status >= 500:
+        return "retry"
+    if status in (401, 403, 404):
+        return "blocked"  # credentials, a cluster block, a missing index: not the document
+    return "rejected"
+
+
+class ElasticsearchSink(Sink):
+    KIND = "elasticsearch"
+    ADDRESS_OPTION = "elasticsearch-url"
+    OPTIONS: ClassVar[dict[str, tuple[Parser, Any]]] = {
+        "elasticsearch-url": (parse_urls, None),
+        "elasticsearch-index": (parse_index, DEFAULT_INDEX),
+        "elasticsearch-ca-cert": (parse_ca_cert, None),
+        "elasticsearch-tls-skip-verify": (parse_bool, False),
+    }
+    BULK_MAX_BYTES = 5 << 20  # per _bulk request
+    ITEM_RETRIES = 5  # rounds of re-sending 429/5xx items inside one send
+    ITEM_RETRY_WAIT = 0.5  # seconds, doubled each round
+    MAX_ITEM_RETRY_WAIT = 8.0
+
+    def __init__(self, config: SinkConfig, state_dir: Path) -> None:
+        super().__init__(config, state_dir)
+        self.urls: tuple[str, ...] = tuple(config["elasticsearch-url"])
+        self.index: str = config["elasticsearch-index"]
+        self.data_stream = is_data_stream(self.index)
+        self.ca_cert: str | None = config["elasticsearch-ca-cert"]
+        self.verify = not config["elasticsearch-tls-skip-verify"]
+        self.template_name = f"pylog-{self.index}"
+        self.dead_letter_path = state_dir / "dead-letter" / f"{self.key}.ndjson"
+        self.transport: Transport | None = None
+        self.setup_done = False
+        self.setup_notes: list[str] = []  # what the server did not support, for the status
+        self.created = 0
+        self.duplicates = 0
+        self.dead_lettered = 0
+        self.item_retries = 0
+        self._reload_credentials = False
+        self._setup_lock = asyncio.Lock()
+        self._ts = TimestampFormatter()
+        # Per container: _ids settled (created, duplicate, dead-lettered) in a batch that then
+        # failed, so that the delivery's retry of the batch does not send them again.
+        self._settled: dict[str, set[str]] = {}
+
+    # ------------------------------------------------------------------ connection
+
+    async def _transport(self) -> Transport:
+        if self.transport is not None and not self._reload_credentials:
+            return self.transport
+        try:
+            credentials = load_credentials()
+        except CredentialsError as e:
+            raise SinkError(f"Elasticsearch credential settings: {e}") from None
+        self._reload_credentials = False
+        if self.transport is not None:
+            if getattr(self.transport, "credentials", None) == credentials:
+                return self.transport
+            log.info("sink %s: the credential settings changed; reconnecting", self.key)
+            await self.transport.close()
+            self.transport = None
+        self.transport = await self.make_transport(credentials)
+        log.info("sink %s: Elasticsearch at %s, index %s, credentials: %s", self.key,
+                 ", ".join(self.urls), self.index, credentials.kind)
+        return self.transport
+
+    async def make_transport(self, credentials: Credentials) -> Transport:
+        return await ElasticTransport.create(self.urls, self.ca_cert, self.verify, credentials)
+
+    def _auth_failed(self, status: int, body: Any) -> SinkError:
+        self._reload_credentials = True  # the settings may have changed (a rotated file)
+        return SinkError(f"Elasticsearch refused pylog's credentials: {status} {_reason(body)}")
+
+    # ------------------------------------------------------------------ first use
+
+    async def _setup(self, t: Transport) -> None:
+        async with self._setup_lock:
+            if self.setup_done:
+                return
+            ds = await self._install_template(t, self.data_stream)
+            if ds:
+                status, body = await t.request("PUT", f"/_data_stream/{self.index}")
+                if status in (401,):
+                    raise self._auth_failed(status, body)
+                if status == 429 or status >= 500:
+                    raise SinkError(f"creating data stream {self.index}: {status} "
+                                    f"{_reason(body)}")
+                if 200 <= status < 300 or "already_exists" in _reason(body):
+                    pass
+                elif status in (404, 405) or (status == 400 and _is_unsupported(body)):
+                    self._note(f"the server does not support data streams ({status} "
+                               f"{_reason(body)}); writing to a plain index named {self.index} "
+                               f"with the same mappings instead")
+                    await self._install_template(t, False)
+                else:
+                    log.warning("sink %s: could not create data stream %s (%d %s); documents "
+                                "will create it if the server allows", self.key, self.index,
+                                status, _reason(body))
+            self.setup_done = True
+
+    async def _install_template(self, t: Transport, data_stream: bool) -> bool:
+        """PUT the template; whether a data stream template is in place."""
+        body = json.dumps(index_template(self.index, data_stream)).encode()
+        status, answer = await t.request("PUT", f"/_index_template/{self.template_name}", body)
+        if status == 400 and "_meta" in _reason(answer):
+            plain = index_template(self.index, data_stream)
+            del plain["_meta"]
+            status, answer = await t.request("PUT", f"/_index_template/{self.template_name}",
+                                             json.dumps(plain).encode())
+        if 200 <= status < 300:
+            log.info("sink %s: index template %s installed (priority %d, @timestamp as "
+                     "date_nanos%s)", self.key, self.template_name, TEMPLATE_PRIORITY,
+                     ", data stream" if data_stream else "")
+            return data_stream
+        if status == 401:
+            raise self._auth_failed(status, answer)
+        if status == 429 or status >= 500:
+            raise SinkError(f"installing index template {self.template_name}: {status} "
+                            f"{_reason(answer)}")
+        if status in (404, 405):  # no composable templates (Elasticsearch before 7.8)
+            legacy = {"index_patterns": [self.index], "order": TEMPLATE_PRIORITY,
+                      "mappings": template_mappings()}
+            status, answer = await t.request("PUT", f"/_template/{self.template_name}",
+                                             json.dumps(legacy).encode())
+            if 200 <= status < 300:
+                self._note("the server has no composable index templates; installed a legacy "
+                           "template (no data stream)")
+                return False
+        self._note(f"could not install index template {self.template_name} ({status} "
+                   f"{_reason(answer)}); the server's own templates and mappings apply "
+                   f"(@timestamp may be kept in milliseconds only)")
+        return False
+
+    def _note(self, text: str) -> None:
+        self.setup_notes.append(text)
+        log.warning("sink %s: %s", self.key, text)
+
+    # ------------------------------------------------------------------ sending
+
+    async def send(self, lines: list[Line], ctx: ContainerContext) -> None:
+        if not lines:
+            return
+        t = await self._transport()
+        if not self.setup_done:
+            await self._setup(t)
+        docs = bulk_documents(lines, ctx, self._ts)
+        settled = self._settled.setdefault(ctx.container_id, set())
+        pending = [d for d in docs if d.id not in settled]
+        rounds = 0
+        while pending:
+            retry: list[Doc] = []
+            last = ""
+            for chunk in chunks(pending, self.BULK_MAX_BYTES):
+                again, why = await self._bulk(t, chunk, settled)
+                retry += again
+                last = why or last
+            if not retry:
+                break
+            rounds += 1
+            self.item_retries += len(retry)
+            if rounds > self.ITEM_RETRIES:
+                raise SinkError(f"{len(retry)} of {len(docs)} documents still not taken after "
+                                f"{rounds} tries: {last}")
+            await asyncio.sleep(min(self.ITEM_RETRY_WAIT * 2 ** (rounds - 1),
+                                    self.MAX_ITEM_RETRY_WAIT))  # backoff before re-sending
+            pending = retry
+        self._settled.pop(ctx.container_id, None)
+
+    async def _bulk(self, t: Transport, chunk: list[Doc], settled: set[str]
+                    ) -> tuple[list[Doc], str]:
+        """One _bulk request; returns the documents to send again (429/5xx) and why."""
+        path = f"/{self.index}/_bulk?filter_path=errors,items.*.status,items.*.error"
+        status, body = await t.request("POST", path, b"".join(d.payload for d in chunk),
+                                       ndjson=True)
+        if status == 413:  # too big for the server (or a proxy in front of it): halve it
+            if len(chunk) > 1:
+                half = len(chunk) // 2
+                a, why_a = await self._bulk(t, chunk[:half], settled)
+                b, why_b = await self._bulk(t, chunk[half:], settled)
+                return a + b, why_a or why_b
+            self._dead_letter([(chunk[0], status, {"type": "request_entity_too_large",
+                                                   "reason": _reason(body)})], settled)
+            return [], ""
+        if status == 429 or status >= 500:
+            return chunk, f"{status} {_reason(body)}"
+        if status == 401:
+            raise self._auth_failed(status, body)
+        if not 200 <= status < 300:
+            raise SinkError(f"bulk request refused: {status} {_reason(body)}")
+        items = body.get("items") if isinstance(body, dict) else None
+        if not isinstance(items, list) or len(items) != len(chunk):
+            raise SinkError(f"bulk answer has {len(items) if isinstance(items, list) else 'no'} "
+                            f"items for {len(chunk)} documents")
+        retry: list[Doc] = []
+        rejected: list[tuple[Doc, int, Any]] = []
+        blocked: tuple[int, Any] | None = None
+        why = ""
+        for doc, item in zip(chunk, items):
+            result = next(iter(item.values()), None) if isinstance(item, dict) else None
+            st = result.get("status") if isinstance(result, dict) else None
+            if not isinstance(st, int):
+                raise SinkError(f"bulk answer item without a status: {str(item)[:200]}")
+            outcome = _item_outcome(st)
+            if outcome == "created":
+                self.created += 1
+                settled.add(doc.id)
+            elif outcome == "duplicate":
+                self.duplicates += 1
+                settled.add(doc.id)
+            elif outcome == "retry":
+                retry.append(doc)
+                why = f"{st} {_reason(result)}"
+            elif outcome == "blocked":
+                blocked = blocked or (st, result)
+            else:
+                rejected.append((doc, st, result.get("error")))
+        if rejected:
+            self._dead_letter(rejected, settled)
+        if blocked is not None:
+            if blocked[0] == 401:
+                raise self._auth_failed(*blocked)
+            raise SinkError(f"Elasticsearch refused documents: {blocked[0]} "
+                            f"{_reason(blocked[1])}")
+        return retry, why
+
+    def _dead_letter(self, rejected: list[tuple[Doc, int, Any]], settled: set[str]) -> None:
+        """Append rejected documents with their errors; only then are they settled."""
+        now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        out = []
+        for doc, status, error in rejected:
+            try:
+                document: Any = json.loads(doc.source)
+            except ValueError:
+                document = doc.source.decode("utf-8", "replace")
+            out.append(json.dumps({"time": now, "sink": self.key, "index": self.index,
+                                   "_id": doc.id, "status": status, "error": error,
+                                   "document": document}, ensure_ascii=False) + "\n")
+        data = "".join(out).encode("utf-8", "replace")
+        try:
+            self.dead_letter_path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            fd = os.open(self.dead_letter_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+            try:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view):]
+            finally:
+                os.close(fd)
+        except OSError as e:
+            raise SinkError(f"{len(rejected)} documents were rejected and could not be kept "
+                            f"in {self.dead_letter_path}: {e.strerror or e}") from None
+        for doc, _, _ in rejected:
+            settled.add(doc.id)
+        self.dead_lettered += len(rejected)
+        first_status, first_error = rejected[0][1], rejected[0][2]
+        log.warning("sink %s: Elasticsearch rejected %d documents (first: %d %s); appended to "
+                    "%s (%d so far)", self.key, len(rejected), first_status,
+                    _reason(first_error).split(":")[0], self.dead_letter_path,
+                    self.dead_lettered)
+
+    async def close(self) -> None:
+        transport, self.transport = self.transport, None
+        if transport is not None:
+            try:
+                await transport.close()
+            except Exception as e:  # noqa: BLE001 - closing must not fail shutdown
+                log.debug("sink %s: closing the transport: %s", self.key, e)
+
+
+__all__ = ["Credentials", "CredentialsError", "ElasticsearchSink", "bulk_documents", "chunks",
+           "document_ids", "index_template", "load_credentials", "parse_ca_cert", "parse_index",
+           "parse_urls"]
