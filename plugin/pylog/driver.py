@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import json
 import logging
 import os
+import re
 import stat
 import time
 from collections.abc import AsyncIterator, Mapping
@@ -35,7 +37,7 @@ from .namespaces import (
     host_namespaces,
 )
 from .options import LogOptions, parse_log_options
-from .record import ContainerContext, build_context, context_from_fields
+from .record import ContainerContext, build_context, context_from_fields, select
 from .sinks import SinkPool, configured_sinks
 from .store import CONTAINER_ID_RE, ContainerLog, Store, StoreOptions, write_json_atomic
 from .stream import FifoStream
@@ -47,6 +49,7 @@ STOP_GRACE = 10.0  # seconds to wait for end of stream after StopLogging before 
 SHUTDOWN_GRACE = 5.0  # seconds sinks get at shutdown to deliver what is stored; the rest waits
 CONTEXT_FILE = "context.json"
 OPTIONS_FILE = "log-opts.json"  # the container's log-opts, to resume its sinks after a restart
+ATTACHMENTS_DIR = "attachments"  # one {File, Info} per live FIFO, to re-attach after a restart
 
 
 @dataclass(eq=False)
@@ -110,13 +113,51 @@ class Driver:
         self.sinks = SinkPool(state_dir)
         self.deliveries: dict[tuple[str, str], Delivery] = {}
         self._gc_task: asyncio.Task[None] | None = None
+        self._closing = False
 
     # ----------------------------------------------------------------- lifecycle
 
     async def start(self) -> None:
+        self._reattach()
         self._resume_deliveries()
         if self.docker is not None and self.gc_interval > 0:
             self._gc_task = asyncio.create_task(self._gc_loop(), name="pylog-gc")
+
+    def _reattach(self) -> None:
+        """After a restart (crash, kill -9, upgrade) dockerd sends no StartLogging for running
+        containers: attach again to every FIFO that was attached and still exists. What dockerd
+        wrote meanwhile waited in the FIFO; a frame the old process had half moved into the
+        store is completed by the first splice."""
+        directory = self.state_dir / ATTACHMENTS_DIR
+        directory.mkdir(mode=0o700, exist_ok=True)
+        for path in sorted(directory.glob("*.json")):
+            try:
+                saved = json.loads(path.read_text())
+                self.start_logging(saved["File"], saved["Info"], resumed=True)
+                log.info("re-attached %s after a restart", saved["File"])
+            except (OSError, ValueError, KeyError, TypeError, PylogError) as e:
+                log.info("not re-attaching %s: %s", path.name, e)
+                path.unlink(missing_ok=True)
+
+    def _attachment_path(self, fifo: str) -> Path:
+        name = os.path.basename(fifo)
+        if not re.fullmatch(r"[0-9A-Za-z_.-]{1,128}", name):
+            name = hashlib.sha256(fifo.encode()).hexdigest()
+        return self.state_dir / ATTACHMENTS_DIR / f"{name}.json"
+
+    def _persist_attachment(self, att: Attachment) -> None:
+        """Keep {File, Info}; of the environment and labels only what the options select, so
+        no secret of a container reaches the disk."""
+        container = att.container
+        info = dict(container.info)
+        info["ContainerEnv"] = [f"{k}={v}" for k, v in container.context.env.items()]
+        info["ContainerLabels"] = select(dict(info.get("ContainerLabels") or {}),
+                                         container.options["labels"],
+                                         container.options["labels-regex"])
+        try:
+            write_json_atomic(self._attachment_path(att.file), {"File": att.file, "Info": info})
+        except OSError as e:
+            log.warning("could not persist the attachment of %s: %s", att.file, e)
 
     def _resume_deliveries(self) -> None:
         """Sinks pick up where they were: every stored container whose log-opts switch on a
@@ -135,6 +176,7 @@ class Driver:
                 self._start_deliveries(cid, clog, options)
 
     async def close(self) -> None:
+        self._closing = True
         if self._gc_task is not None:
             self._gc_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -162,7 +204,7 @@ class Driver:
 
     # ----------------------------------------------------------------- protocol
 
-    def start_logging(self, file: Any, info: Any) -> Attachment:
+    def start_logging(self, file: Any, info: Any, resumed: bool = False) -> Attachment:
         """Validate and attach; raises PylogError with a message for ``docker run`` to show."""
         if not isinstance(info, dict):
             raise RequestError("StartLogging: Info must be an object")
@@ -203,6 +245,8 @@ class Driver:
                 container.finder = asyncio.create_task(self._find_namespaces(container),
                                                        name=f"pylog-ns-{container_id[:12]}")
             self._start_deliveries(container_id, container.clog, options)
+        if not resumed:
+            self._persist_attachment(att)
         log.info("attached %s (%s) on %s", container.name, container_id[:12], fifo)
         return att
 
@@ -261,6 +305,8 @@ class Driver:
 
     def _on_end(self, att: Attachment) -> None:
         self.attachments.pop(att.file, None)
+        if not self._closing:  # shutting down: keep it, to re-attach at the next start
+            self._attachment_path(att.file).unlink(missing_ok=True)
         container = att.container
         container.attachments.discard(att)
         container.clog.writers -= 1

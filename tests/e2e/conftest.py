@@ -160,15 +160,18 @@ class Containers:
 
     def create(self, driver: str, script: str, *opts: str, detach_args: tuple[str, ...] = (),
                check: bool = True) -> subprocess.CompletedProcess[str]:
-        args = ["docker", "run", "-d", "--log-driver", driver]
+        name = f"pylogtest-{secrets.token_hex(6)}"
+        args = ["docker", "run", "-d", "--name", name, "--log-driver", driver]
         for opt in opts:
             args += ["--log-opt", opt]
         args += [*detach_args, self.image, "sh", "-c", script]
         r = subprocess.run(args, capture_output=True, text=True, timeout=120)
         if r.returncode == 0:
             self.ids.append(r.stdout.strip())
-        elif check:
-            raise AssertionError(f"docker run failed: {r.stderr}")
+        else:
+            self.ids.append(name)  # a failed `docker run` can leave a "Created" container
+            if check:
+                raise AssertionError(f"docker run failed: {r.stderr}")
         return r
 
     def start(self, driver: str, script: str, *opts: str, args: tuple[str, ...] = ()) -> str:

@@ -136,6 +136,20 @@ def delivered(pylog: PylogServer, cid: str, key: str, timeout: float = 120) -> N
                f"end of its log (offset, size)")
 
 
+def refused_run(containers: Containers, driver: str, *opts: str) -> str:
+    """``docker run`` that is expected to fail at the log driver; returns its stderr. (A run
+    that fails there leaves a "Created" container, which Containers does not track: removed
+    here.)"""
+    name = f"pylog-es-refused-{os.getpid()}-{time.monotonic_ns()}"
+    try:
+        r = containers.create(driver, "true", *opts, detach_args=("--name", name), check=False)
+        assert r.returncode != 0, "docker run should have failed"
+        return r.stderr
+    finally:
+        subprocess.run(["docker", "rm", "-f", name], capture_output=True, timeout=60,
+                       check=False)
+
+
 # ------------------------------------------------------------------------------ delivery
 
 
@@ -278,17 +292,16 @@ def test_rejected_documents_land_in_the_dead_letter_file(pylog: PylogServer,
 ])
 def test_bad_options_fail_docker_run(pylog: PylogServer, containers: Containers, opt: str,
                                      expected: str) -> None:
-    r = containers.create(pylog.name, "true", "elasticsearch-url=http://127.0.0.1:9", opt,
-                          check=False)
-    assert r.returncode != 0 and expected in r.stderr
+    stderr = refused_run(containers, pylog.name, "elasticsearch-url=http://127.0.0.1:9", opt)
+    assert expected in stderr
 
 
 def test_a_url_with_credentials_fails_docker_run_without_echoing_them(
         pylog: PylogServer, containers: Containers) -> None:
-    r = containers.create(pylog.name, "true", f"elasticsearch-url=http://elastic:{SECRET}@es:9200",
-                          check=False)
-    assert r.returncode != 0 and "'elasticsearch-url'" in r.stderr
-    assert SECRET not in r.stderr and SECRET not in pylog.log_text()
+    stderr = refused_run(containers, pylog.name,
+                         f"elasticsearch-url=http://elastic:{SECRET}@es:9200")
+    assert "'elasticsearch-url'" in stderr
+    assert SECRET not in stderr and SECRET not in pylog.log_text()
 
 
 def test_a_lost_answer_makes_duplicates_not_doubles(pylog: PylogServer, containers: Containers,
@@ -443,10 +456,8 @@ def test_unusable_credential_settings_fail_docker_run(
     clean_env.setenv("ELASTICSEARCH_USERNAME", "pylog-writer")  # and no password
     server = serve_with_env(tmp_path)
     try:
-        r = containers.create(server.name, "true", "elasticsearch-url=http://127.0.0.1:9",
-                              check=False)
-        assert r.returncode != 0
-        assert "'elasticsearch-url'" in r.stderr and "no password" in r.stderr
+        stderr = refused_run(containers, server.name, "elasticsearch-url=http://127.0.0.1:9")
+        assert "'elasticsearch-url'" in stderr and "no password" in stderr
         # Without the sink nothing is asked of the settings.
         cid = containers.run(server.name, "echo ok")
         assert cid

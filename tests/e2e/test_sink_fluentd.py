@@ -8,56 +8,16 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.peers.fluentd_receiver import FluentdReceiver, Received
-from tests.peers.threaded import LoopThread
+from tests.peers.fluentd_receiver import Received, ThreadedReceiver
 
 from .conftest import Containers, PylogServer, logs
 
 pytestmark = pytest.mark.e2e
 
 
-class Receiver:
-    def __init__(self, ack: bool = True) -> None:
-        self.thread = LoopThread()
-        self.peer = FluentdReceiver(ack=ack)
-        self.port = self.thread.run(self.peer.start())
-
-    @property
-    def address(self) -> str:
-        return f"tcp://127.0.0.1:{self.port}"
-
-    def events(self, tag: str | None = None) -> list[Received]:
-        return [e for e in self.thread.call(list, self.peer.events) if tag is None or e.tag == tag]
-
-    def wait_for(self, count: int, tag: str, timeout: float = 120) -> list[Received]:
-        deadline = time.monotonic() + timeout
-        while len(self.events(tag)) < count and time.monotonic() < deadline:
-            self.thread.run(_wait_arrival(self.peer), timeout=timeout)
-        return self.events(tag)
-
-    def stop_listening(self) -> None:
-        self.thread.run(self.peer.stop())
-
-    def start_listening(self) -> None:
-        self.thread.run(self.peer.start())
-
-    def close(self) -> None:
-        self.thread.run(self.peer.stop())
-        self.thread.stop()
-
-
-async def _wait_arrival(peer: FluentdReceiver) -> None:
-    import asyncio
-    peer.arrived.clear()
-    try:
-        await asyncio.wait_for(peer.arrived.wait(), 1.0)
-    except asyncio.TimeoutError:
-        pass  # re-check the count; the caller's deadline bounds the loop
-
-
 @pytest.fixture
-def receiver() -> Iterator[Receiver]:
-    r = Receiver()
+def receiver() -> Iterator[ThreadedReceiver]:
+    r = ThreadedReceiver()
     yield r
     r.close()
 
@@ -82,7 +42,7 @@ def by_stream(events: list[Received]) -> dict[str, list[bytes | str]]:
 
 
 def test_same_records_as_dockers_fluentd_driver(pylog: PylogServer, containers: Containers,
-                                                receiver: Receiver) -> None:
+                                                receiver: ThreadedReceiver) -> None:
     common = ("labels=app", "env=MODE")
     args = ("--label", "app=demo", "-e", "MODE=prod", "-e", "SECRET=hush")
     docker = containers.run("fluentd", SCRIPT, f"fluentd-address={receiver.address}",
@@ -127,7 +87,7 @@ def test_same_records_as_dockers_fluentd_driver(pylog: PylogServer, containers: 
 
 
 def test_request_ack_and_every_line_of_a_burst(pylog: PylogServer, containers: Containers,
-                                               receiver: Receiver) -> None:
+                                               receiver: ThreadedReceiver) -> None:
     cid = containers.run(pylog.name, "seq 1 100000", f"fluentd-address={receiver.address}",
                          "fluentd-request-ack=true")
     events = receiver.wait_for(100000, cid[:12])
@@ -137,7 +97,7 @@ def test_request_ack_and_every_line_of_a_burst(pylog: PylogServer, containers: C
 
 
 def test_outage_of_30s_loses_nothing(pylog: PylogServer, containers: Containers,
-                                     receiver: Receiver) -> None:
+                                     receiver: ThreadedReceiver) -> None:
     """fluentd down for 30 s in the middle of a 100000-line run: all lines arrive after it
     returns, and the container runs as fast as with fluentd up."""
     script = ("seq 1 50000; while [ ! -e /tmp/go ]; do usleep 10000; done; seq 50001 100000")
@@ -160,7 +120,7 @@ def test_outage_of_30s_loses_nothing(pylog: PylogServer, containers: Containers,
 
 def test_undelivered_lines_wait_in_the_store_across_a_restart(
         docker_ready: None, busybox: str, tmp_path: pytest.TempPathFactory,
-        receiver: Receiver) -> None:
+        receiver: ThreadedReceiver) -> None:
     """SIGTERM with fluentd down: nothing is lost; the next `pylog serve` delivers it all."""
     from .conftest import new_server
     server = new_server(tmp_path, ["--gc-interval", "0"])  # type: ignore[arg-type]

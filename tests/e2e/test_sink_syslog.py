@@ -7,8 +7,9 @@ import calendar
 import os
 import re
 import subprocess
+import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -48,7 +49,7 @@ def rsyslogd(tmp_path_factory: pytest.TempPathFactory, tls_files: TlsFiles,
         (Path(artifacts) / "rsyslogd-e2e.log").write_text(server.diagnostics())
 
 
-def app(name: str) -> object:
+def app(name: str) -> Callable[[Received], bool]:
     return lambda r: r.app == name
 
 
@@ -158,6 +159,13 @@ def test_same_messages_as_dockers_syslog_driver(pylog: PylogServer, containers: 
     assert [r.time for r in p if r.severity == 6] == [ts[:19] + "Z" for ts in stdout_times]
 
 
+def pylog_cli(server: PylogServer, *args: str) -> str:
+    r = subprocess.run([sys.executable, "-m", "pylog", *args, "--socket", str(server.socket)],
+                       check=False, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    return r.stdout
+
+
 def containers_name(cid: str) -> str:
     return subprocess.run(["docker", "inspect", "-f", "{{.Name}}", cid], capture_output=True,
                           text=True, check=True).stdout.strip().lstrip("/")
@@ -206,13 +214,16 @@ def test_every_transport_and_format(pylog: PylogServer, containers: Containers,
 
 def test_structured_data_has_the_containers_namespace_inodes(
         pylog: PylogServer, containers: Containers, rsyslogd: Rsyslogd) -> None:
-    from .test_namespaces import state_pid, wait_for_namespaces
     script = "while [ ! -e /tmp/go ]; do usleep 10000; done; echo up; exec sleep 1000"
     cid = containers.start(pylog.name, script, f"syslog-address={rsyslogd.address('udp')}")
-    wait_for_namespaces(pylog, cid)
+    deadline = time.monotonic() + 30
+    while '"ns"' not in pylog_cli(pylog, "inspect", cid):  # the line comes after they are known
+        assert time.monotonic() < deadline, "pylog found no namespaces in 30 s"
+        time.sleep(0.02)  # polling `pylog inspect`, bounded by the deadline
     subprocess.run(["docker", "exec", cid, "touch", "/tmp/go"], check=True, timeout=60)
     (r,) = rsyslogd.wait_for(1, app(cid[:12]))
-    pid = state_pid(cid)
+    pid = int(subprocess.run(["docker", "inspect", "-f", "{{.State.Pid}}", cid], check=True,
+                             capture_output=True, text=True).stdout)
     sd = sd_params(r.sd)
     assert {k: int(v) for k, v in sd.items() if k.startswith("ns_")} == {
         f"ns_{t}": os.stat(f"/proc/{pid}/ns/{t}").st_ino for t in NS_TYPES}

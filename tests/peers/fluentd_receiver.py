@@ -131,6 +131,49 @@ class FluentdReceiver:
         self.events.append(Received(tag, ns, is_event_time, record))
 
 
+class ThreadedReceiver:
+    """A FluentdReceiver on its own loop in a thread, for synchronous tests."""
+
+    def __init__(self, ack: bool = True) -> None:
+        from tests.peers.threaded import LoopThread
+        self.thread = LoopThread()
+        self.peer = FluentdReceiver(ack=ack)
+        self.port = self.thread.run(self.peer.start())
+
+    @property
+    def address(self) -> str:
+        return f"tcp://127.0.0.1:{self.port}"
+
+    def events(self, tag: str | None = None) -> list[Received]:
+        return [e for e in self.thread.call(list, self.peer.events) if tag is None or e.tag == tag]
+
+    def wait_for(self, count: int, tag: str, timeout: float = 120) -> list[Received]:
+        deadline = time.monotonic() + timeout
+        while len(self.events(tag)) < count and time.monotonic() < deadline:
+            self.thread.run(_wait_arrival(self.peer), timeout=timeout)
+        return self.events(tag)
+
+    def stop_listening(self) -> None:
+        self.thread.run(self.peer.stop())
+
+    def start_listening(self) -> None:
+        self.thread.run(self.peer.start())
+
+    def close(self) -> None:
+        self.thread.run(self.peer.stop())
+        self.thread.stop()
+
+
+async def _wait_arrival(peer: FluentdReceiver) -> None:
+    peer.arrived.clear()
+    try:
+        await asyncio.wait_for(peer.arrived.wait(), 1.0)
+    except asyncio.TimeoutError:
+        pass  # re-check the count; the caller's deadline bounds the loop
+
+
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -586,6 +586,10 @@ class ElasticsearchSink(Sink):
                      "date_nanos%s)", self.key, self.template_name, TEMPLATE_PRIORITY,
                      ", data stream" if data_stream else "")
             return data_stream
+        if status == 400 and data_stream and "data_stream" in _reason(answer):
+            self._note(f"the server does not know data stream templates ({_reason(answer)}); "
+                       f"writing to a plain index named {self.index} instead")
+            return await self._install_template(t, False)
         if status == 401:
             raise self._auth_failed(status, answer)
         if status == 429 or status >= 500:
@@ -671,9 +675,9 @@ class ElasticsearchSink(Sink):
         why = ""
         for doc, item in zip(chunk, items):
             result = next(iter(item.values()), None) if isinstance(item, dict) else None
-            st = result.get("status") if isinstance(result, dict) else None
-            if not isinstance(st, int):
+            if not isinstance(result, dict) or not isinstance(result.get("status"), int):
                 raise SinkError(f"bulk answer item without a status: {str(item)[:200]}")
+            st: int = result["status"]
             outcome = _item_outcome(st)
             if outcome == "created":
                 self.created += 1

@@ -35,11 +35,12 @@ import os
 import socket
 import ssl
 import time
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, ClassVar
 from urllib.parse import urlsplit
 
 from ..errors import OptionError
-from ..options import parse_bool, parse_choice
+from ..options import Parser, parse_bool, parse_choice
 from ..reassembly import Line
 from ..record import ContainerContext
 from .base import Sink, SinkError
@@ -197,7 +198,7 @@ class Encoder:
         self._stamp = b""
 
     def timestamp(self, ns: int) -> bytes:
-        secs, frac = divmod(time.time_ns(), 1_000_000_000)
+        secs, frac = divmod(ns, 1_000_000_000)
         if secs != self._secs:
             self._secs = secs
             if self.format == "rfc3164":
@@ -242,10 +243,17 @@ def lf_frame(message: bytes) -> bytes:
 
 # ---------------------------------------------------------------------------------------- sink
 
+@dataclass
+class _Counts:
+    empty: int = 0  # empty lines, not sent
+    cut_lines: int = 0  # lines cut to fit a datagram
+    cut_bytes: int = 0  # bytes cut off them
+
+
 class SyslogSink(Sink):
     KIND = "syslog"
     ADDRESS_OPTION = "syslog-address"
-    OPTIONS = {
+    OPTIONS: ClassVar[dict[str, tuple[Parser, Any]]] = {
         "syslog-address": (parse_syslog_address, None),
         "syslog-facility": (parse_facility, FACILITIES["daemon"]),
         "syslog-format": (parse_syslog_format, "rfc5424"),
@@ -275,36 +283,51 @@ class SyslogSink(Sink):
 
     # ------------------------------------------------------------------ encoding
 
-    def messages(self, lines: list[Line], ctx: ContainerContext) -> list[bytes]:
-        """The batch's messages, unframed; datagram lines cut to DATAGRAM_MSG_MAX bytes."""
+    def encode(self, lines: list[Line], ctx: ContainerContext,
+               ) -> tuple[list[bytes], _Counts]:
+        """The batch's messages, unframed (datagram lines cut to DATAGRAM_MSG_MAX bytes), and
+        what was skipped or cut to make them."""
         middle = self.encoder.middle(ctx)
         encode = self.encoder.encode
         out = []
+        counts = _Counts()
         for line in lines:
             if not line.line:
-                self.skipped_empty += 1
+                counts.empty += 1
                 continue
             if self.datagram and len(line.line) > DATAGRAM_MSG_MAX:
-                out.append(encode(line, ctx, middle, self._cut(line, ctx)))
+                short = cut_line(line.line, DATAGRAM_MSG_MAX)
+                counts.cut_lines += 1
+                counts.cut_bytes += len(line.line) - len(short)
+                out.append(encode(line, ctx, middle, short))
             else:
                 out.append(encode(line, ctx, middle))
+        return out, counts
+
+    def messages(self, lines: list[Line], ctx: ContainerContext) -> list[bytes]:
+        """:meth:`encode`'s messages, counted as sent."""
+        out, counts = self.encode(lines, ctx)
+        self._count(counts, ctx)
         return out
 
-    def _cut(self, line: Line, ctx: ContainerContext) -> bytes:
-        short = cut_line(line.line, DATAGRAM_MSG_MAX)
-        if self.truncated_lines == 0 or self.truncated_lines % 1000 == 0:
-            log.warning("sink %s: a line of %d bytes from %s was cut to %d bytes to fit a "
-                        "datagram (%d lines cut so far)", self.key, len(line.line),
-                        ctx.container_id[:12], len(short), self.truncated_lines + 1)
-        self.truncated_lines += 1
-        self.truncated_bytes += len(line.line) - len(short)
-        return short
+    def _count(self, counts: _Counts, ctx: ContainerContext) -> None:
+        self.skipped_empty += counts.empty
+        if counts.cut_lines:
+            if self.truncated_lines == 0 or \
+                    self.truncated_lines // 1000 != (self.truncated_lines + counts.cut_lines) // 1000:
+                log.warning("sink %s: %d lines from %s were longer than %d bytes and were cut to "
+                            "fit a datagram (%d lines cut so far)", self.key, counts.cut_lines,
+                            ctx.container_id[:12], DATAGRAM_MSG_MAX,
+                            self.truncated_lines + counts.cut_lines)
+            self.truncated_lines += counts.cut_lines
+            self.truncated_bytes += counts.cut_bytes
 
     # ------------------------------------------------------------------ sending
 
     async def send(self, lines: list[Line], ctx: ContainerContext) -> None:
-        messages = self.messages(lines, ctx)
+        messages, counts = self.encode(lines, ctx)
         if not messages:
+            self._count(counts, ctx)
             return
         async with self._lock:
             try:
@@ -312,11 +335,12 @@ class SyslogSink(Sink):
                     await self._send_datagrams(messages)
                 else:
                     await self._send_stream(messages)
-            except (OSError, asyncio.TimeoutError, ValueError, SinkError) as e:
+            except (TimeoutError, OSError, ValueError, SinkError) as e:
                 await self._drop_connection()
                 if isinstance(e, SinkError):
                     raise
                 raise SinkError(f"syslog at {self.where()}: {e or type(e).__name__}") from e
+        self._count(counts, ctx)  # once per delivered batch, not per try
 
     async def _send_datagrams(self, messages: list[bytes]) -> None:
         loop = asyncio.get_running_loop()
@@ -423,7 +447,7 @@ class SyslogSink(Sink):
             writer.close()
             try:
                 await asyncio.wait_for(writer.wait_closed(), 1)
-            except (OSError, asyncio.TimeoutError, ssl.SSLError):
+            except (TimeoutError, OSError):  # ssl.SSLError included
                 pass
 
     def where(self) -> str:

@@ -1,0 +1,82 @@
+"""Faults: pylog killed mid-stream, sinks dead at `docker stop`, hostile sizes."""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.peers.fluentd_receiver import ThreadedReceiver, free_port
+
+from .conftest import Containers, logs, new_server, wait
+
+pytestmark = pytest.mark.e2e
+
+DUPLICATE_BOUND = 60_000  # one delivery batch: 1 MiB of stored frames of ~20 bytes each
+
+
+@pytest.fixture
+def receiver() -> Iterator[ThreadedReceiver]:
+    r = ThreadedReceiver()
+    yield r
+    r.close()
+
+
+def test_kill_9_mid_stream_then_restart_loses_nothing(
+        docker_ready: None, busybox: str, tmp_path: Path, receiver: ThreadedReceiver) -> None:
+    server = new_server(tmp_path, ["--gc-interval", "0"])
+    server.start()
+    c = Containers(busybox)
+    try:
+        script = ("b=0; while [ $b -lt 40 ]; do seq $((b*5000+1)) $((b*5000+5000)); "
+                  "usleep 20000; b=$((b+1)); done")
+        cid = c.start(server.name, script, f"fluentd-address={receiver.address}")
+        receiver.wait_for(20000, cid[:12])  # well into the stream
+        assert server.proc is not None
+        server.proc.kill()  # SIGKILL: no chance to flush anything
+        server.proc.wait()
+        server.start()  # re-attaches to the FIFO dockerd kept writing into
+        assert wait(cid) == 0
+        expected = [str(i) for i in range(1, 200001)]
+        assert logs(cid)[0].decode().splitlines() == expected, "docker logs lost or duplicated"
+        deadline = time.monotonic() + 120
+        while True:  # duplicates count towards the total: wait for every distinct line
+            events = receiver.wait_for(200000, cid[:12])
+            counts = Counter(e.record["log"] for e in events)
+            if len(counts) >= 200000 or time.monotonic() > deadline:
+                break
+            receiver.wait_for(len(events) + 1, cid[:12], timeout=5)
+        assert set(counts) == set(expected), f"{len(set(expected) - set(counts))} lines lost"
+        duplicates = sum(n - 1 for n in counts.values())
+        assert duplicates <= DUPLICATE_BOUND, f"{duplicates} duplicates"
+        assert "re-attached" in server.log_text()
+    finally:
+        c.cleanup()
+        server.stop()
+
+
+def test_docker_stop_with_a_dead_sink_is_as_fast_as_with_it_up(
+        docker_ready: None, busybox: str, tmp_path: Path, receiver: ThreadedReceiver) -> None:
+    server = new_server(tmp_path, ["--gc-interval", "0"])
+    server.start()
+    c = Containers(busybox)
+    script = "trap 'exit 0' TERM; seq 1 50000; while true; do usleep 10000; done"
+    try:
+        times = {}
+        for name, address in (("up", receiver.address), ("dead", f"tcp://127.0.0.1:{free_port()}")):
+            cid = c.start(server.name, script, f"fluentd-address={address}")
+            deadline = time.monotonic() + 60
+            while logs(cid, "--tail", "1")[0] != b"50000\n":
+                assert time.monotonic() < deadline
+                time.sleep(0.05)  # poll until the burst is stored, bounded
+            t0 = time.monotonic()
+            subprocess.run(["docker", "stop", "-t", "10", cid], check=True, capture_output=True)
+            times[name] = time.monotonic() - t0
+        assert times["dead"] < times["up"] * 1.5 + 0.5, times
+    finally:
+        c.cleanup()
+        server.stop()
