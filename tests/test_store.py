@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import gzip
+import itertools
 import os
 import struct
 import tempfile
@@ -17,6 +19,7 @@ from hypothesis import strategies as st
 import pylog.store
 from pylog.entry import LogEntry
 from pylog.frames import FrameDecoder, decode_all, encode_frame
+from pylog.logreader import ReadConfig, read_entries
 from pylog.store import ContainerLog, Store, StoreOptions
 
 VECTORS = Path(__file__).parent / "vectors"
@@ -100,6 +103,69 @@ def drain(executor: ThreadPoolExecutor) -> None:
     executor.submit(lambda: None).result(timeout=30)
 
 
+def readable(clog: ContainerLog, **cfg) -> list[int]:
+    """What ``docker logs`` shows now (no follow): the readers see the current file only up to
+    ``clog.frame_end``."""
+    async def read() -> list[LogEntry]:
+        out: list[LogEntry] = []
+        async for batch in read_entries(clog, ReadConfig(**cfg)):
+            out += batch
+        return out
+    return numbers(asyncio.run(read()))
+
+
+class Fifo:
+    """A FIFO as dockerd makes it: its write end opened O_RDWR (so the pipe outlives readers),
+    the plugin's end O_RDONLY | O_NONBLOCK. The write end is non-blocking here only so that a
+    test which overfills the pipe fails instead of hanging."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        os.mkfifo(path)
+        self.w: int | None = os.open(path, os.O_RDWR)
+        os.set_blocking(self.w, False)
+        self.r = self.open_reader()
+
+    def open_reader(self) -> int:
+        return os.open(self.path, os.O_RDONLY | os.O_NONBLOCK)
+
+    def write(self, data: bytes) -> None:
+        assert self.w is not None
+        view = memoryview(data)
+        while view:
+            view = view[os.write(self.w, view):]
+
+    def close_writer(self) -> None:
+        if self.w is not None:
+            os.close(self.w)
+            self.w = None
+
+    def close(self) -> None:
+        self.close_writer()
+        try:
+            os.close(self.r)
+        except OSError:
+            pass
+
+
+@pytest.fixture
+def fifo(tmp_path):
+    f = Fifo(tmp_path / "fifo")
+    yield f
+    f.close()
+
+
+def splice_all(clog: ContainerLog, fd: int, max_bytes: int = 1 << 20) -> int:
+    """Splice until the FIFO is empty (the writer stays open); the bytes moved."""
+    total = 0
+    while True:
+        n = clog.splice_from(fd, max_bytes)
+        if n is None:
+            return total
+        assert 0 < n <= max_bytes, n  # 0 would be end of stream, but the writer is open
+        total += n
+
+
 @pytest.fixture
 def executor():
     ex = ThreadPoolExecutor(max_workers=1, thread_name_prefix="test-compress")
@@ -176,6 +242,158 @@ def test_appending_chunks_of_a_cut_stream_stores_the_stream(store, tmp_path):
         chunk = dec.feed(data[i:i + 17])
         clog.append(chunk.data, chunk.runs)
     assert (tmp_path / "containers" / CID / "container.log").read_bytes() == data
+
+
+def test_garbage_is_stored_as_it_came_and_counted_once_per_region(store, tmp_path):
+    """Bytes that are no frame are kept (readers skip them by resync) and counted as corrupt
+    regions, each once, however the appends cut them."""
+    good = [frame(i) for i in range(5)]
+    data = (good[0] + b"garbage bytes" + good[1] + good[2] + b"\\xff" * 20 + good[3]
+            + b"\\x00\\x00\\x00\\x03abc" + good[4])
+    for step in (len(data), 1, 5, 13):
+        d = tmp_path / "containers" / CID
+        store.remove(CID)
+        clog = store.open(CID, StoreOptions())
+        for i in range(0, len(data), step):
+            clog.append(data[i:i + step])
+        assert (d / "container.log").read_bytes() == data, step
+        assert clog.stats.corrupt == 3, step
+        assert clog.stats.bytes == len(data) and clog.stats.dropped_bytes == 0, step
+        assert clog.frame_end == len(data), step
+        assert readable(clog) == [0, 1, 2, 3, 4], step
+
+
+def test_snapshot_holds_the_end_of_the_whole_frames(store):
+    clog = store.open(CID, StoreOptions())
+    clog.append(frame(0) + frame(1) + frame(2)[:9])
+    snap = clog.snapshot()
+    try:
+        assert snap.current_end == clog.frame_end == 2 * FRAME_LEN
+        assert os.fstat(snap.current).st_size == 2 * FRAME_LEN + 9
+        clog.append(frame(2)[9:])
+        assert snap.current_end == 2 * FRAME_LEN  # taken at the snapshot
+        assert clog.frame_end == 3 * FRAME_LEN
+    finally:
+        snap.close()
+
+
+# ------------------------------------------------------------------ splice from the FIFO
+
+
+def test_splice_moves_the_fifos_bytes_into_the_current_file(store, tmp_path, fifo):
+    data = (VECTORS / "basic.fifo.bin").read_bytes() + b"".join(vector_frames("longline"))
+    clog = store.open(CID, StoreOptions())
+    fifo.write(data)
+    assert splice_all(clog, fifo.r) == len(data)
+    path = tmp_path / "containers" / CID / "container.log"
+    assert path.read_bytes() == data  # byte for byte
+    assert clog.stats.bytes == len(data) and clog.stats.corrupt == 0
+    assert clog.frame_end == len(data)
+    assert [len(e.line) for e in decode_all(path.read_bytes())] == [12, 12, 17, 16384, 16384,
+                                                                    7232, 5]
+    assert len(readable(clog)) == 7
+
+
+def test_splice_returns_none_on_an_empty_fifo_and_0_at_end_of_stream(store, fifo):
+    clog = store.open(CID, StoreOptions())
+    assert clog.splice_from(fifo.r, 1 << 20) is None  # the writer is there, nothing written
+    fifo.write(frame(0))
+    assert clog.splice_from(fifo.r, 1 << 20) == FRAME_LEN
+    assert clog.splice_from(fifo.r, 1 << 20) is None
+    fifo.write(frame(1))
+    fifo.close_writer()  # the container's logging ends
+    assert clog.splice_from(fifo.r, 1 << 20) == FRAME_LEN  # what was written before the close
+    assert clog.splice_from(fifo.r, 1 << 20) == 0
+    assert clog.splice_from(fifo.r, 1 << 20) == 0
+    assert readable(clog) == [0, 1]
+    assert clog.stats.bytes == 2 * FRAME_LEN
+
+
+@pytest.mark.parametrize("step", [1, 7, FRAME_LEN, 1000])
+def test_splice_lets_readers_see_whole_frames_only(store, fifo, step):
+    """frame_end moves to the end of the last whole frame; what lies after it is not read."""
+    frames = [frame(i, size=n) for i, n in enumerate([20, 3, 300, 0, 77, 20])]
+    data = b"".join(frames)
+    ends = list(itertools.accumulate(map(len, frames)))
+    clog = store.open(CID, StoreOptions())
+    fifo.write(data)
+    moved, seen = 0, -1
+    while True:
+        n = clog.splice_from(fifo.r, step)
+        if n is None:
+            break
+        assert 0 < n <= step
+        moved += n
+        whole = sum(1 for e in ends if e <= moved)
+        assert clog.frame_end == (ends[whole - 1] if whole else 0), moved
+        if whole != seen:  # read back at each new frame_end
+            assert readable(clog) == list(range(whole)), moved
+            seen = whole
+    assert moved == len(data)
+    assert readable(clog) == list(range(len(frames)))
+    assert clog.stats.corrupt == 0
+
+
+@pytest.mark.parametrize("step", [1, 13, 1 << 20])
+@pytest.mark.parametrize("max_size", [1, 100, 3 * FRAME_LEN - 1, 3 * FRAME_LEN, 10_000])
+def test_splice_rotates_at_frame_boundaries(store, executor, fifo, step, max_size):
+    """Files hold whole frames only, by the rotation rule, none over max-size except one that
+    holds a single oversized frame; together they are the FIFO's bytes."""
+    frames = [frame(i, size=n) for i, n in enumerate([20, 200, 20, 20, 0, 300, 250, 20, 5, 90,
+                                                      20, 20, 20])]
+    data = b"".join(frames)
+    clog = open_log(store, max_size, 100, compress=False)
+    fifo.write(data)
+    assert splice_all(clog, fifo.r, step) == len(data)
+    drain(executor)
+    d = clog.directory
+    order = in_seq_order(d)
+    assert [numbers(parse_local((d / n).read_bytes())) for n in order] == pack(frames, max_size)
+    for n in order:
+        stored = (d / n).read_bytes()
+        assert len(stored) <= max_size or len(frame_lengths(stored)) == 1, n
+    assert b"".join((d / n).read_bytes() for n in order) == data
+    assert "container.log.new" not in files(d)
+    assert clog.stats.rotations == len(order) - 1
+    assert clog.frame_end == (d / "container.log").stat().st_size
+    assert readable(clog) == list(range(len(frames)))
+
+
+@pytest.mark.parametrize("cut", [1, 3, 4, 11, 12, 23, 24, 30, FRAME_LEN - 1])
+def test_a_half_frame_in_the_fifo_then_the_rest_is_read_as_one_entry(store, tmp_path, fifo, cut):
+    clog = store.open(CID, StoreOptions())
+    fifo.write(frame(0) + frame(1)[:cut])
+    splice_all(clog, fifo.r)
+    assert clog.frame_end == FRAME_LEN
+    assert readable(clog) == [0]
+    fifo.write(frame(1)[cut:])
+    splice_all(clog, fifo.r)
+    assert readable(clog) == [0, 1]
+    assert (tmp_path / "containers" / CID / "container.log").read_bytes() == frame(0) + frame(1)
+    assert clog.stats.corrupt == 0
+
+
+def test_a_half_frame_spliced_before_a_crash_is_completed_after_the_restart(tmp_path, executor,
+                                                                          fifo):
+    """kill -9 right after a splice that ended mid-frame: the rest is still in the FIFO, and the
+    restarted plugin's first splice completes the frame."""
+    s1 = Store(tmp_path, executor)
+    clog = s1.open(CID, StoreOptions())
+    fifo.write(frame(0) + frame(1)[:30])
+    splice_all(clog, fifo.r)
+    s1.close()
+    os.close(fifo.r)  # the plugin is gone; dockerd keeps the FIFO and goes on writing
+    fifo.write(frame(1)[30:] + frame(2))
+    s2 = Store(tmp_path, executor)
+    try:
+        clog = s2.open(CID, StoreOptions())
+        assert readable(clog) == [0]
+        fifo.r = fifo.open_reader()
+        splice_all(clog, fifo.r)
+        assert readable(clog) == [0, 1, 2]
+        assert clog.stats.corrupt == 0
+    finally:
+        s2.close()
 
 
 @pytest.mark.parametrize("bad", ["", "abc", CID.upper(), CID[:63], CID + "0", "../" + CID[3:]])
@@ -450,28 +668,125 @@ def test_append_files_match_the_rotation_rule(sizes, max_size, cuts, appends, ga
             s.close()
 
 
-def test_failed_rotation_does_not_hang_append_or_lose_entries(store, tmp_path, monkeypatch):
+def whole_frames_end(data: bytes) -> int:
+    """Where the last whole frame of ``data`` (whole frames, then maybe a frame's start) ends."""
+    pos = 0
+    while len(data) - pos >= 4:
+        end = pos + 4 + struct.unpack_from(">I", data, pos)[0]
+        if end > len(data):
+            break
+        pos = end
+    return pos
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(sizes=st.lists(st.one_of(st.just(20), st.integers(0, 120)), min_size=1, max_size=40),
+       max_size=st.one_of(st.integers(1, 400), st.integers(1, 6).map(lambda k: k * FRAME_LEN)),
+       pieces=st.lists(st.integers(1, 150), max_size=60))
+def test_a_stream_cut_anywhere_is_stored_by_the_rotation_rule(sizes, max_size, pieces):
+    """The FIFO's bytes arrive in pieces of any length (as splices move them): readers see
+    exactly the whole frames at every moment, and the files end up as the rule says."""
+    frames = [frame(i, size=n) for i, n in enumerate(sizes)]
+    data = b"".join(frames)
+    ends = list(itertools.accumulate(map(len, frames)))
+    with tempfile.TemporaryDirectory() as tmp, ThreadPoolExecutor(max_workers=1) as ex:
+        s = Store(Path(tmp), ex)
+        try:
+            clog = open_log(s, max_size, 10_000, compress=False)
+            d = clog.directory
+            pos = 0
+            for n in pieces + [len(data)]:
+                if pos >= len(data):
+                    break
+                clog.append(data[pos:pos + n])
+                pos = min(len(data), pos + n)
+                current = (d / "container.log").read_bytes()
+                assert clog.frame_end == whole_frames_end(current), pos
+                # The current file starts at a frame boundary and ends with the last whole
+                # frame written, then at most the start of the next one.
+                whole = sum(1 for e in ends if e <= pos)
+                start = ends[whole - 1] - clog.frame_end if whole else 0
+                assert data[start:pos] == current
+            drain(ex)
+            order = in_seq_order(d)
+            assert [numbers(parse_local((d / n).read_bytes())) for n in order] == \
+                pack(frames, max_size)
+            for n in order:
+                stored = (d / n).read_bytes()
+                assert len(stored) <= max_size or len(frame_lengths(stored)) == 1, n
+            assert b"".join((d / n).read_bytes() for n in order) == data
+            assert clog.stats.bytes == len(data) and clog.stats.corrupt == 0
+            assert clog.stats.rotations == len(order) - 1
+            assert readable(clog) == list(range(len(frames)))
+        finally:
+            s.close()
+
+
+_BUG_ROTATE_AFTER_TRUNCATE = pytest.mark.xfail(strict=True, reason=(
+    "BUG: store.py ContainerLog._rotate truncates the current file at the boundary before its "
+    "two renames; when a rename fails, the except branch unlinks container.log.new (the only "
+    "copy of the bytes after the boundary) and returns False without restoring them, while "
+    "_index goes on as if they were in the file (_size, frame_end unchanged): the frames after "
+    "the boundary are lost and the next write leaves a zero-filled hole. If the second rename "
+    "fails, container.log is gone as well and every later rotation fails the same way"))
+
+
+def _fails_in_rotation(step: str, args: tuple) -> bool:
+    """Whether the os call of ``_rotate``'s step ``step`` is the one being called."""
+    if step == "open-new":
+        return os.path.basename(args[0]) == "container.log.new"
+    if step in ("write-new", "ftruncate"):
+        return True  # append writes with pwrite; only a rotation uses os.write and ftruncate
+    if step == "rename-current":
+        return os.path.basename(args[0]) == "container.log"
+    assert step == "rename-new"
+    return os.path.basename(args[0]) == "container.log.new"
+
+
+@pytest.mark.parametrize("step", [
+    "open-new",  # e.g. EMFILE, ENOSPC for an inode, EACCES
+    "write-new",  # ENOSPC copying the bytes after the boundary
+    "ftruncate",
+    pytest.param("rename-current", marks=_BUG_ROTATE_AFTER_TRUNCATE),
+    pytest.param("rename-new", marks=_BUG_ROTATE_AFTER_TRUNCATE),
+])
+def test_failed_rotation_does_not_hang_append_or_lose_entries(store, tmp_path, monkeypatch, step):
+    """A rotation that fails is tried once per write, not in a loop; the log keeps writing to the
+    current file, shows the error, and loses nothing; the next rotation that works clears it."""
     clog = open_log(store, 2 * FRAME_LEN, 10, compress=False)
     append(clog, [frame(0), frame(1)])
-    real_rename = os.rename
-    calls = []
+    func = {"open-new": "open", "write-new": "write", "ftruncate": "ftruncate",
+            "rename-current": "rename", "rename-new": "rename"}[step]
+    real = getattr(os, func)
+    failed = []
 
-    def failing_rename(src, dst):
-        calls.append(dst)
-        if len(calls) > 20:  # stop a retry loop with an error instead of hanging the run
-            raise RuntimeError(f"rotation retried {len(calls)} times within one append")
-        raise OSError(errno.EACCES, "Permission denied")
+    def failing(*args, **kwargs):
+        if _fails_in_rotation(step, args):
+            failed.append(args)
+            if len(failed) > 20:  # stop a retry loop with an error instead of hanging the run
+                raise RuntimeError(f"rotation retried {len(failed)} times within one append")
+            raise OSError(errno.EACCES, "Permission denied")
+        return real(*args, **kwargs)
 
-    monkeypatch.setattr(pylog.store.os, "rename", failing_rename)
-    append(clog, [frame(2), frame(3)])  # must return: append never raises
-    monkeypatch.setattr(pylog.store.os, "rename", real_rename)
+    monkeypatch.setattr(pylog.store.os, func, failing)
+    append(clog, [frame(i) for i in range(2, 6)])  # must return: append never raises
+    monkeypatch.setattr(pylog.store.os, func, real)
+    assert len(failed) == 1  # one attempt for the whole append
+    assert clog.stats.last_error.startswith("rotate:")
     assert "Permission denied" in clog.stats.last_error
-    # Nothing is lost silently: every byte is stored or counted as dropped.
-    assert clog.stats.bytes + clog.stats.dropped_bytes == 4 * FRAME_LEN
-    append(clog, [frame(4)])  # renaming works again
+    assert clog.stats.rotations == 0
+    # Nothing is lost: every byte is stored, and readers see every entry.
+    assert clog.stats.bytes == 6 * FRAME_LEN and clog.stats.dropped_bytes == 0
     d = tmp_path / "containers" / CID
-    kept = numbers(stored_entries(d))
-    assert kept == sorted(kept) and kept[-1] == 4
+    assert files(d) == ["container.log"]
+    assert numbers(parse_local((d / "container.log").read_bytes())) == list(range(6))
+    assert readable(clog) == list(range(6))
+    append(clog, [frame(6)])  # the cause is gone: the next frame rotates
+    assert clog.stats.rotations == 1
+    assert clog.stats.last_error == ""
+    assert numbers(stored_entries(d)) == list(range(7))
+    assert readable(clog) == list(range(7))
+
 
 
 # ------------------------------------------------------------------ reopening (plugin restart)
@@ -500,50 +815,120 @@ def write_current(tmp_path: Path, data: bytes) -> Path:
 
 
 _LONG = frame(99, size=5000)
-
-
-@pytest.mark.parametrize("torn,cuts", [
+_LINE_AT = frame(99).index(b"000099 ")  # where frame(99)'s line bytes begin (after its time)
+_TORN_CUTS = [
     (frame(99), range(1, FRAME_LEN)),  # every cut: in the length prefix, source, time, line
     (_LONG, [1, 2, 3, 4, 5, 11, 12, 30, 100, 2500, len(_LONG) - 1]),
-], ids=["short", "long"])
-def test_reopening_cuts_a_torn_frame_off_the_end(tmp_path, executor, torn, cuts):
+]
+
+
+@pytest.mark.parametrize("torn,cuts", _TORN_CUTS, ids=["short", "long"])
+def test_reopening_keeps_a_half_frame_until_the_rest_of_it_comes(tmp_path, executor, torn, cuts):
+    """A crash left half a frame at the end; its rest is still in the FIFO. Reopening keeps the
+    bytes, readers do not see the half frame, and the rest makes it whole and readable."""
     whole = frame(0) + frame(1, size=300)
     for cut in cuts:
         d = write_current(tmp_path, whole + torn[:cut])
         s = Store(tmp_path, executor)  # the plugin after the crash
         try:
             clog = s.open(CID, StoreOptions())
-            assert (d / "container.log").read_bytes() == whole, cut
-            append(clog, [frame(2)])  # new entries follow whole frames, not garbage
-            assert (d / "container.log").read_bytes() == whole + frame(2), cut
-            assert numbers(parse_local((d / "container.log").read_bytes())) == [0, 1, 2]
+            assert (d / "container.log").read_bytes() == whole + torn[:cut], cut  # kept
+            assert clog.frame_end == len(whole), cut
+            assert readable(clog) == [0, 1], cut  # the half frame is not read
+            assert readable(clog, tail=1) == [1], cut
+            assert clog.stats.corrupt == 0, cut
+            clog.append(torn[cut:])  # the rest of it, from the FIFO
+            assert (d / "container.log").read_bytes() == whole + torn, cut
+            assert clog.frame_end == len(whole + torn), cut
+            assert readable(clog) == [0, 1, 99], cut
+            append(clog, [frame(2)])
+            assert readable(clog) == [0, 1, 99, 2], cut
+            assert clog.stats.corrupt == 0, cut
         finally:
             s.close()
 
 
-def test_reopening_a_file_that_is_only_a_torn_frame_empties_it(tmp_path, executor):
-    d = write_current(tmp_path, frame(0)[:10])
+_KNOWN_TORN_IN_LINE = pytest.mark.xfail(strict=True, reason=(
+    "KNOWN (restart resync, issue 5; see test_frames.py): the decoder accepts a frame "
+    "truncated inside its `line` bytes when the following bytes complete the body, so a bogus "
+    "entry is returned and the next frame is lost"))
+
+_BUG_NEW_FRAME_SWALLOWED = pytest.mark.xfail(strict=True, reason=(
+    "BUG: store.py ContainerLog._index judges a frame by its length prefix and `source` prefix "
+    "only, so after a half frame whose header and source are whole (cut >= 12) the next "
+    "writer's frame is walked as the rest of it: frame_end stops short of the new frame's end "
+    "(3 bytes short after a short half frame; before the half frame, until its whole claimed "
+    "length has arrived, after a long one), and readers do not see the new frame until more "
+    "bytes are written, never if it was the last"))
+
+
+def _abandoned_cases() -> list:
+    out = []
+    for torn, cuts in _TORN_CUTS:
+        line_at = torn.index(b"000099 ")
+        for cut in cuts:
+            if cut < 12:
+                marks = ()
+            elif cut < line_at or (len(torn) > FRAME_LEN and cut < len(torn) - 1):
+                marks = (_BUG_NEW_FRAME_SWALLOWED,)
+            else:  # in the line bytes, and the new frame completes the half frame's body
+                marks = (_KNOWN_TORN_IN_LINE,)
+            out.append(pytest.param(torn, cut, marks=marks,
+                                    id=f"{'short' if len(torn) == FRAME_LEN else 'long'}-{cut}"))
+    return out
+
+
+@pytest.mark.parametrize("torn,cut", _abandoned_cases())
+def test_a_new_frame_after_an_abandoned_half_frame_is_read(tmp_path, executor, torn, cut):
+    """The half frame's writer is gone for good (its FIFO too): a new writer's frames follow it.
+    Readers skip the half frame as a corrupt region and get the new frame."""
+    whole = frame(0) + frame(1, size=300)
+    d = write_current(tmp_path, whole + torn[:cut])
     s = Store(tmp_path, executor)
     try:
         clog = s.open(CID, StoreOptions())
-        assert (d / "container.log").read_bytes() == b""
-        append(clog, [frame(1)])
-        assert (d / "container.log").read_bytes() == frame(1)
+        append(clog, [frame(2)])
+        assert (d / "container.log").read_bytes() == whole + torn[:cut] + frame(2)
+        assert readable(clog) == [0, 1, 2]
+        assert readable(clog, tail=1) == [2]
+        append(clog, [frame(3)])
+        assert readable(clog) == [0, 1, 2, 3]
+        assert clog.stats.corrupt == 1
     finally:
         s.close()
 
 
-def test_the_cut_is_taken_into_account_for_max_size(tmp_path, executor):
-    """After the repair the file's size is the cut size: rotation falls where it should."""
+def test_reopening_a_file_that_is_only_a_half_frame_keeps_it(tmp_path, executor):
+    d = write_current(tmp_path, frame(0)[:10])
+    s = Store(tmp_path, executor)
+    try:
+        clog = s.open(CID, StoreOptions())
+        assert (d / "container.log").read_bytes() == frame(0)[:10]
+        assert clog.frame_end == 0
+        assert readable(clog) == [] and readable(clog, tail=5) == []
+        clog.append(frame(0)[10:])
+        assert readable(clog) == [0]
+        append(clog, [frame(1)])
+        assert (d / "container.log").read_bytes() == frame(0) + frame(1)
+        assert readable(clog) == [0, 1]
+    finally:
+        s.close()
+
+
+def test_a_half_frame_completed_after_a_restart_counts_for_max_size(tmp_path, executor):
+    """The half frame's bytes are in the file: once whole, it counts towards max-size where it
+    lies, and the rotation falls at a frame boundary after it."""
     d = write_current(tmp_path, frame(0) + frame(99)[:FRAME_LEN - 1])
     s = Store(tmp_path, executor)
     try:
         clog = open_log(s, 3 * FRAME_LEN, 10, compress=False)
+        clog.append(frame(99)[FRAME_LEN - 1:])
         append(clog, [frame(1), frame(2), frame(3)])
         drain(executor)
         assert files(d) == ["container.log", "container.log.1"]
-        assert numbers(parse_local((d / "container.log.1").read_bytes())) == [0, 1, 2]
-        assert numbers(parse_local((d / "container.log").read_bytes())) == [3]
+        assert numbers(parse_local((d / "container.log.1").read_bytes())) == [0, 99, 1]
+        assert numbers(parse_local((d / "container.log").read_bytes())) == [2, 3]
+        assert readable(clog) == [0, 99, 1, 2, 3]
     finally:
         s.close()
 
@@ -561,12 +946,14 @@ def test_reopening_leaves_a_whole_file_alone(tmp_path, executor, data):
     try:
         clog = s.open(CID, StoreOptions())
         assert (d / "container.log").read_bytes() == data
+        assert clog.frame_end == len(data)  # open indexes the file from its start
+        assert len(readable(clog)) == len(decode_all(data))
         append(clog, [frame(7)])
         assert (d / "container.log").read_bytes() == data + frame(7)
+        assert readable(clog)[-1] == 7
+        assert clog.stats.corrupt == 0
     finally:
         s.close()
-
-
 
 
 @pytest.mark.parametrize("damage", [
@@ -575,7 +962,7 @@ def test_reopening_leaves_a_whole_file_alone(tmp_path, executor, data):
     pytest.param(b"\x00\x00\x00\x09\n\x06stdout",
                  id="length-one-too-big"),
     pytest.param(frame(99)[5:], id="end-of-a-frame"),
-    pytest.param(_LONG[:100], id="torn-long-frame"),
+    pytest.param(_LONG[:100], id="torn-long-frame", marks=_BUG_NEW_FRAME_SWALLOWED),
     # A zero-filled block (a crash on a delayed-allocation filesystem): the walk steps over it
     # in fours and stays aligned.
     pytest.param(b"\x00" * 8, id="zero-block"),
@@ -587,9 +974,70 @@ def test_reopening_keeps_the_whole_frames_after_a_damaged_region(tmp_path, execu
     try:
         clog = s.open(CID, StoreOptions())
         append(clog, [frame(4)])
-        stored = (d / "container.log").read_bytes()
-        assert stored.startswith(frame(0) + frame(1))
-        assert numbers(decode_all(stored)) == [0, 1, 2, 3, 4]
+        assert (d / "container.log").read_bytes() == data + frame(4)  # nothing cut
+        assert readable(clog) == [0, 1, 2, 3, 4]
+        assert readable(clog, tail=3) == [2, 3, 4]
+        assert clog.stats.corrupt == 1
+    finally:
+        s.close()
+
+
+# ------------------------------------------------------------------ a crash during a rotation
+
+
+@pytest.mark.parametrize("tail", ["whole", "half"], ids=["tail-whole", "tail-half-a-frame"])
+@pytest.mark.parametrize("renamed", [False, True], ids=["truncated", "truncated-and-renamed"])
+def test_a_rotation_cut_short_by_a_crash_after_the_truncate_is_finished_on_open(
+        tmp_path, executor, renamed, tail):
+    """kill -9 after container.log was cut at the boundary (and maybe renamed to its seq), with
+    the bytes after the boundary in container.log.new: reopening finishes the rotation, and
+    every frame is there exactly once, in order."""
+    d = tmp_path / "containers" / CID
+    d.mkdir(parents=True)
+    (d / "container.log.1").write_bytes(frame(0) + frame(1))  # an earlier rotation
+    before = frame(2) + frame(3)  # the file being rotated, cut at the boundary
+    after = frame(4) + (frame(5)[:30] if tail == "half" else frame(5))  # the copied tail
+    (d / ("container.log.2" if renamed else "container.log")).write_bytes(before)
+    (d / "container.log.new").write_bytes(after)
+    s = Store(tmp_path, executor)
+    try:
+        clog = open_log(s, 2 * FRAME_LEN, 10, compress=False)
+        assert files(d) == ["container.log", "container.log.1", "container.log.2"]
+        assert (d / "container.log.2").read_bytes() == before
+        assert (d / "container.log").read_bytes() == after
+        assert clog.next_seq == 3
+        assert readable(clog) == ([0, 1, 2, 3, 4] if tail == "half" else [0, 1, 2, 3, 4, 5])
+        if tail == "half":
+            clog.append(frame(5)[30:])  # the rest of it, from the FIFO
+        append(clog, [frame(6), frame(7)])
+        drain(executor)
+        assert files(d) == ["container.log", "container.log.1", "container.log.2",
+                            "container.log.3"]
+        assert numbers(stored_entries(d)) == list(range(8))
+        assert readable(clog) == list(range(8))
+        assert clog.stats.corrupt == 0
+    finally:
+        s.close()
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "BUG: store.py ContainerLog._recover_rotation cannot tell a crash before the truncate in "
+    "_rotate (container.log still holds the bytes after the boundary, which container.log.new "
+    "holds too) from one after it: it renames the whole container.log to a rotated file and "
+    "makes container.log.new current, so those frames are stored, and shown by docker logs, "
+    "twice"))
+def test_a_rotation_cut_short_by_a_crash_before_the_truncate_keeps_every_frame_once(
+        tmp_path, executor):
+    d = tmp_path / "containers" / CID
+    d.mkdir(parents=True)
+    (d / "container.log.1").write_bytes(frame(0) + frame(1))
+    (d / "container.log").write_bytes(frame(2) + frame(3) + frame(4))  # not cut yet
+    (d / "container.log.new").write_bytes(frame(4))  # the tail was copied
+    s = Store(tmp_path, executor)
+    try:
+        clog = open_log(s, 2 * FRAME_LEN, 10, compress=False)
+        assert "container.log.new" not in files(d)
+        assert readable(clog) == [0, 1, 2, 3, 4]
     finally:
         s.close()
 
@@ -657,23 +1105,65 @@ def test_failed_write_drops_the_batch_without_tearing_the_file(store, tmp_path, 
     append(clog, [frame(0), frame(1)])
     path = tmp_path / "containers" / CID / "container.log"
     before = path.read_bytes()
-    real_write = os.write
+    real_pwrite = os.pwrite
     calls = []
 
-    def half_then_enospc(fd, data):
+    def half_then_enospc(fd, data, offset):
         calls.append(len(data))
         if len(calls) == 1:
-            return real_write(fd, bytes(data[:len(data) // 2]))  # a short write ...
+            return real_pwrite(fd, bytes(data[:len(data) // 2]), offset)  # a short write ...
         raise OSError(errno.ENOSPC, "No space left on device")  # ... then the disk is full
 
-    monkeypatch.setattr(pylog.store.os, "write", half_then_enospc)
+    monkeypatch.setattr(pylog.store.os, "pwrite", half_then_enospc)
     append(clog, [frame(2), frame(3), frame(4)])  # must not raise
-    monkeypatch.setattr(pylog.store.os, "write", real_write)
+    monkeypatch.setattr(pylog.store.os, "pwrite", real_pwrite)
     assert len(calls) == 2
     assert path.read_bytes() == before  # the torn half was cut off
+    assert clog.frame_end == len(before)
     assert clog.stats.dropped_bytes == 3 * FRAME_LEN
-    assert "No space" in clog.stats.last_error
+    assert clog.stats.last_error.startswith("write:") and "No space" in clog.stats.last_error
     assert clog.stats.bytes == 2 * FRAME_LEN
+    assert readable(clog) == [0, 1]
     append(clog, [frame(5)])  # the disk has room again
     assert numbers(parse_local(path.read_bytes())) == [0, 1, 5]
+    assert readable(clog) == [0, 1, 5]
     assert clog.stats.last_error == ""
+    assert clog.stats.dropped_bytes == 3 * FRAME_LEN
+
+
+def test_a_failed_run_is_dropped_and_the_next_runs_are_written(store, tmp_path, monkeypatch):
+    clog = store.open(CID, StoreOptions())
+    data = frame(0) + frame(1) + frame(2)
+    real_pwrite = os.pwrite
+    calls = []
+
+    def first_fails(fd, buf, offset):
+        calls.append(offset)
+        if len(calls) == 1:
+            raise OSError(errno.EIO, "Input/output error")
+        return real_pwrite(fd, buf, offset)
+
+    monkeypatch.setattr(pylog.store.os, "pwrite", first_fails)
+    clog.append(data, [(0, FRAME_LEN), (FRAME_LEN, 3 * FRAME_LEN)])
+    monkeypatch.undo()
+    assert clog.stats.dropped_bytes == FRAME_LEN
+    assert (tmp_path / "containers" / CID / "container.log").read_bytes() == frame(1) + frame(2)
+    assert readable(clog) == [1, 2]
+    assert clog.stats.last_error == ""  # the later run was written: writing works again
+
+
+def test_dropped_bytes_are_counted_and_shown_until_writing_works_again(store, fifo):
+    """What the stream does when a splice fails (disk full): it reads the FIFO's bytes and drops
+    them, and the store counts them and shows the error until a write works again."""
+    clog = store.open(CID, StoreOptions())
+    enospc = OSError(errno.ENOSPC, "No space left on device")
+    clog.note_dropped(100, enospc)
+    clog.note_dropped(50, enospc)
+    assert clog.stats.dropped_bytes == 150
+    assert clog.stats.last_error.startswith("write:") and "No space" in clog.stats.last_error
+    assert clog.stats.bytes == 0 and readable(clog) == []
+    fifo.write(frame(0))
+    assert splice_all(clog, fifo.r) == FRAME_LEN
+    assert clog.stats.last_error == ""
+    assert clog.stats.dropped_bytes == 150
+    assert readable(clog) == [0]
