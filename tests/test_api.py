@@ -113,18 +113,23 @@ async def test_longline_and_binary_vectors_keep_every_byte(env: Any) -> None:
     assert lines == b"bad utf8: \xff\xfe end\ntab\tand\rcr\n\nemoji \xf0\x9f\x90\xb3\n"
 
 
-async def test_corrupt_frames_are_skipped_and_counted(env: Any) -> None:
+async def test_corrupt_frames_are_skipped_and_counted(env: Any, caplog: Any) -> None:
     client, driver, fifo_dir = env
     data = (VECTORS / "basic.fifo.bin").read_bytes()
     first_len = 4 + struct.unpack_from(">I", data)[0]
     garbage = b"\x00\x00\x10\x00garbage that is no frame\xff" * 3
     body = start_body("/basic")
-    cid = await attach_and_feed(client, driver, fifo_dir, "/basic",
-                                data[:first_len] + garbage + data[first_len:])
+    caplog.set_level("INFO", logger="pylog.driver")
+    fed = data[:first_len] + garbage + data[first_len:]
+    cid = await attach_and_feed(client, driver, fifo_dir, "/basic", fed)
     entries = await read_logs(client, cid)
     assert [e.line for e in entries] == [b"hello stderr\n", b"hello stdout\n",
                                           b"no newline at end"]
     assert body["Info"]["ContainerID"] == cid
+    # The operator is told: the detach message counts the corrupt region (one, however long).
+    detached = [r.getMessage() for r in caplog.records if r.getMessage().startswith("detached")]
+    assert len(detached) == 1
+    assert f"{len(fed)} bytes stored, 0 dropped; 1 corrupt regions" in detached[0]
 
 
 async def test_tail_since_until(env: Any) -> None:

@@ -6,10 +6,13 @@ reads answers: JSON with an ``Err`` key (empty on success), request bodies possi
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
+import os
 from typing import Any
 
+import psutil
 from aiohttp import web
 
 from .driver import Driver
@@ -157,6 +160,22 @@ async def container_records(request: web.Request) -> web.StreamResponse:
     return resp
 
 
+async def runtime_stats(request: web.Request) -> web.Response:
+    """What pylog holds right now (for tests and operators): tasks, fds, memory, registries."""
+    driver = request.app[DRIVER_KEY]
+    proc = psutil.Process()
+    return _reply({
+        "tasks": len(asyncio.all_tasks()),
+        "fds": len(os.listdir("/proc/self/fd")),
+        "rss_bytes": proc.memory_info().rss,
+        "attachments": len(driver.attachments),
+        "containers": len(driver.containers),
+        "deliveries": len(driver.deliveries),
+        "open_logs": driver.store.open_count,
+        "namespace_holders": driver.registry.count,
+    })
+
+
 def make_app(driver: Driver) -> web.Application:
     app = web.Application(client_max_size=16 << 20)
     app[DRIVER_KEY] = driver
@@ -166,6 +185,7 @@ def make_app(driver: Driver) -> web.Application:
     app.router.add_post("/LogDriver.StopLogging", stop_logging)
     app.router.add_post("/LogDriver.ReadLogs", read_logs)
     app.router.add_get("/pylog/v1/containers", list_containers)
+    app.router.add_get("/pylog/v1/stats", runtime_stats)
     app.router.add_get("/pylog/v1/containers/{ref}", inspect_container)
     app.router.add_get("/pylog/v1/containers/{ref}/records", container_records)
     return app

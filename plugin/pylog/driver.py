@@ -223,6 +223,10 @@ class Driver:
                 compress=options["compress"]))
             container = Container(container_id, info, options, clog,
                                   build_context(info, options, host=self.host_ns))
+        if not resumed and not container.attachments:
+            # A new FIFO: a half frame left by a writer that is gone will never be completed.
+            # (After a restart the same FIFO goes on, and completes it.)
+            container.clog.abandon_partial()
         att = Attachment(file=fifo, container=container)
         stream = FifoStream(fifo, container.clog, lambda: self._on_end(att))
         try:

@@ -291,6 +291,10 @@ class NamespaceRegistry:
         held.close()
         return touched
 
+    @property
+    def count(self) -> int:
+        return len(self._held)
+
     def held(self, container_id: str) -> HeldNamespaces | None:
         return self._held.get(container_id)
 

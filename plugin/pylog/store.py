@@ -111,15 +111,42 @@ class ContainerLog:
         self._index()
 
     def _recover_rotation(self) -> None:
-        """A crash in the middle of a rotation leaves ``container.log.new``: finish it."""
+        """A crash in the middle of a rotation leaves ``container.log.new`` (the copied tail)
+        beside ``container.log``: finish the rotation, without the tail twice."""
         new = self.directory / NEXT
         if not new.exists():
             return
         current = self.directory / CURRENT
-        if current.exists() and current.stat().st_size > 0:
+        tail = new.read_bytes()
+        if not current.exists():
+            # The crash came between the two renames: the rotated file may still hold the tail.
             seqs = [s for s, _ in self._rotated_files()]
-            os.rename(current, self.directory / f"{CURRENT}.{max(seqs, default=0) + 1}")
+            if seqs:
+                _cut_tail(self.directory / f"{CURRENT}.{max(seqs)}", tail)
+        elif current.stat().st_size > 0:
+            _cut_tail(current, tail)  # the crash came before the cut
+            seqs = [s for s, _ in self._rotated_files()]
+            seq = max(seqs, default=0) + 1
+            os.rename(current, self.directory / f"{CURRENT}.{seq}")
+            keep = self.options.max_file - 1
+            self._compressor.submit(_finish_rotation, self.directory,
+                                    self.directory / f"{CURRENT}.{seq}",
+                                    keep > 0 and self.options.compress, seq - keep)
         os.rename(new, current)
+
+    def abandon_partial(self) -> None:
+        """A new stream starts: a half frame at the end (its writer is gone) will never be
+        completed. It is cut off (counted as corrupt), so the new frames start on a boundary."""
+        if self._scan < self._size:
+            try:
+                os.ftruncate(self._fd, self._scan)
+            except OSError as e:
+                log.error("cannot cut a half frame off %s: %s", self.directory.name, e)
+                return
+            self.stats.corrupt += 1
+            self.stats.dropped_bytes += self._size - self._scan
+            self._size = self._scan
+            self._in_garbage = False
 
     # ----------------------------------------------------------------- writing
 
@@ -210,23 +237,50 @@ class ContainerLog:
 
     def _rotate(self, boundary: int) -> bool:
         """Start a new current file with the bytes after ``boundary``; False if that failed
-        (we keep writing to this one)."""
+        (nothing changed then: we keep writing to this one).
+
+        Order matters for crashes: the tail is copied into ``container.log.new``, the files
+        are renamed, and only then is the rotated file cut at the boundary. A crash before the
+        cut leaves the tail in both files, which :meth:`_recover_rotation` or readers see
+        once more at most (a duplicate, never a loss).
+        """
         seq = self.next_seq
         new_path = self.directory / NEXT
+        current = self.directory / CURRENT
+        rotated = self.directory / f"{CURRENT}.{seq}"
+        renamed = False
         try:
             tail = os.pread(self._fd, self._size - boundary, boundary)
             new_fd = os.open(new_path, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
             try:
                 if tail:
                     os.write(new_fd, tail)
-                os.ftruncate(self._fd, boundary)
-                os.rename(self.directory / CURRENT, self.directory / f"{CURRENT}.{seq}")
-                os.rename(new_path, self.directory / CURRENT)
+                os.rename(current, rotated)
+                renamed = True
+                os.rename(new_path, current)
             except OSError:
                 os.close(new_fd)
                 raise
         except OSError as e:
+            if renamed:
+                try:
+                    os.rename(rotated, current)  # undo: the old file stays current
+                except OSError:
+                    log.exception("undoing a failed rotation of %s failed", self.directory.name)
             _unlink(new_path)
+            log.error("store rotation failed for %s: %s", self.directory.name, e)
+            self.stats.last_error = f"rotate: {e}"
+            return False
+        try:
+            os.ftruncate(self._fd, boundary)  # the rotated file ends at the boundary
+        except OSError as e:
+            try:  # undo: the old file (tail and all) stays current
+                os.rename(current, new_path)
+                os.rename(rotated, current)
+                _unlink(new_path)
+            except OSError:
+                log.exception("undoing a failed rotation of %s failed", self.directory.name)
+            os.close(new_fd)
             log.error("store rotation failed for %s: %s", self.directory.name, e)
             self.stats.last_error = f"rotate: {e}"
             return False
@@ -343,6 +397,19 @@ def _compress(path: Path) -> None:
         _unlink(tmp)
 
 
+def _cut_tail(path: Path, tail: bytes) -> None:
+    """Cut ``tail`` off the end of ``path`` if that is how the file ends."""
+    try:
+        with open(path, "r+b") as f:
+            size = f.seek(0, os.SEEK_END)
+            if tail and size >= len(tail):
+                f.seek(size - len(tail))
+                if f.read(len(tail)) == tail:
+                    f.truncate(size - len(tail))
+    except OSError:
+        pass
+
+
 def write_json_atomic(path: Path, obj: object) -> None:
     """Replace ``path`` with ``obj`` as JSON (mode 0600) so a reader never sees half of it."""
     tmp = path.with_name(path.name + ".tmp")
@@ -394,6 +461,10 @@ class Store:
         if clog is not None and clog.idle:
             clog.close()
             del self._open[container_id]
+
+    @property
+    def open_count(self) -> int:
+        return len(self._open)
 
     def in_use(self, container_id: str) -> bool:
         clog = self._open.get(container_id)
