@@ -32,13 +32,22 @@ def test_kill_9_mid_stream_then_restart_loses_nothing(
     server.start()
     c = Containers(busybox)
     try:
-        script = ("b=0; while [ $b -lt 40 ]; do seq $((b*5000+1)) $((b*5000+5000)); "
-                  "usleep 20000; b=$((b+1)); done")
+        script = ("seq 1 50000; while [ ! -e /tmp/go ]; do usleep 10000; done; "
+                  "b=10; while [ $b -lt 40 ]; do seq $((b*5000+1)) $((b*5000+5000)); "
+                  "usleep 100000; b=$((b+1)); done")  # the second half takes ~3 s
         cid = c.start(server.name, script, f"fluentd-address={receiver.address}")
         receiver.wait_for(20000, cid[:12])  # well into the stream
+        subprocess.run(["docker", "exec", cid, "touch", "/tmp/go"], check=True)
+        deadline = time.monotonic() + 30
+        while len(logs(cid, "--tail", "1")[0]) and int(logs(cid, "--tail", "1")[0]) <= 50000:
+            assert time.monotonic() < deadline
+            time.sleep(0.01)  # until the second half is flowing, bounded
         assert server.proc is not None
-        server.proc.kill()  # SIGKILL: no chance to flush anything
+        server.proc.kill()  # SIGKILL mid-stream: no chance to flush anything
         server.proc.wait()
+        running = subprocess.run(["docker", "inspect", "-f", "{{.State.Running}}", cid],
+                                 capture_output=True, text=True).stdout.strip()
+        assert running == "true", "the stream had ended before the kill"
         server.start()  # re-attaches to the FIFO dockerd kept writing into
         assert wait(cid) == 0
         expected = [str(i) for i in range(1, 200001)]
