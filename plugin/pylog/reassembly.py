@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from .entry import LogEntry
 
 DEFAULT_MAX_LINE = 1 << 20
+MAX_PENDING = 64  # unfinished lines held at once (dockerd has one per stream; more is hostile)
 
 Line = LogEntry
 
@@ -35,6 +36,7 @@ class ReassemblyStats:
     split_lines: int = 0  # lines that arrived in more than one chunk
     out_of_order: int = 0  # chunks whose ordinal was not the next expected one
     cut_lines: int = 0  # lines longer than max_line, emitted in pieces
+    abandoned: int = 0  # unfinished lines given up because too many were pending
 
 
 class Reassembler:
@@ -57,6 +59,12 @@ class Reassembler:
         key = meta.id or entry.source
         p = self._pending.get(key)
         if p is None:
+            if len(self._pending) >= MAX_PENDING:
+                # Bound memory against ids that never finish (hostile input: dockerd keeps one
+                # per stream). The oldest is given up and counted; the store still has its
+                # chunks, so `docker logs` shows them.
+                del self._pending[next(iter(self._pending))]
+                self.stats.abandoned += 1
             p = self._pending[key] = _Pending(entry.source, entry.time_nano)
         if meta.ordinal and meta.ordinal != p.next_ordinal:
             self.stats.out_of_order += 1
