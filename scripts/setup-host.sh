@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Make sure this Debian host has a running Docker engine (docker.io), and with --for-tests also
-# what the test suite uses (busybox-static for test images, rsyslog as a syslog peer).
+# what the test suite uses (busybox-static for test images, rsyslog as a syslog peer; make,
+# debootstrap and docker-registry for the managed plugin).
 # Idempotent: installs only what is missing, starts dockerd only if it is not answering.
 set -euo pipefail
 
@@ -15,6 +16,14 @@ if [ "${1:-}" = "--for-tests" ]; then
   dpkg -s rsyslog-gnutls >/dev/null 2>&1 || packages+=(rsyslog-gnutls)  # TLS for the syslog tests
   command -v openssl >/dev/null 2>&1 || packages+=(openssl)  # the tests make their own CA
   python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || packages+=(python3-venv)
+  # tests/test_compose.py: `docker-compose config` checks compose/, curl runs its setup script
+  command -v docker-compose >/dev/null 2>&1 || packages+=(docker-compose)
+  command -v curl >/dev/null 2>&1 || packages+=(curl)
+  # `make plugin` (the managed-plugin tests): its base image is made with debootstrap, and the
+  # upgrade test pushes to a local registry (installing it starts no service).
+  command -v make >/dev/null 2>&1 || packages+=(make)
+  dpkg -s debootstrap >/dev/null 2>&1 || packages+=(debootstrap)
+  dpkg -s docker-registry >/dev/null 2>&1 || packages+=(docker-registry)
 fi
 if [ "${#packages[@]}" -gt 0 ]; then
   echo "setup-host: installing ${packages[*]}"

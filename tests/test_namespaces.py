@@ -289,12 +289,31 @@ def test_hold_through_a_fake_proc(proc):
         held.close()
 
 
+def _kernel_without(proc, missing: str) -> None:
+    """Make the fake /proc's own process (``self``) show the kernel's types but ``missing``."""
+    own = proc.root / "self" / "ns"
+    own.mkdir(parents=True)
+    for t in PRESENT:
+        if t != missing:
+            (own / t).symlink_to(f"/proc/self/ns/{t}")
+
+
 def test_a_namespace_type_the_kernel_lacks_is_left_out(proc):
+    _kernel_without(proc, "time")
     proc.add(4242, "sh", SHIM, types=[t for t in PRESENT if t != "time"])
     held = hold_namespaces(4242, proc.root)
     held.close()
     assert "time" not in held.identities
     assert sorted(held.identities) == sorted(t for t in PRESENT if t != "time")
+
+
+def test_an_exiting_process_missing_a_type_the_kernel_has_is_no_view(proc):
+    """A process whose ns links vanish while it exits must not give an incomplete view."""
+    proc.add(4242, "sh", SHIM, types=[t for t in PRESENT if t != "uts"])
+    before = ns_fds()
+    with pytest.raises(FileNotFoundError):
+        hold_namespaces(4242, proc.root)
+    assert ns_fds() == before
 
 
 def test_gone_process_raises_and_leaks_nothing(proc):

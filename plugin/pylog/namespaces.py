@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import fcntl
+import functools
 import logging
 import os
 import struct
@@ -72,6 +73,14 @@ def _ns_get_id(fd: int) -> int | None:
     return int(struct.unpack("=Q", buf)[0])
 
 
+@functools.cache
+def _kernel_types(proc: Path) -> frozenset[str]:
+    """The namespace types this kernel has (those pylog's own process shows)."""
+    own = proc / "self" / "ns"
+    return frozenset(t for t in NS_TYPES if (own / t).exists()) if own.exists() \
+        else frozenset(NS_TYPES)
+
+
 def hold_namespaces(pid: int, proc: Path = PROC, types: Iterable[str] = NS_TYPES) -> HeldNamespaces:
     """Open and identify ``pid``'s namespaces; OSError if the process is gone or unreadable."""
     held = HeldNamespaces(pid, {})
@@ -80,8 +89,8 @@ def hold_namespaces(pid: int, proc: Path = PROC, types: Iterable[str] = NS_TYPES
             try:
                 fd = os.open(proc / str(pid) / "ns" / ns_type, os.O_RDONLY | os.O_CLOEXEC)
             except FileNotFoundError:
-                if not (proc / str(pid)).exists():
-                    raise
+                if ns_type in _kernel_types(proc):
+                    raise  # the process is exiting: its view would be incomplete
                 continue  # this kernel has no such namespace type (time before 5.6)
             held.fds.append(fd)
             st = os.fstat(fd)
