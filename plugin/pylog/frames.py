@@ -186,5 +186,5 @@ def decode_all(data: bytes, max_frame: int = DEFAULT_MAX_FRAME) -> list[LogEntry
 
 
 def encode_frame(entry: LogEntry) -> bytes:
-    body = entry.SerializeToString()
+    body: bytes = entry.SerializeToString()
     return _LEN.pack(len(body)) + body

@@ -55,7 +55,7 @@ class ReadConfig:
 
 
 def _read_to_eof(fd: int) -> bytes:
-    chunks = []
+    chunks: list[bytes] = []
     while True:
         chunk = os.read(fd, _READ_CHUNK)
         if not chunk:
@@ -79,7 +79,7 @@ def select_entries(entries: list[LogEntry], cfg: ReadConfig) -> tuple[list[LogEn
     since, until = cfg.since, cfg.until
     if since is None and until is None:
         return entries, False
-    out = []
+    out: list[LogEntry] = []
     for entry in entries:
         t = entry.time_nano
         if since is not None and t < since:

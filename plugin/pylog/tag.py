@@ -38,9 +38,13 @@ FIELDS: dict[str, Callable[[Mapping[str, Any]], str]] = {
     "DaemonName": lambda i: i.get("DaemonName") or "",
     "Hostname": lambda i: os.uname().nodename,
 }
+def _raw_field(key: str) -> Callable[[Mapping[str, Any]], str]:
+    return lambda info: str(info.get(key) or "")
+
+
 for _raw in ("ContainerID", "ContainerName", "ContainerEntrypoint", "ContainerImageID",
              "ContainerImageName", "ContainerCreated", "LogPath"):
-    FIELDS[_raw] = lambda i, _k=_raw: str(i.get(_k) or "")
+    FIELDS[_raw] = _raw_field(_raw)
 
 Template = list[str | Callable[[Mapping[str, Any]], str]]
 
