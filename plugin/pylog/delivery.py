@@ -34,7 +34,8 @@ from .store import CURRENT, MAX_STORED_FRAME, ContainerLog, write_json_atomic
 
 log = logging.getLogger(__name__)
 
-READ_BYTES = 1 << 20  # one batch: up to 1 MiB of stored frames (~20,000 short lines)
+READ_BYTES = 256 << 10  # one batch: up to 256 KiB of stored frames (~10,000 short lines); it is
+# also what a crash can make a sink receive twice
 _LEN = struct.Struct(">I")
 
 
