@@ -311,6 +311,41 @@ def test_fluentd_sink_reaches_localhost(managed: ManagedPlugin, containers: Cont
 # ---------------------------------------------------------------- state across restarts
 
 
+def test_kill_9_of_the_plugin_loses_nothing(managed: ManagedPlugin, containers: Containers) -> None:
+    """dockerd restarts a killed plugin but sends no StartLogging again: pylog re-attaches to the
+    FIFO itself, and neither `docker logs` nor the sink loses a line."""
+    receiver = ThreadedReceiver()
+    try:
+        script = ("seq 1 50000; while [ ! -e /tmp/go ]; do usleep 10000; done; "
+                  "b=10; while [ $b -lt 40 ]; do seq $((b*5000+1)) $((b*5000+5000)); "
+                  "usleep 100000; b=$((b+1)); done")
+        cid = containers.start(managed.name, script, f"fluentd-address={receiver.address}",
+                               "tag=kill.{{.ID}}")
+        receiver.wait_for(20000, f"kill.{cid[:12]}", timeout=120)
+        docker("exec", cid, "touch", "/tmp/go")
+        pids = managed.processes()
+        assert len(pids) == 1, pids
+        os.kill(pids[0], 9)
+        deadline = time.monotonic() + 60
+        while managed.processes() in ([], pids):
+            assert time.monotonic() < deadline, "dockerd did not restart the plugin"
+            time.sleep(0.1)  # polling for dockerd's restart of the plugin, bounded
+        assert docker("inspect", "-f", "{{.State.Running}}", cid).stdout.strip() == "true"
+        assert docker("wait", cid).stdout.strip() == "0"
+        expected = [str(i) for i in range(1, 200001)]
+        assert docker("logs", cid).stdout.splitlines() == expected
+        deadline = time.monotonic() + 120
+        while True:
+            got = {e.record["log"] for e in receiver.wait_for(200000, f"kill.{cid[:12]}",
+                                                              timeout=5)}
+            if len(got) == 200000 or time.monotonic() > deadline:
+                break
+        assert got == set(expected), f"{200000 - len(got)} lines lost at the sink"
+    finally:
+        receiver.close()
+
+
+
 def test_logs_survive_disable_and_enable(managed: ManagedPlugin, containers: Containers) -> None:
     """The store is on the propagated mount: a disabled plugin's logs are there when it is
     enabled again, and `docker plugin set` (only while disabled) reaches the process."""
