@@ -24,6 +24,7 @@ if [ "${1:-}" = "--for-tests" ]; then
   command -v make >/dev/null 2>&1 || packages+=(make)
   dpkg -s debootstrap >/dev/null 2>&1 || packages+=(debootstrap)
   dpkg -s docker-registry >/dev/null 2>&1 || packages+=(docker-registry)
+  command -v chromium >/dev/null 2>&1 || packages+=(chromium)  # the namespace map's browser test
 fi
 if [ "${#packages[@]}" -gt 0 ]; then
   echo "setup-host: installing ${packages[*]}"

@@ -18,6 +18,7 @@ from aiohttp import web
 from .driver import Driver
 from .errors import PylogError, RequestError, UnknownContainerError
 from .logreader import ReadConfig
+from .metrics import sink_report
 from .reassembly import Reassembler
 from .record import TimestampFormatter, record_json
 
@@ -160,6 +161,11 @@ async def container_records(request: web.Request) -> web.StreamResponse:
     return resp
 
 
+async def list_sinks(request: web.Request) -> web.Response:
+    """Each sink in use: state (up, retrying, spooling), bytes behind, last error."""
+    return _reply({"Sinks": sink_report(request.app[DRIVER_KEY])})
+
+
 async def runtime_stats(request: web.Request) -> web.Response:
     """What pylog holds right now (for tests and operators): tasks, fds, memory, registries."""
     driver = request.app[DRIVER_KEY]
@@ -186,6 +192,7 @@ def make_app(driver: Driver) -> web.Application:
     app.router.add_post("/LogDriver.ReadLogs", read_logs)
     app.router.add_get("/pylog/v1/containers", list_containers)
     app.router.add_get("/pylog/v1/stats", runtime_stats)
+    app.router.add_get("/pylog/v1/sinks", list_sinks)
     app.router.add_get("/pylog/v1/containers/{ref}", inspect_container)
     app.router.add_get("/pylog/v1/containers/{ref}/records", container_records)
     return app

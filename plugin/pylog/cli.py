@@ -1,4 +1,10 @@
-"""``pylog`` command line: ``pylog serve`` runs the plugin in the foreground."""
+"""``pylog`` command line: ``pylog serve`` runs the plugin in the foreground.
+
+``pylog serve`` logs to stderr (where ``docker plugin`` collects a managed plugin's output) one
+JSON object per line: ``time``, ``level``, ``logger``, ``msg``, and fields such as ``event`` and
+``sink`` where a message has them. Nothing is logged per log line at ``info``: containers
+attaching and detaching, sinks going down and coming back (once each), and problems.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +17,7 @@ import os
 import signal
 import socket
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -21,8 +28,52 @@ from . import __version__
 from .api import make_app
 from .docker_api import DEFAULT_DOCKER_SOCKET, DockerAPI
 from .driver import DEFAULT_FIFO_DIR, Driver
+from .metrics import READY_MAX_FAILING, OpsState, parse_address, start_metrics
 
 log = logging.getLogger("pylog")
+
+LOG_LEVELS = ("debug", "info", "warning", "error")
+# LogRecord attributes that are not extra fields of a message.
+_RECORD_KEYS = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {
+    "message", "asctime", "taskName"}
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: time (UTC, ms), level, logger, msg, then any ``extra=``
+    fields (``event``, ``sink``...), then ``exc`` for an exception."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        out: dict[str, Any] = {
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+            + f".{int(record.msecs):03d}Z",
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        for key, value in record.__dict__.items():
+            if key not in _RECORD_KEYS and not key.startswith("_"):
+                out[key] = value if isinstance(value, (str, int, float, bool)) else str(value)
+        if record.exc_info:
+            out["exc"] = self.formatException(record.exc_info)
+        return json.dumps(out, ensure_ascii=False)
+
+
+def setup_logging(level: str, structured: bool) -> None:
+    """Configure pylog's own log on stderr; an unknown level falls back to info (and says so)."""
+    name = level.strip().lower()
+    name = {"warn": "warning", "err": "error"}.get(name, name)
+    unknown = name not in LOG_LEVELS
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter() if structured else
+                         logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel("INFO" if unknown else name.upper())
+    if unknown:
+        log.warning("unknown log level %r (LOG_LEVEL or --log-level); using info: one of %s",
+                    level, ", ".join(LOG_LEVELS))
 
 DEFAULT_SOCKET = "/run/docker/plugins/pylog.sock"
 DEFAULT_STATE_DIR = "/var/lib/pylog"
@@ -50,6 +101,14 @@ async def serve(args: argparse.Namespace) -> int:
     docker = DockerAPI(args.docker_socket) if args.docker_socket else None
     driver = Driver(Path(args.state_dir), fifo_dir=args.fifo_dir, docker=docker,
                     gc_interval=args.gc_interval)
+    ops = OpsState()
+    metrics_runner: web.AppRunner | None = None
+    if args.metrics_address:
+        try:
+            parse_address(args.metrics_address)
+        except ValueError as e:
+            log.error("%s", e)
+            return 2
     await driver.start()
     # handler_cancellation: when `docker logs -f` goes away dockerd closes the connection, and
     # the follower must end then (freeing its files), not when the container stops.
@@ -61,15 +120,28 @@ async def serve(args: argparse.Namespace) -> int:
         await web.UnixSite(runner, sock).start()
     finally:
         os.umask(old_umask)
-    log.info("pylog %s serving on %s, state in %s", __version__, sock, args.state_dir)
+    ops.serving = True
+    log.info("pylog %s serving on %s, state in %s", __version__, sock, args.state_dir,
+             extra={"event": "serving"})
+    if args.metrics_address:
+        try:
+            metrics_runner = await start_metrics(driver, args.metrics_address, ops,
+                                                 max_failing=args.ready_max_failing)
+        except OSError as e:
+            # The plugin itself works: dockerd must not lose its log driver over the metrics.
+            log.error("cannot serve metrics on %s: %s; going on without them",
+                      args.metrics_address, e, extra={"event": "metrics_failed"})
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
-    log.info("shutting down")
+    log.info("shutting down", extra={"event": "shutdown"})
+    ops.serving = False
     await runner.cleanup()
     await driver.close()
+    if metrics_runner is not None:
+        await metrics_runner.cleanup()
     with contextlib.suppress(FileNotFoundError):
         os.unlink(sock)
     return 0
@@ -130,12 +202,46 @@ def format_ps(containers: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def _size(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} GiB"
+
+
+def format_sinks(sinks: list[dict[str, Any]]) -> str:
+    """The sinks in use: state (up, retrying, spooling), bytes behind, last error."""
+    if not sinks:
+        return "Sinks: none in use."
+    rows = [["SINK", "TARGET", "STATE", "SPOOL", "LAG", "CONTAINERS", "LAST ERROR"]]
+    for s in sinks:
+        state = s["state"]
+        if s.get("failing_seconds"):
+            state += f" {s['failing_seconds']:.0f}s"
+        rows.append([s["sink"], s["target"], state, _size(s["spool_bytes"]),
+                     f"{s['lag_seconds']:.1f}s", str(s["containers"]),
+                     s["last_error"] or "-"])
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
+    lines = ["  ".join([*(cell.ljust(w) for cell, w in zip(r, widths)), r[-1]]).rstrip()
+             for r in rows]
+    note = ("STATE: up; retrying (for how long); spooling = up but more than one batch (1 MiB) "
+            "behind. SPOOL: stored bytes not yet delivered.")
+    return "\n".join(["Sinks:", *lines, "", note])
+
+
 async def ps(args: argparse.Namespace) -> int:
     body = await _get(args.socket, "/pylog/v1/containers")
     if args.json:
         print(json.dumps(body["Containers"], indent=2))
-    else:
-        print(format_ps(body["Containers"]))
+        return 0
+    print(format_ps(body["Containers"]))
+    try:
+        sinks = await _get(args.socket, "/pylog/v1/sinks")
+    except SystemExit:  # an older pylog serve without the route
+        return 0
+    print()
+    print(format_sinks(sinks["Sinks"]))
     return 0
 
 
@@ -177,9 +283,15 @@ def main(argv: list[str] | None = None) -> int:
                         "removed ones are deleted; empty to never delete (default %(default)s)")
     p.add_argument("--gc-interval", type=float, default=300.0,
                    help="seconds between checks for removed containers (default %(default)s)")
-    p.add_argument("--log-level", default=os.environ.get("LOG_LEVEL", "info"),
-                   choices=["debug", "info", "warning", "error"],
-                   help="pylog's own log level (default: $LOG_LEVEL or info)")
+    p.add_argument("--log-level", default=os.environ.get("LOG_LEVEL") or "info",
+                   help="pylog's own log level: debug, info, warning or error "
+                        "(default: $LOG_LEVEL or info)")
+    p.add_argument("--metrics-address", default=os.environ.get("METRICS_ADDRESS", ""),
+                   help="HOST:PORT for Prometheus /metrics, /healthz, /readyz and the namespace "
+                        "map at /; empty: off (default: $METRICS_ADDRESS or off)")
+    p.add_argument("--ready-max-failing", type=float, default=READY_MAX_FAILING,
+                   help="/readyz answers 503 once a sink has been failing this many seconds "
+                        "(default %(default)s)")
     for name, helptext in (("ps", "list attached containers with their namespaces"),
                            ("inspect", "print one container's context as JSON"),
                            ("tail", "print a container's records (JSON lines)")):
@@ -195,9 +307,9 @@ def main(argv: list[str] | None = None) -> int:
                            help="keep printing new records until the container stops")
             c.add_argument("-n", "--lines", type=int, default=-1,
                            help="only the last N entries (default: all)")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=getattr(args, "log_level", "warning").upper(), stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # `docker plugin set pylog args=` passes one empty argument: it means "no extra flags".
+    args = parser.parse_args([a for a in (sys.argv[1:] if argv is None else argv) if a != ""])
+    setup_logging(getattr(args, "log_level", "warning"), structured=args.command == "serve")
     commands = {"serve": serve, "ps": ps, "inspect": inspect, "tail": tail}
     try:
         return asyncio.run(commands[args.command](args))

@@ -11,6 +11,9 @@ current context, sends them, and moves the cursor on only when the sink took the
   twice;
 - the spool's limit is the store's (``max-size`` x ``max-file`` per container): a sink that falls
   further behind than that loses the oldest lines, which are counted (``dropped_bytes``).
+
+Each delivery keeps plain counters (lines delivered, retries, the batch in flight, the time of
+the last line delivered) that :mod:`pylog.metrics` reads at scrape time.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import json
 import logging
 import os
 import struct
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -57,7 +61,8 @@ class StoreTail:
             rotated = [s for s, _ in clog._rotated_files()]
             pos = Position(min(rotated, default=clog.next_seq), 0)
         self.pos = pos
-        self.dropped_bytes = 0  # pruned before it was read
+        self.dropped_bytes = 0  # pruned before it was read (uncompressed bytes)
+        self.fell_behind = 0  # times that happened
         self._fd: int | None = None
         self._data: bytes | None = None  # a compressed rotated file, decompressed
         self._open_seq = -1
@@ -78,9 +83,14 @@ class StoreTail:
             if opened is None:  # pruned: the oldest file still there is next
                 later = [s for s, _ in self.clog._rotated_files() if s > seq]
                 nxt = min(later, default=self.clog.next_seq)
-                log.warning("%s: a sink fell behind the store's retention; files %d..%d were "
-                            "deleted before it read them", self.clog.directory.name, seq, nxt - 1)
-                self.dropped_bytes += 1  # unknown size: counted as an event
+                sizes = self.clog.rotated_sizes
+                lost = max(0, sizes.get(seq, 0) - self.pos.offset) + sum(
+                    sizes.get(s, 0) for s in range(seq + 1, nxt))
+                log.warning("%s: a sink fell behind the store's retention; files %d..%d "
+                            "(%d bytes) were deleted before it read them",
+                            self.clog.directory.name, seq, nxt - 1, lost)
+                self.dropped_bytes += lost
+                self.fell_behind += 1
                 self.pos = Position(nxt, 0)
                 return self._open()
             fd, is_gz = opened
@@ -170,9 +180,25 @@ class Delivery:
         self.cursor = Cursor(clog.directory, sink.key)
         self.max_line = max_line
         self.closing = False  # shutting down: stop at the end of what is stored
-        self.lines = 0
         self.task: asyncio.Task[None] | None = None
         self._waiter = clog.waiter()  # also keeps the store from being released or collected
+        # Counters for the metrics, read at scrape time (never touched per line).
+        self.lines = 0  # lines the sink took
+        self.retries = 0  # failed sends of a batch (each retried after a backoff)
+        self.in_flight = 0  # lines of the batch being sent; 0 between batches
+        self.last_delivered_ns = 0  # time of the newest line the sink took
+        self.first_unsent_ns = 0  # time of the oldest line read but not yet taken
+        self.last_success = 0.0  # wall time the sink last took a batch
+        self.acked: Position | None = None  # where the saved cursor is
+        self.done = False
+        self._tail: StoreTail | None = None
+        self._rejected_final = 0
+        self._dropped_before = 0  # carried over from an earlier delivery (see carry_over)
+        self._rejected_before = 0
+        try:
+            self.container_name = context().name
+        except Exception:  # noqa: BLE001 - a name for the metrics only
+            self.container_name = ""
 
     @property
     def container_id(self) -> str:
@@ -183,8 +209,51 @@ class Delivery:
                                                          f"{self.container_id[:12]}")
         return self.task
 
+    def carry_over(self, old: Delivery) -> None:
+        """Go on counting from a finished delivery of the same container to the same sink
+        (its metrics still showed it), so the counters never go backwards."""
+        self.lines += old.lines
+        self.retries += old.retries
+        self._dropped_before += old.dropped_bytes
+        self._rejected_before += old.rejected
+
+    # ----------------------------------------------------------------- read at scrape time
+
+    @property
+    def spool_bytes(self) -> int:
+        """Stored bytes after the saved cursor: what the sink has still to take."""
+        if self.acked is None:
+            return 0
+        return self.clog.bytes_after(self.acked.seq, self.acked.offset)
+
+    @property
+    def dropped_bytes(self) -> int:
+        """Bytes the store deleted (retention) before this delivery read them."""
+        return self._dropped_before + (self._tail.dropped_bytes if self._tail else 0)
+
+    @property
+    def rejected(self) -> int:
+        """Lines the sink refused for good (Elasticsearch: dead-lettered documents)."""
+        if self.done:
+            return self._rejected_before + self._rejected_final
+        return self._rejected_before + self.sink.rejected.get(self.container_id, 0)
+
+    def lag_seconds(self) -> float | None:
+        """Time of the newest stored line minus time of the last line the sink took; 0 when
+        caught up; None when unknown (nothing stored or read yet)."""
+        if self.spool_bytes == 0:
+            return 0.0
+        newest = self.clog.newest_time()
+        since = self.last_delivered_ns or self.first_unsent_ns
+        if newest is None or not since:
+            return None
+        return max(0.0, (newest - since) / 1e9)
+
+    # ----------------------------------------------------------------- the loop
+
     async def run(self) -> None:
-        tail = StoreTail(self.clog, self.cursor.load())
+        tail = self._tail = StoreTail(self.clog, self.cursor.load())
+        self.acked = tail.pos
         reassembler = Reassembler(self.max_line)
         waiter = self._waiter
         try:
@@ -192,6 +261,8 @@ class Delivery:
                 waiter.clear()
                 items, at_end = tail.read()
                 if items:
+                    if not self.first_unsent_ns:
+                        self.first_unsent_ns = items[0][0].time_nano
                     lines: list[Line] = []
                     safe = None  # the cursor may move only to where no line is half-read
                     for entry, end in items:
@@ -204,6 +275,7 @@ class Delivery:
                         await self._send(lines)
                     if safe is not None:
                         self.cursor.save(safe)
+                        self.acked = safe
                     continue
                 if at_end and self.closing:
                     return  # shutting down: a half-read line is read again at the next start
@@ -212,32 +284,56 @@ class Delivery:
                     if rest:
                         await self._send(rest)
                     self.cursor.save(tail.pos)
+                    self.acked = tail.pos
                     return
                 await waiter.wait()
         finally:
             tail.close()
             self.clog.drop_waiter(waiter)
+            self.in_flight = 0
+            self._rejected_final = self.sink.rejected.pop(self.container_id, 0)
+            self.done = True
 
     async def _send(self, lines: list[Line]) -> None:
+        """Send one batch until the sink takes it. An outage is logged once when it starts
+        (the sink's first failure) and once when it ends (its first success after failures),
+        whatever the number of retries or of containers sending to that sink."""
         attempt = 0
-        while True:
-            try:
-                await self.sink.send(lines, self.context())
-            except (TimeoutError, SinkError, OSError) as e:
-                first = self.sink.status.failures == 0
-                self.sink.note_failure(e)
-                if first:
-                    log.warning("sink %s: delivery failed, retrying until it works: %s",
-                                self.sink.key, self.sink.status.last_error)
-                if self.closing:
-                    raise asyncio.CancelledError from e  # keep it stored for the next start
-                delay = min(self.sink.retry_wait * (2 ** attempt), self.sink.MAX_RETRY_WAIT)
-                attempt += 1
-                await asyncio.sleep(delay)  # backoff before the next try
-                continue
-            if self.sink.status.state != "up":
-                log.warning("sink %s: delivering again after %d failed tries", self.sink.key,
-                            self.sink.status.failures)
-            self.sink.note_success(len(lines))
-            self.lines += len(lines)
-            return
+        self.in_flight = len(lines)
+        rejected_before = self.rejected
+        try:
+            while True:
+                try:
+                    await self.sink.send(lines, self.context())
+                except (TimeoutError, SinkError, OSError) as e:
+                    first = self.sink.status.failures == 0
+                    self.sink.note_failure(e)
+                    self.retries += 1
+                    if first:
+                        log.warning("sink %s: delivery failed, retrying until it works: %s",
+                                    self.sink.key, self.sink.status.last_error,
+                                    extra={"event": "sink_down", "sink": self.sink.key})
+                    else:
+                        log.debug("sink %s: retry %d for %s failed: %s", self.sink.key,
+                                  attempt + 1, self.container_id[:12],
+                                  self.sink.status.last_error)
+                    if self.closing:
+                        raise asyncio.CancelledError from e  # keep it stored for the next start
+                    delay = min(self.sink.retry_wait * (2 ** attempt), self.sink.MAX_RETRY_WAIT)
+                    attempt += 1
+                    await asyncio.sleep(delay)  # backoff before the next try
+                    continue
+                if self.sink.status.state != "up":
+                    down = time.time() - self.sink.status.failing_since
+                    log.warning("sink %s: delivering again after %d failed tries (%.1f s down)",
+                                self.sink.key, self.sink.status.failures, down,
+                                extra={"event": "sink_up", "sink": self.sink.key})
+                taken = len(lines) - (self.rejected - rejected_before)  # not the refused
+                self.sink.note_success(taken)
+                self.lines += taken
+                self.last_delivered_ns = lines[-1].time_nano
+                self.first_unsent_ns = 0
+                self.last_success = self.sink.status.last_success
+                return
+        finally:
+            self.in_flight = 0

@@ -114,6 +114,13 @@ class Driver:
         self.deliveries: dict[tuple[str, str], Delivery] = {}
         self._gc_task: asyncio.Task[None] | None = None
         self._closing = False
+        self.host_name = os.uname().nodename
+        # For the metrics: containers and deliveries that finished, kept this many seconds
+        # (0: not kept; `pylog serve --metrics-address` sets it) so a scrape sees their final
+        # counts. Bounded by the time: pruned whenever one is added or the metrics are read.
+        self.metrics_linger = 0.0
+        self.retired_logs: dict[str, tuple[float, str, ContainerLog]] = {}
+        self.retired_deliveries: dict[tuple[str, str], tuple[float, Delivery]] = {}
 
     # ----------------------------------------------------------------- lifecycle
 
@@ -221,6 +228,9 @@ class Driver:
             clog = self.store.open(container_id, StoreOptions(
                 max_size=options["max-size"], max_file=options["max-file"],
                 compress=options["compress"]))
+            retired = self.retired_logs.pop(container_id, None)
+            if retired is not None and retired[2] is not clog:
+                clog.stats.carry_over(retired[2].stats)  # its metrics go on, never backwards
             container = Container(container_id, info, options, clog,
                                   build_context(info, options, host=self.host_ns))
         if not resumed and not container.attachments:
@@ -260,7 +270,10 @@ class Driver:
             raise RequestError("StopLogging: File must be a non-empty string")
         att = self.attachments.get(os.path.realpath(file))
         if att is None:
-            raise RequestError(f"StopLogging: {file} is not attached")
+            # Not an error for dockerd: it closes and deletes the FIFO, and lets go of the
+            # plugin, only after a successful StopLogging (an Err leaves the plugin "in use").
+            log.warning("StopLogging for %s, which is not attached: nothing to stop", file)
+            return
         att.stopping = True
         task = asyncio.create_task(self._close_after_grace(att))
         att.tasks.add(task)
@@ -326,6 +339,8 @@ class Driver:
         """The container's last attachment ended: let go of its namespaces and files."""
         if self.containers.get(container.container_id) is container:
             del self.containers[container.container_id]
+            if not any(cid == container.container_id for cid, _ in self.deliveries):
+                self._retire_log(container.container_id, container.name, container.clog)
         if container.finder is not None:
             container.finder.cancel()
         for cid in self.registry.remove(container.container_id):
@@ -343,6 +358,9 @@ class Driver:
                 continue
             sink = self.sinks.acquire(config)
             delivery = Delivery(clog, sink, lambda cid=cid: self.context_of(cid))
+            retired = self.retired_deliveries.pop(key, None)
+            if retired is not None:
+                delivery.carry_over(retired[1])  # its metrics go on, never backwards
             self.deliveries[key] = delivery
             delivery.start().add_done_callback(
                 lambda task, key=key, d=delivery: self._delivery_done(key, d, task))
@@ -351,11 +369,40 @@ class Driver:
                        task: asyncio.Task[None]) -> None:
         if self.deliveries.get(key) is delivery:
             del self.deliveries[key]
+            if self.metrics_linger > 0:
+                self.retired_deliveries[key] = (time.monotonic(), delivery)
+                self.prune_retired()
+            cid = key[0]
+            if cid not in self.containers and not any(c == cid for c, _ in self.deliveries):
+                self._retire_log(cid, delivery.container_name, delivery.clog)
         if not task.cancelled() and task.exception() is not None:
             log.error("delivery to %s for %s failed: %r", delivery.sink.key, key[0][:12],
                       task.exception())
         release = asyncio.ensure_future(self.sinks.release(delivery.sink))
         release.add_done_callback(lambda _: self.store.release(key[0]))
+
+    # ----------------------------------------------------------------- for the metrics
+
+    @property
+    def closing(self) -> bool:
+        return self._closing
+
+    def _retire_log(self, container_id: str, name: str, clog: ContainerLog) -> None:
+        if self.metrics_linger > 0:
+            self.retired_logs[container_id] = (time.monotonic(), name, clog)
+            self.prune_retired()
+
+    def prune_retired(self, now: float | None = None) -> None:
+        """Forget finished containers and deliveries older than the linger time, and any
+        that came back (their live series take over)."""
+        now = time.monotonic() if now is None else now
+        cutoff = now - self.metrics_linger
+        for cid in [c for c, (t, _, _) in self.retired_logs.items()
+                    if t < cutoff or c in self.containers]:
+            del self.retired_logs[cid]
+        for key in [k for k, (t, _) in self.retired_deliveries.items()
+                    if t < cutoff or k in self.deliveries]:
+            del self.retired_deliveries[key]
 
     # ----------------------------------------------------------------- namespaces
 

@@ -25,6 +25,7 @@ from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .entry import DecodeError, LogEntry
 from .frames import DEFAULT_MAX_FRAME as MAX_FRAME
 from .frames import frame_at, next_sync
 
@@ -50,11 +51,31 @@ class StoreOptions:
 
 @dataclass(slots=True)
 class StoreStats:
+    """What this process stored for a container since it opened its log (the metrics read
+    these at scrape time; nothing here costs more than an integer add per frame)."""
+
     bytes: int = 0
+    frames: int = 0  # whole frames (log entries) stored: one per line, one per 16 KiB piece
+    reads: int = 0  # FIFO reads (splices) that moved bytes
     corrupt: int = 0  # regions of the FIFO's bytes that were no frames (skipped by readers)
+    # The same, counting only what arrived since this process opened the log (for the metrics;
+    # ``corrupt`` also counts the regions found in the file when it was opened).
+    corrupt_regions: int = 0
+    corrupt_bytes: int = 0  # bytes in those regions, and half frames cut off a new stream
     rotations: int = 0
     dropped_bytes: int = 0  # frames that could not be written (disk full, I/O error)
     last_error: str = ""
+
+    def carry_over(self, old: StoreStats) -> None:
+        """Go on counting from ``old`` (the same container's log, closed and opened again
+        while its metrics still showed it), so its counters never go backwards."""
+        self.bytes += old.bytes
+        self.frames += old.frames
+        self.reads += old.reads
+        self.corrupt_regions += old.corrupt_regions
+        self.corrupt_bytes += old.corrupt_bytes
+        self.rotations += old.rotations
+        self.dropped_bytes += old.dropped_bytes
 
 
 @dataclass(slots=True)
@@ -95,6 +116,7 @@ class ContainerLog:
         self.options = options
         self.stats = StoreStats()
         self.writers = 0  # live attachments (streams) writing here
+        self.closed = False
         self._compressor = compressor
         self._waiters: set[asyncio.Event] = set()
         directory.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -105,10 +127,20 @@ class ContainerLog:
         self._size = os.fstat(self._fd).st_size
         self._scan = 0  # where the walk over the current file goes on
         self.frame_end = 0  # readers read the current file up to here
+        self.last_frame = -1  # where the newest whole frame of the current file starts
         self._in_garbage = False
+        # Uncompressed size of each rotated file by seq, for how far behind a sink is (spool
+        # bytes) and what it lost when it fell behind the retention.
+        self.rotated_sizes: dict[int, int] = {}
+        self._newest: tuple[int, int, int] = (-1, -1, 0)  # (seq, offset, time_nano) cache
         # A tail that is half a frame stays: after a crash the rest of that frame is still in
         # the FIFO, and the next splice completes it.
         self._index()
+        # What was stored before this process opened the log is not "in" (nor dropped) now.
+        self.stats.frames = self.stats.corrupt_regions = self.stats.corrupt_bytes = 0
+        for seq, path in self._rotated_files():
+            if seq not in self.rotated_sizes:
+                self.rotated_sizes[seq] = _uncompressed_size(path)
 
     def _recover_rotation(self) -> None:
         """A crash in the middle of a rotation leaves ``container.log.new`` (the copied tail)
@@ -144,7 +176,8 @@ class ContainerLog:
                 log.error("cannot cut a half frame off %s: %s", self.directory.name, e)
                 return
             self.stats.corrupt += 1
-            self.stats.dropped_bytes += self._size - self._scan
+            self.stats.corrupt_regions += 1
+            self.stats.corrupt_bytes += self._size - self._scan
             self._size = self._scan
             self._in_garbage = False
 
@@ -212,25 +245,40 @@ class ContainerLog:
         data = os.pread(self._fd, self._size - self._scan, self._scan)
         base = self._scan  # file offset of data[0]
         pos = 0
-        max_size = self.options.max_size
+        # Per frame only local variables change (one add for the count, one store for where
+        # the newest frame starts): the walk is the hot path of every byte pylog stores.
+        frames = 0
+        last = -1
+        in_garbage = self._in_garbage
+        limit = self.options.max_size - base  # a frame ending past this in data rotates
         while True:
             end = frame_at(data, pos, MAX_FRAME)
             if end == 0:
                 break
             if end < 0:
-                if not self._in_garbage:
+                if not in_garbage:
                     self.stats.corrupt += 1
-                    self._in_garbage = True
-                pos = next_sync(data, pos, MAX_FRAME)
+                    self.stats.corrupt_regions += 1
+                    in_garbage = True
+                skip = next_sync(data, pos, MAX_FRAME)
+                self.stats.corrupt_bytes += skip - pos
+                pos = skip
                 continue
-            self._in_garbage = False
-            if base + end > max_size and base + pos > 0:
+            in_garbage = False
+            if end > limit and base + pos > 0:
                 # This frame would take the file past max-size: it starts the next file.
                 if not self._rotate(base + pos):
-                    max_size = 1 << 62  # rotation failed: keep writing here, no retry loop
+                    limit = 1 << 62  # rotation failed: keep writing here, no retry loop
                     continue
                 base = -pos
+                limit = self.options.max_size - base
+            last = pos
+            frames += 1
             pos = end
+        self._in_garbage = in_garbage
+        if frames:
+            self.stats.frames += frames
+            self.last_frame = base + last
         self._scan = base + pos
         self.frame_end = self._scan
         self._wake()
@@ -289,6 +337,11 @@ class ContainerLog:
         self._size = len(tail)
         self.next_seq = seq + 1
         self.stats.rotations += 1
+        self.rotated_sizes[seq] = boundary
+        self.last_frame = -1  # the walk that rotated sets it again (the frame that did not fit)
+        # Sizes of pruned files are kept a while: a sink that was reading there counts them.
+        for old in [s for s in self.rotated_sizes if s <= seq - 2 * self.options.max_file]:
+            del self.rotated_sizes[old]
         if self.stats.last_error.startswith("rotate:"):
             self.stats.last_error = ""
         keep = self.options.max_file - 1  # rotated files kept besides the current one
@@ -309,11 +362,50 @@ class ContainerLog:
         return found
 
     def close(self) -> None:
-        try:
-            os.close(self._fd)
-        except OSError:
-            pass
+        if not self.closed:
+            self.closed = True
+            try:
+                os.close(self._fd)
+            except OSError:
+                pass
         self._wake()
+
+    # ----------------------------------------------------------------- for metrics (scrape time)
+
+    def newest_time(self) -> int | None:
+        """The time (ns) of the newest whole entry in the current file, or of the last one seen
+        (None if none was): one pread and one parse per change, at scrape time only."""
+        key = (self.next_seq, self.last_frame)
+        if self.last_frame < 0 or key == self._newest[:2] or self.closed:
+            return self._newest[2] or None
+        try:
+            head = os.pread(self._fd, 4, self.last_frame)
+            (n,) = _LEN.unpack(head)
+            body = os.pread(self._fd, n, self.last_frame + 4)
+            t = int(LogEntry.FromString(body).time_nano)
+        except (OSError, struct.error, DecodeError):
+            return self._newest[2] or None
+        self._newest = (key[0], key[1], t)
+        return t or None
+
+    def bytes_after(self, seq: int, offset: int) -> int:
+        """Stored bytes (uncompressed, whole frames) after position ``(seq, offset)``: how
+        far a reader there is behind the end of the log."""
+        if seq >= self.next_seq:
+            return max(0, self.frame_end - offset)
+        total = self.frame_end
+        kept = self.next_seq - self.options.max_file  # files up to this one are pruned
+        for s, size in self.rotated_sizes.items():
+            if s > seq and s > kept:
+                total += size
+            elif s == seq and s > kept:
+                total += max(0, size - offset)
+        return total
+
+    @property
+    def retention_bytes(self) -> int:
+        """What the store keeps of this container at most: max-size x max-file."""
+        return self.options.max_size * self.options.max_file
 
     # ----------------------------------------------------------------- reading support
 
@@ -379,6 +471,19 @@ def _finish_rotation(directory: Path, rotated: Path, compress: bool, prune_upto:
         m = _ROTATED_RE.match(name)
         if m and int(m.group(1)) <= prune_upto:
             _unlink(directory / name)
+
+
+def _uncompressed_size(path: Path) -> int:
+    """A rotated file's content size: its own size, or a .gz's trailer (ISIZE, mod 2**32: the
+    files are far smaller than 4 GiB)."""
+    try:
+        if path.name.endswith(".gz"):
+            with open(path, "rb") as f:
+                f.seek(-4, os.SEEK_END)
+                return int(struct.unpack("<I", f.read(4))[0])
+        return path.stat().st_size
+    except (OSError, struct.error):
+        return 0
 
 
 def _compress(path: Path) -> None:

@@ -83,6 +83,7 @@ class FifoStream:
                 break
             self.stats.reads += 1
             self.stats.bytes += n
+            self.clog.stats.reads += 1  # per splice (up to 1 MiB), not per line
             budget -= n
         if eof:
             self._finish()

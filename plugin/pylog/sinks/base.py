@@ -45,10 +45,11 @@ class SinkConfig:
 class SinkStatus:
     state: str = "up"  # up | retrying
     last_error: str = ""
-    last_success: float = 0.0
+    last_success: float = 0.0  # wall time of the last batch taken (0: none yet)
     failures: int = 0  # consecutive
     delivered_lines: int = 0
     retries: int = 0
+    failing_since: float = 0.0  # wall time of the first failure of the current outage (0: up)
 
 
 class Sink:
@@ -66,10 +67,21 @@ class Sink:
         self.config = config
         self.state_dir = state_dir
         self.status = SinkStatus()
+        # Lines refused for good, per container ID (Elasticsearch's dead-lettered documents);
+        # a delivery takes its container's count when it ends.
+        self.rejected: dict[str, int] = {}
 
     @property
     def key(self) -> str:
         return self.config.key
+
+    @property
+    def target(self) -> str:
+        """Where the sink sends, for people (no credentials: the options never hold any)."""
+        value = self.config[self.ADDRESS_OPTION]
+        if isinstance(value, (tuple, list)):
+            return ",".join(str(v) for v in value)
+        return str(value)
 
     @property
     def retry_wait(self) -> float:
@@ -86,10 +98,13 @@ class Sink:
     def note_success(self, lines: int) -> None:
         self.status.state = "up"
         self.status.failures = 0
+        self.status.failing_since = 0.0
         self.status.last_success = time.time()
         self.status.delivered_lines += lines
 
     def note_failure(self, error: BaseException) -> None:
+        if self.status.failures == 0:
+            self.status.failing_since = time.time()
         self.status.state = "retrying"
         self.status.failures += 1
         self.status.retries += 1

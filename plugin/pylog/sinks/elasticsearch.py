@@ -629,7 +629,7 @@ class ElasticsearchSink(Sink):
             retry: list[Doc] = []
             last = ""
             for chunk in chunks(pending, self.BULK_MAX_BYTES):
-                again, why = await self._bulk(t, chunk, settled)
+                again, why = await self._bulk(t, chunk, settled, ctx.container_id)
                 retry += again
                 last = why or last
             if not retry:
@@ -644,8 +644,8 @@ class ElasticsearchSink(Sink):
             pending = retry
         self._settled.pop(ctx.container_id, None)
 
-    async def _bulk(self, t: Transport, chunk: list[Doc], settled: set[str]
-                    ) -> tuple[list[Doc], str]:
+    async def _bulk(self, t: Transport, chunk: list[Doc], settled: set[str],
+                    container_id: str = "") -> tuple[list[Doc], str]:
         """One _bulk request; returns the documents to send again (429/5xx) and why."""
         path = f"/{self.index}/_bulk?filter_path=errors,items.*.status,items.*.error"
         status, body = await t.request("POST", path, b"".join(d.payload for d in chunk),
@@ -653,11 +653,12 @@ class ElasticsearchSink(Sink):
         if status == 413:  # too big for the server (or a proxy in front of it): halve it
             if len(chunk) > 1:
                 half = len(chunk) // 2
-                a, why_a = await self._bulk(t, chunk[:half], settled)
-                b, why_b = await self._bulk(t, chunk[half:], settled)
+                a, why_a = await self._bulk(t, chunk[:half], settled, container_id)
+                b, why_b = await self._bulk(t, chunk[half:], settled, container_id)
                 return a + b, why_a or why_b
             self._dead_letter([(chunk[0], status, {"type": "request_entity_too_large",
-                                                   "reason": _reason(body)})], settled)
+                                                   "reason": _reason(body)})], settled,
+                              container_id)
             return [], ""
         if status == 429 or status >= 500:
             return chunk, f"{status} {_reason(body)}"
@@ -693,7 +694,7 @@ class ElasticsearchSink(Sink):
             else:
                 rejected.append((doc, st, result.get("error")))
         if rejected:
-            self._dead_letter(rejected, settled)
+            self._dead_letter(rejected, settled, container_id)
         if blocked is not None:
             if blocked[0] == 401:
                 raise self._auth_failed(*blocked)
@@ -701,7 +702,8 @@ class ElasticsearchSink(Sink):
                             f"{_reason(blocked[1])}")
         return retry, why
 
-    def _dead_letter(self, rejected: list[tuple[Doc, int, Any]], settled: set[str]) -> None:
+    def _dead_letter(self, rejected: list[tuple[Doc, int, Any]], settled: set[str],
+                     container_id: str = "") -> None:
         """Append rejected documents with their errors; only then are they settled."""
         now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         out = []
@@ -729,6 +731,7 @@ class ElasticsearchSink(Sink):
         for doc, _, _ in rejected:
             settled.add(doc.id)
         self.dead_lettered += len(rejected)
+        self.rejected[container_id] = self.rejected.get(container_id, 0) + len(rejected)
         first_status, first_error = rejected[0][1], rejected[0][2]
         log.warning("sink %s: Elasticsearch rejected %d documents (first: %d %s); appended to "
                     "%s (%d so far)", self.key, len(rejected), first_status,

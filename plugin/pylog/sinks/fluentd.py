@@ -248,6 +248,10 @@ class FluentdSink(Sink):
         scheme, host, port = self.address
         return f"unix://{port}" if scheme == "unix" else f"{scheme}://{host}:{port}"
 
+    @property
+    def target(self) -> str:
+        return self._where()
+
     async def close(self) -> None:
         await self._drop_connection()
 

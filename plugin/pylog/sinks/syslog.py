@@ -456,6 +456,10 @@ class SyslogSink(Sink):
             return f"{scheme}://{port}"
         return f"{scheme}://[{host}]:{port}" if ":" in host else f"{scheme}://{host}:{port}"
 
+    @property
+    def target(self) -> str:
+        return self.where()
+
     async def close(self) -> None:
         await self._drop_connection()
 
