@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
 import json
 import logging
@@ -357,13 +358,13 @@ class Driver:
             if key in self.deliveries:
                 continue
             sink = self.sinks.acquire(config)
-            delivery = Delivery(clog, sink, lambda cid=cid: self.context_of(cid))
+            delivery = Delivery(clog, sink, functools.partial(self.context_of, cid))
             retired = self.retired_deliveries.pop(key, None)
             if retired is not None:
                 delivery.carry_over(retired[1])  # its metrics go on, never backwards
             self.deliveries[key] = delivery
             delivery.start().add_done_callback(
-                lambda task, key=key, d=delivery: self._delivery_done(key, d, task))
+                functools.partial(self._delivery_done, key, delivery))
 
     def _delivery_done(self, key: tuple[str, str], delivery: Delivery,
                        task: asyncio.Task[None]) -> None:
