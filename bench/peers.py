@@ -1,0 +1,364 @@
+"""Receivers for ``bench/run.py``, each run in its own process (``python bench/peers.py KIND``),
+so that a receiver never competes with the harness's event loop and its CPU can be measured.
+
+Kinds:
+
+- ``forward``: a fluentd Forward receiver — :class:`tests.peers.fluentd_receiver.FluentdReceiver`
+  (every Forward mode, acks ``chunk`` options as fluentd's ``in_forward`` does, which pylog's
+  fluentd sink asks for by default) with its event handling replaced by counting: the test
+  receiver keeps every decoded record in a list, which at a million pylog records (nested maps of
+  namespaces) costs gigabytes and ~7 us per event, and would itself be the bottleneck.
+- ``syslog``: RFC 6587 octet-counted syslog over TCP (what pylog's syslog sink sends for
+  ``tcp://`` with ``rfc5424``); newline-framed messages are accepted as well.
+- ``es``: the part of the Elasticsearch API pylog's sink uses — ``PUT _index_template``,
+  ``PUT _data_stream``, ``POST <index>/_bulk`` — answering every ``create`` with 201.
+
+Every receiver keeps, per tag (the fluentd tag, the syslog APP-NAME, the record's ``tag``), how
+many lines arrived, which distinct lines (by the number the benchmark's lines end with: ``seq``
+output, or 4 KiB lines ending in a 7-digit number), duplicates, and the wall-clock times
+(``time.time_ns()``, the clock dockerd's ``StartedAt`` uses) of the first and the last arrival.
+It also adds up the seconds it spent handling messages (``busy_s``), which gives its own capacity.
+
+Control, one command per line on stdin, one JSON answer per line on stdout: ``stats`` and
+``reset``. The first line it prints is ``{"port": N}`` once it listens.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gzip
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import msgpack
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from tests.peers.fluentd_receiver import FluentdReceiver
+
+NUMBER_DIGITS = 7  # every benchmark line ends with its number (at most 7 digits)
+
+
+class Tally:
+    """What arrived for one tag."""
+
+    __slots__ = ("distinct", "dups", "events", "first_ns", "hi", "last_ns", "lo", "marks",
+                 "other")
+
+    def __init__(self) -> None:
+        self.events = 0
+        self.distinct = 0
+        self.dups = 0
+        self.other = 0  # lines without a number (a warm-up container's)
+        self.lo = 1 << 62
+        self.hi = -1
+        self.first_ns = 0
+        self.last_ns = 0
+        self.marks = bytearray(1024)
+
+    def add(self, numbers: list[int], other: int = 0) -> None:
+        now = time.time_ns()
+        if not self.events:
+            self.first_ns = now
+        self.last_ns = now
+        self.events += len(numbers) + other
+        self.other += other
+        if not numbers:
+            return
+        marks = self.marks
+        top = max(numbers)
+        if top >= len(marks):
+            marks.extend(bytes(max(top + 1, 2 * len(marks)) - len(marks)))
+        dups = 0
+        for n in numbers:
+            if marks[n]:
+                dups += 1
+            else:
+                marks[n] = 1
+        self.dups += dups
+        self.distinct += len(numbers) - dups
+        self.lo = min(self.lo, min(numbers))
+        self.hi = max(self.hi, top)
+
+    def as_dict(self) -> dict[str, int]:
+        return {"events": self.events, "distinct": self.distinct, "dups": self.dups,
+                "other": self.other, "lo": self.lo if self.hi >= 0 else 0, "hi": self.hi,
+                "first_ns": self.first_ns, "last_ns": self.last_ns}
+
+
+def number_of(text: bytes | str) -> int | None:
+    try:
+        return int(text[-NUMBER_DIGITS:])
+    except ValueError:
+        return None
+
+
+class Counter:
+    """Tallies per tag, and the time spent handling messages."""
+
+    def __init__(self) -> None:
+        self.tags: dict[str, Tally] = {}
+        self.busy = 0.0
+        self.messages = 0
+        self.unknown_requests: list[str] = []
+
+    def tally(self, tag: str) -> Tally:
+        t = self.tags.get(tag)
+        if t is None:
+            t = self.tags[tag] = Tally()
+        return t
+
+    def add_texts(self, tag: str, texts: list[Any]) -> None:
+        numbers = []
+        other = 0
+        for text in texts:
+            n = number_of(text) if text else None
+            if n is None:
+                other += 1
+            else:
+                numbers.append(n)
+        self.tally(tag).add(numbers, other)
+
+    def stats(self) -> dict[str, Any]:
+        return {"tags": {k: v.as_dict() for k, v in self.tags.items()},
+                "events": sum(v.events for v in self.tags.values()),
+                "busy_s": self.busy, "messages": self.messages, "pid": os.getpid(),
+                "unknown_requests": self.unknown_requests[-5:]}
+
+    def reset(self) -> None:
+        self.tags.clear()
+        self.busy = 0.0
+        self.messages = 0
+
+
+# ----------------------------------------------------------------------------- forward
+
+
+def packed_logs(blob: bytes) -> list[bytes]:
+    """The ``log`` value of every ``[time, record]`` entry of a PackedForward blob, without
+    decoding the records (pylog's carry ~60 objects each): each entry is skipped as a whole and
+    its last ``log`` key read. Falls back to decoding an entry that has none."""
+    u = msgpack.Unpacker(max_buffer_size=len(blob) + 1)
+    u.feed(blob)
+    skip, tell = u.skip, u.tell
+    out = []
+    start = 0
+    while True:
+        try:
+            skip()
+        except msgpack.OutOfData:
+            break
+        end = tell()
+        i = blob.rfind(b"\xa3log", start, end)
+        if i < 0:
+            entry = msgpack.unpackb(blob[start:end], raw=True, strict_map_key=False,
+                                    ext_hook=lambda c, d: d)
+            value = entry[1].get(b"log", b"") if isinstance(entry[1], dict) else b""
+            out.append(value if isinstance(value, bytes) else b"")
+        else:
+            h = blob[i + 4]
+            if h & 0xE0 == 0xA0:
+                p, n = i + 5, h & 0x1F
+            elif h in (0xD9, 0xC4):
+                p, n = i + 6, blob[i + 5]
+            elif h in (0xDA, 0xC5):
+                p, n = i + 7, int.from_bytes(blob[i + 5:i + 7], "big")
+            else:
+                p, n = i + 9, int.from_bytes(blob[i + 5:i + 9], "big")
+            out.append(blob[p:p + n])
+        start = end
+    return out
+
+
+class CountingForward(FluentdReceiver):
+    """FluentdReceiver (its connection handling and acks) that counts instead of keeping."""
+
+    counter: Counter
+
+    def _handle(self, msg: list[Any]) -> str | None:
+        t0 = time.perf_counter()
+        self.messages += 1
+        self.counter.messages += 1
+        tag = msg[0]
+        option: Any = {}
+        if isinstance(msg[1], (bytes, str)):  # PackedForward / CompressedPackedForward
+            blob = msg[1].encode("utf-8", "surrogateescape") if isinstance(msg[1], str) else msg[1]
+            option = msg[2] if len(msg) > 2 and isinstance(msg[2], dict) else {}
+            if option.get("compressed") == "gzip":
+                blob = gzip.decompress(blob)
+            self.counter.add_texts(tag, packed_logs(blob))
+        elif isinstance(msg[1], list):  # Forward
+            option = msg[2] if len(msg) > 2 and isinstance(msg[2], dict) else {}
+            self.counter.add_texts(tag, [r.get("log") if isinstance(r, dict) else None
+                                         for _, r in msg[1]])
+        else:  # Message: [tag, time, record(, option)] - Docker's fluentd driver
+            record = msg[2] if isinstance(msg[2], dict) else {}
+            self.counter.add_texts(tag, [record.get("log")])
+            option = msg[3] if len(msg) > 3 and isinstance(msg[3], dict) else {}
+        self.counter.busy += time.perf_counter() - t0
+        return option.get("chunk") if isinstance(option, dict) else None
+
+
+async def start_forward(counter: Counter, port: int) -> int:
+    receiver = CountingForward(port=port)
+    receiver.counter = counter
+    return await receiver.start()
+
+
+# ----------------------------------------------------------------------------- syslog
+
+
+class SyslogProtocol(asyncio.Protocol):
+    """Octet counting (``LEN SP MSG``) or, if a frame does not start with a digit, one message
+    per line. APP-NAME is the tag; the text is what follows the structured data."""
+
+    def __init__(self, counter: Counter) -> None:
+        self.counter = counter
+        self.buf = b""
+
+    def data_received(self, data: bytes) -> None:
+        t0 = time.perf_counter()
+        buf = self.buf + data if self.buf else data
+        pos, size = 0, len(buf)
+        by_tag: dict[str, list[bytes]] = {}
+        while pos < size:
+            if 48 <= buf[pos] <= 57:
+                sp = buf.find(b" ", pos, pos + 12)
+                if sp < 0:
+                    break
+                end = sp + 1 + int(buf[pos:sp])
+                if end > size:
+                    break
+                msg = buf[sp + 1:end]
+            else:
+                nl = buf.find(b"\n", pos)
+                if nl < 0:
+                    break
+                msg, end = buf[pos:nl], nl
+                end += 1
+            pos = end
+            parts = msg.split(b" ", 4)
+            tag = parts[3].decode("utf-8", "replace") if len(parts) > 3 else "?"
+            k = msg.rfind(b'"] ')
+            text = msg[k + 3:] if k >= 0 else msg.rsplit(b" ", 1)[-1]
+            by_tag.setdefault(tag, []).append(text)
+            self.counter.messages += 1
+        self.buf = buf[pos:]
+        for tag, texts in by_tag.items():
+            self.counter.add_texts(tag, texts)
+        self.counter.busy += time.perf_counter() - t0
+
+
+async def start_syslog(counter: Counter, port: int) -> int:
+    loop = asyncio.get_running_loop()
+    server = await loop.create_server(lambda: SyslogProtocol(counter), "127.0.0.1", port,
+                                      reuse_address=True)
+    return int(server.sockets[0].getsockname()[1])
+
+
+# ----------------------------------------------------------------------------- elasticsearch
+
+
+_ITEM = b'{"create":{"status":201}}'
+
+
+def bulk_texts(body: bytes) -> dict[str, list[bytes]]:
+    """The ``message`` of every document of a _bulk body, by the document's ``tag``."""
+    lines = body.split(b"\n")
+    by_tag: dict[str, list[bytes]] = {}
+    for doc in lines[1::2]:
+        if not doc:
+            continue
+        i = doc.find(b'"message":"')
+        j = doc.find(b'"', i + 11) if i >= 0 else -1
+        k = doc.find(b'"tag":"')
+        tag = doc[k + 7:doc.find(b'"', k + 7)].decode() if k >= 0 else "?"
+        by_tag.setdefault(tag, []).append(doc[i + 11:j] if j >= 0 else b"")
+    return by_tag
+
+
+async def start_es(counter: Counter, port: int) -> int:
+    from aiohttp import web
+
+    ok = {"acknowledged": True}
+    headers = {"X-Elastic-Product": "Elasticsearch"}
+
+    async def root(request: web.Request) -> web.Response:
+        return web.json_response({"name": "bench", "version": {"number": "8.13.0"},
+                                  "tagline": "You Know, for Search"}, headers=headers)
+
+    async def acknowledge(request: web.Request) -> web.Response:
+        await request.read()
+        return web.json_response(ok, headers=headers)
+
+    async def bulk(request: web.Request) -> web.Response:
+        body = await request.read()
+        t0 = time.perf_counter()
+        counter.messages += 1
+        n = 0
+        for tag, texts in bulk_texts(body).items():
+            counter.add_texts(tag, texts)
+            n += len(texts)
+        answer = b'{"errors":false,"items":[' + b",".join([_ITEM] * n) + b"]}"
+        counter.busy += time.perf_counter() - t0
+        return web.Response(body=answer, content_type="application/json", headers=headers)
+
+    async def other(request: web.Request) -> web.Response:
+        counter.unknown_requests.append(f"{request.method} {request.path}")
+        await request.read()
+        return web.json_response({"error": {"type": "bench", "reason": "not emulated"}},
+                                 status=404, headers=headers)
+
+    app = web.Application(client_max_size=256 << 20)
+    app.router.add_get("/", root)
+    app.router.add_put("/_index_template/{name}", acknowledge)
+    app.router.add_put("/_data_stream/{name}", acknowledge)
+    app.router.add_post("/_bulk", bulk)
+    app.router.add_post("/{index}/_bulk", bulk)
+    app.router.add_route("*", "/{tail:.*}", other)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", port, reuse_address=True)
+    await site.start()
+    return int(runner.addresses[0][1])
+
+
+# ----------------------------------------------------------------------------- main
+
+
+async def main(args: argparse.Namespace) -> None:
+    counter = Counter()
+    start = {"forward": start_forward, "syslog": start_syslog, "es": start_es}[args.kind]
+    port = await start(counter, args.port)
+    print(json.dumps({"port": port, "pid": os.getpid()}), flush=True)
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader()
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+    while True:
+        line = await reader.readline()
+        if not line:
+            return  # the harness went away
+        cmd = line.strip().decode()
+        if cmd == "reset":
+            counter.reset()
+            answer: dict[str, Any] = {"ok": True}
+        elif cmd == "stats":
+            answer = counter.stats()
+        else:
+            answer = {"error": f"unknown command {cmd!r}"}
+        sys.stdout.write(json.dumps(answer) + "\n")
+        sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("kind", choices=("forward", "syslog", "es"))
+    ap.add_argument("--port", type=int, default=0)
+    asyncio.run(main(ap.parse_args()))
