@@ -703,7 +703,10 @@ class Bench:
         finally:
             if profiler is not None and profiler.poll() is None:
                 stop_profiler(profiler)
-            remove_containers(cids)
+            try:
+                remove_containers(cids)
+            except (OSError, RuntimeError) as e:  # dockerd away: removed when it is back
+                print(f"  warning: could not remove containers: {e}", file=sys.stderr)
             if pylog is not None:
                 pylog.stop(kill=config.down)  # a down sink would wait out its shutdown grace
                 if not self.args.keep:
@@ -721,8 +724,20 @@ class Bench:
         """A run; made again (up to --retry-noisy times) while other work on the host
         disturbed it; the least disturbed one is kept."""
         tries: list[Run] = []
+        failures = 0
         while True:
-            run = self.run(sc, config, rnd)
+            try:
+                run = self.run(sc, config, rnd)
+            except (OSError, RuntimeError, http.client.HTTPException) as e:
+                # dockerd restarted under us (another user's test, say): this run says nothing
+                failures += 1
+                print(f"  r{rnd} {config.key:<19} failed: {type(e).__name__}: {e}", flush=True)
+                self.recover()
+                if failures > 2:
+                    run = Run(sc.name, config.key, rnd, expected=sc.total)
+                    run.notes.append(f"failed {failures} times: {type(e).__name__}: {e}")
+                    return run
+                continue
             tries.append(run)
             if not self.noisy(run, sc) or len(tries) > self.args.retry_noisy:
                 break
@@ -733,6 +748,23 @@ class Bench:
         if self.noisy(best, sc):
             best.notes.append(f"noisy: other work {best.other_cpu_s:.1f} CPU-s")
         return best
+
+    def recover(self) -> None:
+        """After a failed run: wait for dockerd to answer again, find its new process, and
+        remove what the run left."""
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:
+            try:
+                api("GET", "/_ping", timeout=10)
+                break
+            except (OSError, RuntimeError, http.client.HTTPException):
+                time.sleep(2)  # waiting for dockerd to come back, bounded by the deadline
+        self.dockerd = find_process("dockerd")
+        self.containerd = find_process("containerd")
+        try:
+            remove_leftovers()
+        except (OSError, RuntimeError, http.client.HTTPException) as e:
+            print(f"  warning: {e}", file=sys.stderr)
 
     def wait_quiet(self) -> float:
         """The host's load just before a run; with --quiet, wait (up to --quiet seconds) for
@@ -888,7 +920,8 @@ def ratio(a: float | None, b: float | None) -> str:
 def scenario_table(sc: Scenario, runs: list[Run], order: list[str]) -> list[str]:
     by: dict[str, list[Run]] = {}
     for r in runs:
-        by.setdefault(r.config, []).append(r)
+        if not math.isnan(r.run_s):  # a run that failed (dockerd restarted) is only noted
+            by.setdefault(r.config, []).append(r)
 
     def meds(key: str, attr: str) -> float | None:
         vals = [getattr(r, attr) for r in by.get(key, []) if getattr(r, attr) is not None]
@@ -937,7 +970,8 @@ def scenario_table(sc: Scenario, runs: list[Run], order: list[str]) -> list[str]
             str(max(lost)) if lost else "n/a",
             fmt_range([r.other_cpu_s for r in rs], 1) + " |"]))
     out.append("")
-    noted = [r for key in order for r in by.get(key, []) if r.notes or r.attempts > 1]
+    noted = [r for key in order for r in runs
+             if r.config == key and (r.notes or r.attempts > 1)]
     if noted:
         out += [f"Notes on {sc.name} runs:", ""]
         again = "made {} times (other work on the host), the least disturbed kept"
@@ -1169,7 +1203,10 @@ def main() -> int:
             print("\n" + "\n".join(table), flush=True)
     finally:
         bench.close()
-        remove_leftovers()
+        try:
+            remove_leftovers()
+        except (OSError, RuntimeError, http.client.HTTPException) as e:
+            print(f"warning: {e}", file=sys.stderr)
         if not args.keep:
             shutil.rmtree(workdir, ignore_errors=True)
     targets = target_lines(runs, scs)
