@@ -2,7 +2,7 @@
 every line is at the sink, pylog's CPU and peak RSS, and lines delivered, as ratios to
 ``json-file`` (and to Docker's ``fluentd`` driver for fluentd rows) measured in the same run.
 
-    python bench/run.py                      # B1 B2 B3, every driver, 3 rounds (~30-40 min)
+    python bench/run.py                      # B1 B2 B3, every driver, 3 rounds (~25 min)
     python bench/run.py --quick              # 1/10 of the lines, 1 round (under 2 minutes)
     python bench/run.py --scenarios B1 --drivers json-file,pylog,pylog-fluentd --rounds 5
 
@@ -745,6 +745,9 @@ class Bench:
                   f"in {run.window_s:.1f} s): again", flush=True)
         best = min(tries, key=lambda r: r.other_cpu_s / max(r.window_s, 1e-3))
         best.attempts = len(tries)
+        if failures:
+            best.notes.append(f"{failures} attempt(s) failed (dockerd went away) and were made "
+                              f"again")
         if self.noisy(best, sc):
             best.notes.append(f"noisy: other work {best.other_cpu_s:.1f} CPU-s")
         return best
@@ -1004,7 +1007,8 @@ def scenario_table(sc: Scenario, runs: list[Run], order: list[str]) -> list[str]
     return out
 
 
-def target_lines(all_runs: list[Run], scs: dict[str, Scenario]) -> list[str]:
+def target_lines(all_runs: list[Run], scs: dict[str, Scenario], scale: float = 1.0
+                 ) -> list[str]:
     def m(sc: str, key: str, attr: str) -> float | None:
         vals = [getattr(r, attr) for r in all_runs
                 if r.scenario == sc and r.config == key and getattr(r, attr) is not None]
@@ -1014,6 +1018,9 @@ def target_lines(all_runs: list[Run], scs: dict[str, Scenario]) -> list[str]:
         return "n/a (not run)" if ok is None else ("PASS" if ok else "MISS")
 
     out = ["### Targets (reported, never enforced)", ""]
+    if scale != 1.0:
+        out += [(f"(--scale {scale:g}: the targets are about the full scenarios; with fewer "
+                 f"lines, run times of a few tens of milliseconds make these ratios noise)"), ""]
     j = m("B1", "json-file", "run_s")
     s = m("B1", "pylog", "run_s")
     r1 = s / j if s and j else None
@@ -1209,7 +1216,7 @@ def main() -> int:
             print(f"warning: {e}", file=sys.stderr)
         if not args.keep:
             shutil.rmtree(workdir, ignore_errors=True)
-    targets = target_lines(runs, scs)
+    targets = target_lines(runs, scs, args.scale)
     digest_end = plugin_digest()
     if digest_end != digest_start:
         targets.append(f"WARNING: plugin/pylog changed during this invocation (source digest now "
