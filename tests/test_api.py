@@ -197,3 +197,27 @@ async def test_malformed_requests_get_clear_errors(env: Any, tmp_path: Path) -> 
     # Still serving.
     r = await client.post("/LogDriver.Capabilities", data=b"")
     assert r.status == 200
+
+
+async def test_read_logs_shows_what_dockerd_wrote_even_before_pylog_read_it(env: Any) -> None:
+    """dockerd writes a line to the FIFO before `docker wait` returns; a `docker logs` that
+    follows at once must show it, as json-file does, even if pylog's reader has not had a turn
+    of the event loop since (here: ReadLogs is asked in the same step as the write)."""
+    client, driver, fifo_dir = env
+    body = start_body("/basic")
+    fifo = fifo_dir / os.path.basename(body["File"])
+    os.mkfifo(fifo)
+    wfd = os.open(fifo, os.O_RDWR)
+    body["File"] = str(fifo)
+    r = await client.post("/LogDriver.StartLogging", data=json.dumps(body))
+    assert (await r.json()) == {"Err": ""}
+    cid = body["Info"]["ContainerID"]
+    try:
+        os.write(wfd, (VECTORS / "basic.fifo.bin").read_bytes())
+        chunks = driver.read_logs({"ContainerID": cid}, {"Tail": -1, "Follow": False})
+        data = b"".join([c async for c in chunks])
+        assert [e.line for e in decode_frames(data)] == [
+            b"hello stderr\n", b"hello stdout\n", b"no newline at end"]
+    finally:
+        r = await client.post("/LogDriver.StopLogging", data=json.dumps({"File": str(fifo)}))
+        os.close(wfd)

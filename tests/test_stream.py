@@ -150,3 +150,34 @@ async def test_disk_full_keeps_the_fifo_flowing_and_counts_what_is_dropped(clog,
     assert stored(clog) == [0, 3]
     fifo.close()
     await asyncio.wait_for(stream.done.wait(), TIMEOUT)
+
+
+async def test_a_disk_that_fills_inside_a_frame_loses_only_the_dropped_lines(clog, fifo,
+                                                                            monkeypatch):
+    """The disk fills up in the middle of a splice: the half frame in the file is cut off when
+    the rest of it is dropped, so the first line after the disk has room again is stored whole
+    and readable (not swallowed by the torn frame)."""
+    stream = FifoStream(fifo.path, clog, lambda: None)
+    stream.start()
+    fifo.write(frame(0))
+    await until(clog, lambda: clog.frame_end > 0)
+    splice = os.splice
+    calls = []
+
+    def half_then_enospc(src, dst, count, *args, **kwargs):
+        calls.append(count)
+        if len(calls) == 1:  # room for half a frame, then none
+            return splice(src, dst, len(frame(1)) // 2, *args, **kwargs)
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(pylog.store.os, "splice", half_then_enospc)
+    fifo.write(frame(1) + frame(2))
+    await until(clog, lambda: clog.stats.dropped_bytes > 0 and pending(fifo.fd) == 0)
+    monkeypatch.undo()  # the disk has room again
+    fifo.write(frame(3))
+    await until(clog, lambda: clog.stats.bytes >= 2 * len(frame(0)) + len(frame(1)) // 2)
+    assert clog.frame_end == (clog.directory / "container.log").stat().st_size
+    assert stored(clog) == [0, 3]
+    assert clog.stats.corrupt_regions == 1  # the half frame, counted
+    fifo.close()
+    await asyncio.wait_for(stream.done.wait(), TIMEOUT)

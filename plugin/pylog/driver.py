@@ -302,7 +302,17 @@ class Driver:
         clog = self.store.get(container_id)
         if clog is None:
             raise UnknownContainerError(f"no logs stored for container {container_id[:12]}")
+        self._drain(container_id)
         return self._released_after(container_id, read_logs(clog, cfg))
+
+    def _drain(self, container_id: str) -> None:
+        """What dockerd has written to the container's FIFOs so far goes into the store first:
+        dockerd writes a line before ``docker wait`` returns, so ``docker logs`` after it must
+        show the line, as with json-file, even if the event loop has not read it yet."""
+        container = self.containers.get(container_id)
+        for att in list(container.attachments) if container else ():
+            if att.stream is not None:
+                att.stream.drain()
 
     def read_entries(self, container_id: str, cfg: ReadConfig) -> AsyncIterator[list[LogEntry]]:
         clog = self.store.get(container_id)

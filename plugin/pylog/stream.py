@@ -63,11 +63,15 @@ class FifoStream:
         self._loop = asyncio.get_running_loop()
         self._loop.add_reader(fd, self._on_readable)
 
-    def _on_readable(self) -> None:
+    def drain(self) -> None:
+        """Take in everything the FIFO holds now (without waiting for more), so that a reader
+        asking after dockerd wrote a line (``docker logs`` right after ``docker wait``) sees it."""
+        self._on_readable(budget=1 << 62)
+
+    def _on_readable(self, budget: int = READ_BUDGET) -> None:
         fd = self._fd
         if fd is None:
             return
-        budget = READ_BUDGET
         eof = False
         while budget > 0:
             try:
@@ -100,6 +104,10 @@ class FifoStream:
         if data:
             self.stats.dropped_bytes += len(data)
             self.clog.note_dropped(len(data), error)
+            # The file may end in a frame whose rest was just dropped (the disk filled up in
+            # the middle of a splice): cut it off, or it would swallow the first frame stored
+            # once there is room again.
+            self.clog.abandon_partial()
         return len(data)
 
     def _finish(self) -> None:

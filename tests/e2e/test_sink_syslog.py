@@ -100,6 +100,26 @@ printf 'no newline at end'
 """
 
 
+def _shape(msg: bytes) -> str:
+    return repr(msg) if len(msg) <= 40 else f"{msg[:12]!r}...{msg[-12:]!r} ({len(msg)} bytes)"
+
+
+def first_difference(ours: list[bytes], docker: list[bytes]) -> str:
+    """Where two message lists first differ, short enough to read in a CI excerpt."""
+    for i, (a, b) in enumerate(zip(ours, docker)):
+        if a != b:
+            at = next((k for k, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+            return (f"message {i}: ours {_shape(a)}, docker's {_shape(b)}, first differing "
+                    f"byte at {at}")
+    return f"ours has {len(ours)} messages, docker's {len(docker)}"
+
+
+def rsyslogd_shapes(server: Rsyslogd, *apps: str) -> str:
+    """Every message of the given senders as received, one short line each."""
+    return "\n".join(f"{r.app} sev={r.severity} {_shape(r.msg)}" for r in server.received()
+                     if r.app in apps)
+
+
 def joined(messages: list[Received]) -> list[Received]:
     """Docker's messages with the 16 KiB chunks of one long line joined back (a chunk is
     exactly 16 KiB and the line goes on in the next message)."""
@@ -129,8 +149,10 @@ def test_same_messages_as_dockers_syslog_driver(pylog: PylogServer, containers: 
     d = joined(d)
     assert len(d) == len(p)
     for severity in (6, 3):  # INFO for stdout, ERR for stderr
-        assert [r.msg for r in p if r.severity == severity] == \
-            [r.msg for r in d if r.severity == severity], severity
+        ours_msgs = [r.msg for r in p if r.severity == severity]
+        docker_msgs = [r.msg for r in d if r.severity == severity]
+        assert ours_msgs == docker_msgs, (severity, first_difference(ours_msgs, docker_msgs),
+                                          rsyslogd_shapes(rsyslogd, docker[:12], ours[:12]))
     assert [r.severity for r in p].count(3) == 2
     assert b"x" * 40000 in [r.msg for r in p]
     assert b"bad utf8: \xff\xfe end" in [r.msg for r in p]  # raw bytes, both
