@@ -12,12 +12,13 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass, field
 
-from .entry import DecodeError, LogEntry
+from .entry import DecodeError, LogBatch, LogEntry
 
 DEFAULT_MAX_FRAME = 1 << 20  # dockerd splits lines at 16 KiB, so real frames are ~16.5 KiB at most
 _BODY_PREFIXES = (b"\n\x06stdout", b"\n\x06stderr")
 _SYNC = b"\n\x06std"
 _SOURCES = ("stdout", "stderr")
+_SOURCE_SET = frozenset(_SOURCES)
 _MIN_FRAME = 8  # the source field alone
 _LEN = struct.Struct(">I")
 
@@ -188,3 +189,64 @@ def decode_all(data: bytes, max_frame: int = DEFAULT_MAX_FRAME) -> list[LogEntry
 def encode_frame(entry: LogEntry) -> bytes:
     body: bytes = entry.SerializeToString()
     return _LEN.pack(len(body)) + body
+
+
+def _field1_header(n: int) -> bytes:
+    """Tag of field 1 (length-delimited) and the varint ``n``: how LogBatch holds an entry."""
+    out = bytearray(b"\x0a")
+    while n >= 0x80:
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+_HEADERS = [_field1_header(n) for n in range(1 << 15)]  # every frame dockerd writes (<= 16.5 KiB)
+
+
+def decode_frames(data: bytes, max_frame: int = DEFAULT_MAX_FRAME,
+                  ) -> tuple[list[LogEntry], list[int]] | None:
+    """The whole frames at the start of ``data``, parsed with one call into the protobuf runtime,
+    and the offset after each; None if there is none, or if any is not plainly valid (a length out of range, a
+    body that does not start with ``source``, a body that does not parse, a second ``source``),
+    so that the caller decodes those bytes with :class:`FrameDecoder`, which skips and counts.
+
+    Each frame's 4-byte length is swapped for the tag and varint length of a LogBatch entry,
+    which makes the batch one protobuf message: per line, only the length walk is Python.
+    """
+    parts: list[bytes | memoryview] = []
+    ends: list[int] = []
+    view = memoryview(data)
+    unpack = _LEN.unpack_from
+    startswith = data.startswith
+    headers = _HEADERS
+    top = len(headers)
+    pos = 0
+    end = len(data)
+    while end - pos >= 4:
+        (n,) = unpack(data, pos)
+        if n < _MIN_FRAME or n > max_frame:
+            return None
+        if end - pos - 4 < _MIN_FRAME:
+            break
+        if not startswith(_BODY_PREFIXES, pos + 4):
+            return None
+        stop = pos + 4 + n
+        if stop > end:
+            break
+        parts.append(headers[n] if n < top else _field1_header(n))
+        parts.append(view[pos + 4:stop])
+        ends.append(stop)
+        pos = stop
+    if not ends:
+        return None  # no whole frame: the frame decoder tells a short read from damage
+    try:
+        entries = list(LogBatch.FromString(b"".join(parts)).entries)
+    except DecodeError:
+        return None
+    if len(entries) != len(ends):
+        return None
+    sources = {e.source for e in entries}
+    if not sources <= _SOURCE_SET:  # a later duplicate field overrode the first
+        return None
+    return entries, ends

@@ -122,15 +122,16 @@ def rsyslogd_shapes(server: Rsyslogd, *apps: str) -> str:
 
 def joined(messages: list[Received]) -> list[Received]:
     """Docker's messages with the 16 KiB chunks of one long line joined back (a chunk is
-    exactly 16 KiB and the line goes on in the next message)."""
+    exactly 16 KiB and the line goes on in the next message of the same stream). Per stream:
+    Docker copies stdout and stderr in two goroutines, so a stderr line can arrive between two
+    chunks of a stdout line."""
     out: list[Received] = []
-    carry = b""
+    carry: dict[int, bytes] = {}  # by severity: INFO is stdout, ERR is stderr
     for r in messages:
         if len(r.msg) == CHUNK:
-            carry += r.msg
+            carry[r.severity] = carry.get(r.severity, b"") + r.msg
             continue
-        out.append(Received(**{**r.__dict__, "msg": carry + r.msg}))
-        carry = b""
+        out.append(Received(**{**r.__dict__, "msg": carry.pop(r.severity, b"") + r.msg}))
     assert not carry
     return out
 

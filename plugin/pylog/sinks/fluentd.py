@@ -126,18 +126,39 @@ def context_pairs(ctx: ContainerContext) -> tuple[int, bytes]:
     return cached
 
 
+def _clamp(ns: int) -> int:
+    return min(max(ns, 0), (1 << 32) * 1_000_000_000 - 1)
+
+
+_HEAD_TIME = struct.Struct(">3sII")  # [time, record] array header + EventTime (ext 0, 8 bytes)
+_STR_HEADERS = [_str_header(n) for n in range(1 << 12)]
+
+
 def encode_entries(lines: list[Line], ctx: ContainerContext, sub_second: bool) -> list[bytes]:
-    """Each line as one msgpack ``[time, record]`` entry (PackedForward's entries)."""
+    """Each line as one msgpack ``[time, record]`` entry (PackedForward's entries).
+
+    The record's constant part (the context pairs, then ``source``) is encoded once per batch;
+    per line only the time, the ``log`` string header and the line itself are added, by one
+    ``bytes %`` formatting (the hot loop of the fluentd sink: a few C calls per line)."""
     n, pairs = context_pairs(ctx)
-    head = b"\x92"
     map_head = _map_header(n + 2)
-    out = []
-    for line in lines:
-        t = event_time(line.time_nano) if sub_second else msgpack.packb(line.time_nano // 10**9)
-        text = line.line  # raw bytes as a msgpack str, exactly as Docker's Go encoder sends them
-        out.append(b"".join((head, t, map_head, pairs, _SOURCE[line.source], _LOG_KEY,
-                             _str_header(len(text)), text)))
-    return out
+    middle = {src: map_head + pairs + enc + _LOG_KEY for src, enc in _SOURCE.items()}
+    texts = [line.line for line in lines]  # raw bytes as a msgpack str, as Docker's Go encoder
+    mids = [middle[line.source] for line in lines]
+    headers = _STR_HEADERS
+    top = len(headers)
+    strs = [headers[len(t)] if len(t) < top else _str_header(len(t)) for t in texts]
+    if sub_second:
+        pack = _HEAD_TIME.pack
+        try:
+            times = [pack(b"\x92\xd7\x00", *divmod(line.time_nano, 1_000_000_000))
+                     for line in lines]
+        except struct.error:  # a time before 1970 or after 2106: EventTime has 32-bit seconds
+            times = [pack(b"\x92\xd7\x00", *divmod(_clamp(line.time_nano), 1_000_000_000))
+                     for line in lines]
+    else:
+        times = [b"\x92" + msgpack.packb(line.time_nano // 10**9) for line in lines]
+    return [b"%b%b%b%b" % parts for parts in zip(times, mids, strs, texts)]
 
 
 class FluentdSink(Sink):

@@ -1,0 +1,110 @@
+"""The fast paths of delivery: a batch of stored frames parsed with one protobuf call, and
+fluentd entries encoded per batch — both must give exactly what the frame-by-frame decoder and
+a plain msgpack encoding give."""
+
+from __future__ import annotations
+
+import msgpack
+from hypothesis import given
+from hypothesis import strategies as st
+
+from pylog.entry import LogEntry
+from pylog.frames import FrameDecoder, decode_frames, encode_frame
+from pylog.record import ContainerContext
+from pylog.sinks.fluentd import context_pairs, encode_entries
+
+T0 = 1_795_319_769_123_456_789
+
+entries_st = st.lists(st.builds(
+    LogEntry, source=st.sampled_from(["stdout", "stderr"]),
+    time_nano=st.integers(-2**63, 2**63 - 1), line=st.binary(max_size=300), partial=st.booleans()),
+    max_size=40)
+
+
+def slow(data: bytes) -> tuple[list[LogEntry], list[int]]:
+    chunk = FrameDecoder().feed(data)
+    ends = []
+    for start, end in chunk.runs:
+        p = start
+        while p < end:
+            p += 4 + int.from_bytes(chunk.data[p:p + 4], "big")
+            ends.append(p)
+    return chunk.entries, ends
+
+
+@given(entries_st, st.integers(0, 50))
+def test_a_batch_decodes_as_frame_by_frame(entries: list[LogEntry], cut: int) -> None:
+    data = b"".join(encode_frame(e) for e in entries)
+    data = data[:len(data) - cut] if cut < len(data) else data  # a torn last frame is left out
+    fast = decode_frames(data)
+    if fast is None:  # no whole frame in it
+        assert slow(data) == ([], [])
+    else:
+        assert fast == slow(data)
+
+
+def test_long_lines_and_big_frames() -> None:
+    entries = [LogEntry(source="stdout", time_nano=T0, line=b"x" * n) for n in
+               (0, 127, 128, 16383, 16384, 40000, 200000)]
+    data = b"".join(encode_frame(e) for e in entries)
+    assert decode_frames(data) == slow(data)
+
+
+@given(entries_st, st.binary(min_size=1, max_size=12), st.integers(0, 10**6))
+def test_damage_is_left_to_the_frame_decoder(entries: list[LogEntry], junk: bytes,
+                                             where: int) -> None:
+    """Either the fast path agrees with the frame decoder, or it declines (None)."""
+    data = b"".join(encode_frame(e) for e in entries)
+    at = where % (len(data) + 1)
+    data = data[:at] + junk + data[at:]
+    fast = decode_frames(data)
+    if fast is not None:
+        assert fast == slow(data)
+
+
+def test_a_second_source_field_is_declined() -> None:
+    body = LogEntry(source="stdout", line=b"a").SerializeToString() + b"\x0a\x03bad"
+    data = len(body).to_bytes(4, "big") + body
+    assert decode_frames(data) is None
+    assert FrameDecoder().feed(data).entries == []
+
+
+CTX = ContainerContext(container_id="c" * 64, name="web", image_name="busybox",
+                       image_id="sha256:" + "1" * 64, tag="web", host_name="h", labels={"app": "x"},
+                       env={"MODE": "prod"})
+
+
+def plain(line: LogEntry, sub_second: bool) -> list[object]:
+    """The entry as msgpack would encode it from Python objects (the reference)."""
+    n, pairs = context_pairs(CTX)
+    unpacker = msgpack.Unpacker(raw=True)
+    unpacker.feed(pairs)
+    items = list(unpacker)
+    record = dict(zip(items[0::2], items[1::2]))
+    assert len(record) == n
+    record[b"source"] = line.source.encode()
+    record[b"log"] = line.line
+    if sub_second:  # EventTime has 32-bit seconds: 1970 to 2106
+        ns = min(max(line.time_nano, 0), 2**32 * 10**9 - 1)
+        t: object = msgpack.ExtType(0, (ns // 10**9).to_bytes(4, "big") +
+                                    (ns % 10**9).to_bytes(4, "big"))
+    else:
+        t = line.time_nano // 10**9
+    return [t, record]
+
+
+@given(entries_st, st.booleans())
+def test_fluentd_entries_are_what_msgpack_makes(lines: list[LogEntry], sub_second: bool) -> None:
+    got = encode_entries(lines, CTX, sub_second)
+    assert len(got) == len(lines)
+    for blob, line in zip(got, lines):
+        assert msgpack.unpackb(blob, raw=True) == plain(line, sub_second)
+        # The line is a msgpack str (as Docker's Go encoder sends it), not bin.
+        assert blob[-len(line.line) - 1:][:1] != b"\xc4" or not line.line
+
+
+def test_fluentd_str_headers_of_every_size() -> None:
+    for n in (0, 31, 32, 255, 256, 4095, 4096, 65535, 65536):
+        line = LogEntry(source="stderr", time_nano=T0, line=b"y" * n)
+        (blob,) = encode_entries([line], CTX, True)
+        assert msgpack.unpackb(blob, raw=True) == plain(line, True)
