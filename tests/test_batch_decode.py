@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from pylog.entry import LogEntry
-from pylog.frames import FrameDecoder, decode_frames, encode_frame
+from pylog.frames import FrameDecoder, decode_columns, decode_frames, encode_frame
 from pylog.record import ContainerContext
 from pylog.sinks.fluentd import context_pairs, encode_entries
 
@@ -108,3 +108,47 @@ def test_fluentd_str_headers_of_every_size() -> None:
         line = LogEntry(source="stderr", time_nano=T0, line=b"y" * n)
         (blob,) = encode_entries([line], CTX, True)
         assert msgpack.unpackb(blob, raw=True) == plain(line, True)
+
+
+def as_columns(entries: list[LogEntry]) -> tuple[list[str], list[int], list[bytes]]:
+    return [e.source for e in entries], [e.time_nano for e in entries], [e.line for e in entries]
+
+
+@given(entries_st, st.integers(0, 50), st.binary(max_size=12), st.integers(0, 10**6))
+def test_columns_are_the_frames_or_nothing(entries: list[LogEntry], cut: int, junk: bytes,
+                                          where: int) -> None:
+    """decode_columns gives exactly the frame decoder's entries (as columns, and where the
+    last ends), or declines: never a wrong line, whatever the damage."""
+    data = b"".join(encode_frame(e) for e in entries)
+    data = data[:len(data) - cut] if cut < len(data) else data
+    at = where % (len(data) + 1)
+    data = data[:at] + junk + data[at:]
+    got = decode_columns(data)
+    if got is None:
+        return
+    cols, end = got
+    want, ends = slow(data)
+    want = want[:len(cols)]
+    assert (cols.sources, cols.times, cols.lines) == as_columns(want)
+    assert end == ends[len(cols) - 1]
+    assert not any(e.partial for e in want)
+    assert [(e.source, e.time_nano, e.line) for e in cols] == list(zip(*as_columns(want)))
+
+
+def test_plain_lines_come_as_columns() -> None:
+    entries = [LogEntry(source=("stdout", "stderr")[i % 2], time_nano=T0 + i, line=b"line %d" % i)
+               for i in range(1000)]
+    data = b"".join(encode_frame(e) for e in entries)
+    got = decode_columns(data + data[:7])  # and the start of a frame not yet whole
+    assert got is not None
+    cols, end = got
+    assert (cols.sources, cols.times, cols.lines) == as_columns(entries) and end == len(data)
+    # A line that contains the bytes a body starts with is still decoded right (or declined).
+    tricky = [LogEntry(source="stdout", time_nano=T0, line=b"a\x00\x00\x00\x10\n\x06stdout b")]
+    data = b"".join(encode_frame(e) for e in tricky + entries)
+    assert decode_columns(data) is None
+    assert decode_frames(data) == slow(data)
+    # Empty lines and partial chunks are left to the frame decoder.
+    for odd in (LogEntry(source="stdout", time_nano=T0, line=b""),
+                LogEntry(source="stdout", time_nano=T0, line=b"x", partial=True)):
+        assert decode_columns(b"".join(encode_frame(e) for e in [*entries, odd])) is None

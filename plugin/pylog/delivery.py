@@ -25,12 +25,12 @@ import logging
 import os
 import struct
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from .entry import LogEntry
-from .frames import FrameDecoder, decode_frames
+from .frames import Columns, FrameDecoder, decode_columns, decode_frames
 from .reassembly import Line, Reassembler
 from .record import ContainerContext
 from .sinks.base import Sink, SinkError
@@ -112,9 +112,11 @@ class StoreTail:
         self._open_seq = seq
         return True
 
-    def read(self, max_bytes: int = READ_BYTES) -> tuple[list[LogEntry], list[int], bool]:
+    def read(self, max_bytes: int = READ_BYTES, columns: bool = False,
+             ) -> tuple[list[LogEntry] | Columns, list[int], bool]:
         """Whole entries from the position on; the offset after each in the file
-        ``self.pos.seq``; and whether the end of what is stored was reached."""
+        ``self.pos.seq``; and whether the end of what is stored was reached. With ``columns``,
+        whole lines may come as :class:`Columns`, with only the offset after the last."""
         while True:
             if not self._open():
                 return [], [], True
@@ -128,6 +130,11 @@ class StoreTail:
                 want = max_bytes if finished else min(max_bytes, self.clog.frame_end - off)
                 data = os.pread(self._fd, want, off) if want > 0 else b""
             # One protobuf parse for the batch; frame by frame (skipping damage) only if needed.
+            if columns and data:
+                cols = decode_columns(data, MAX_STORED_FRAME)
+                if cols is not None:
+                    self.pos = Position(self.pos.seq, off + cols[1])
+                    return cols[0], [off + cols[1]], False
             fast = decode_frames(data, MAX_STORED_FRAME) if data else None
             if fast is not None and fast[0]:
                 entries, ends = fast
@@ -266,20 +273,25 @@ class Delivery:
         try:
             while True:
                 waiter.clear()
-                entries, ends, at_end = tail.read()
-                if entries:
+                entries, ends, at_end = tail.read(
+                    columns=self.sink.COLUMNS and not reassembler.pending)
+                if len(entries):
                     if not self.first_unsent_ns:
                         self.first_unsent_ns = entries[0].time_nano
                     safe = None  # the cursor may move only to where no line is half-read
-                    if not reassembler.pending and not any([e.partial for e in entries]):
-                        lines: list[Line] = entries  # whole lines already: the common case
+                    if isinstance(entries, Columns):
+                        lines: Sequence[Line] | Columns = entries  # whole lines, as columns
+                        safe = ends[-1]
+                    elif not reassembler.pending and not any([e.partial for e in entries]):
+                        lines = entries  # whole lines already: the common case
                         safe = ends[-1]
                     else:
-                        lines = []
+                        pieces: list[Line] = []
+                        lines = pieces
                         for entry, end in zip(entries, ends):
                             line = reassembler.push(entry)
                             if line is not None:
-                                lines.append(line)
+                                pieces.append(line)
                             if not reassembler.pending:
                                 safe = end
                     if lines:
@@ -305,7 +317,7 @@ class Delivery:
             self._rejected_final = self.sink.rejected.pop(self.container_id, 0)
             self.done = True
 
-    async def _send(self, lines: list[Line]) -> None:
+    async def _send(self, lines: Sequence[Line] | Columns) -> None:
         """Send one batch until the sink takes it. An outage is logged once when it starts
         (the sink's first failure) and once when it ends (its first success after failures),
         whatever the number of retries or of containers sending to that sink."""

@@ -35,3 +35,17 @@ class LogBatch(_message.Message):
     ENTRIES_FIELD_NUMBER: _ClassVar[int]
     entries: _containers.RepeatedCompositeFieldContainer[LogEntry]
     def __init__(self, entries: _Optional[_Iterable[_Union[LogEntry, _Mapping]]] = ...) -> None: ...
+
+class LogColumns(_message.Message):
+    __slots__ = ("source", "time_nano", "line", "partial", "partial_log_metadata")
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
+    TIME_NANO_FIELD_NUMBER: _ClassVar[int]
+    LINE_FIELD_NUMBER: _ClassVar[int]
+    PARTIAL_FIELD_NUMBER: _ClassVar[int]
+    PARTIAL_LOG_METADATA_FIELD_NUMBER: _ClassVar[int]
+    source: _containers.RepeatedScalarFieldContainer[str]
+    time_nano: _containers.RepeatedScalarFieldContainer[int]
+    line: _containers.RepeatedScalarFieldContainer[bytes]
+    partial: _containers.RepeatedScalarFieldContainer[bool]
+    partial_log_metadata: _containers.RepeatedCompositeFieldContainer[PartialLogEntryMetadata]
+    def __init__(self, source: _Optional[_Iterable[str]] = ..., time_nano: _Optional[_Iterable[int]] = ..., line: _Optional[_Iterable[bytes]] = ..., partial: _Optional[_Iterable[bool]] = ..., partial_log_metadata: _Optional[_Iterable[_Union[PartialLogEntryMetadata, _Mapping]]] = ...) -> None: ...

@@ -61,6 +61,9 @@ class Sink:
     OPTIONS: ClassVar[dict[str, tuple[Parser, Any]]]
     # Backoff between retries of one batch: RETRY_WAIT * 2**n, at most MAX_RETRY_WAIT seconds.
     RETRY_WAIT_OPTION: ClassVar[str | None] = None
+    # Takes whole lines as :class:`pylog.frames.Columns` (one list per field) besides LogEntry
+    # lists: the delivery then decodes a batch without an object per line.
+    COLUMNS: ClassVar[bool] = False
     MAX_RETRY_WAIT: ClassVar[float] = 10.0
 
     def __init__(self, config: SinkConfig, state_dir: Path) -> None:
