@@ -292,9 +292,12 @@ def decode_columns(data: bytes, max_frame: int = DEFAULT_MAX_FRAME) -> tuple[Col
     if k < 1 or len(segs[0]) != 4:
         return None
     inner = segs[1:-1]
+    lengths = list(map(len, inner))
+    if inner and min(lengths) < 4:
+        return None
     declared = struct.unpack(f">{k}I", b"".join([segs[0], *[s[-4:] for s in inner]]))
     # Frame i's body is _SYNC + segs[i + 1] minus the next frame's 4-byte length.
-    if [n - 1 for n in declared[:-1]] != list(map(len, inner)):
+    if [n - 1 for n in declared[:-1]] != lengths:
         return None
     last = segs[-1]
     rest = declared[-1] - len(_SYNC)  # bytes of the last body after _SYNC
