@@ -9,7 +9,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from pylog.entry import LogEntry
-from pylog.frames import FrameDecoder, decode_columns, decode_frames, encode_frame
+from pylog.frames import (FrameDecoder, decode_columns, decode_frames, encode_frame, frame_at,
+                          frame_ends)
 from pylog.record import ContainerContext
 from pylog.sinks.fluentd import context_pairs, encode_entries
 
@@ -152,3 +153,22 @@ def test_plain_lines_come_as_columns() -> None:
     for odd in (LogEntry(source="stdout", time_nano=T0, line=b""),
                 LogEntry(source="stdout", time_nano=T0, line=b"x", partial=True)):
         assert decode_columns(b"".join(encode_frame(e) for e in [*entries, odd])) is None
+
+
+@given(entries_st, st.integers(0, 50), st.binary(max_size=12), st.integers(0, 10**6))
+def test_frame_ends_are_the_frames_or_nothing(entries: list[LogEntry], cut: int, junk: bytes,
+                                              where: int) -> None:
+    """The store's fast walk finds exactly the frames its frame-by-frame walk finds (from the
+    start, up to the last whole one), or declines."""
+    data = b"".join(encode_frame(e) for e in entries)
+    data = data[:len(data) - cut] if cut < len(data) else data
+    at = where % (len(data) + 1)
+    data = data[:at] + junk + data[at:]
+    got = frame_ends(data)
+    if got is None:
+        return
+    walk, p = [], 0  # the store's frame-by-frame walk (length and body prefix, no parse)
+    while (e := frame_at(data, p, 1 << 20)) > 0:
+        walk.append(e)
+        p = e
+    assert got == walk

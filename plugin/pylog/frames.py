@@ -12,6 +12,8 @@ from __future__ import annotations
 import struct
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from itertools import accumulate, repeat
+from operator import add
 
 from .entry import DecodeError, LogBatch, LogColumns, LogEntry
 
@@ -253,6 +255,57 @@ def decode_frames(data: bytes, max_frame: int = DEFAULT_MAX_FRAME,
     return entries, ends
 
 
+def _split_frames(data: bytes, max_frame: int,
+                  ) -> tuple[list[bytes], tuple[int, ...], int, bytes] | None:
+    """``data`` split at the start of every body (``0a 06 "std"``), proven to be whole frames
+    from its start: (the pieces, the length of each whole frame, how many there are, what the
+    last whole body holds after ``0a 06 "std"``); None if the proof fails or there is none.
+
+    Piece 0 is the first length field; piece i ends with frame i's body minus its first five
+    bytes, then frame i+1's length field. A body that does not start the usual way, damage, or
+    a line that contains those five bytes all make some piece disagree with its length field.
+    """
+    segs = data.split(_SYNC)
+    k = len(segs) - 1  # frames that started in data
+    if k < 1 or len(segs[0]) != 4:
+        return None
+    # Each of them goes on "out" or "err" (the last may not have got that far yet).
+    full = data.count(_BODY_PREFIXES[0]) + data.count(_BODY_PREFIXES[1])
+    if full != k and not (full == k - 1 and len(segs[-1]) < 3):
+        return None
+    inner = segs[1:-1]
+    lengths = list(map(len, inner))
+    if inner and min(lengths) < 4:
+        return None
+    declared = struct.unpack(f">{k}I", b"".join([segs[0], *[s[-4:] for s in inner]]))
+    if [n - 1 for n in declared[:-1]] != lengths:
+        return None
+    last = segs[-1]
+    rest = declared[-1] - len(_SYNC)  # bytes of the last body after _SYNC
+    if len(last) >= rest:
+        n = k
+        tail = last[:rest]
+    else:  # the last frame is not whole yet
+        n = k - 1
+        if n == 0:
+            return None
+        declared = declared[:-1]
+        tail = inner[-1][:-4]
+    if max(declared) > max_frame or min(declared) < _MIN_FRAME:
+        return None
+    return segs, declared, n, tail
+
+
+def frame_ends(data: bytes, max_frame: int = DEFAULT_MAX_FRAME) -> list[int] | None:
+    """Where each whole frame at the start of ``data`` ends, found in C (see
+    :func:`_split_frames`); None if the bytes are not plainly good frames from their start (the
+    caller walks them frame by frame then, counting and skipping damage)."""
+    split = _split_frames(data, max_frame)
+    if split is None:
+        return None
+    return list(accumulate(map(add, split[1], repeat(4))))
+
+
 @dataclass(slots=True)
 class Columns:
     """Whole lines, field by field (what :func:`decode_columns` gives): the i-th line is
@@ -287,35 +340,13 @@ def decode_columns(data: bytes, max_frame: int = DEFAULT_MAX_FRAME) -> tuple[Col
     message; its repeated fields come out as lists, and their lengths prove that each entry
     had exactly one of each field.
     """
-    segs = data.split(_SYNC)
-    k = len(segs) - 1  # frames that started in data
-    if k < 1 or len(segs[0]) != 4:
+    split = _split_frames(data, max_frame)
+    if split is None:
         return None
-    inner = segs[1:-1]
-    lengths = list(map(len, inner))
-    if inner and min(lengths) < 4:
-        return None
-    declared = struct.unpack(f">{k}I", b"".join([segs[0], *[s[-4:] for s in inner]]))
-    # Frame i's body is _SYNC + segs[i + 1] minus the next frame's 4-byte length.
-    if [n - 1 for n in declared[:-1]] != lengths:
-        return None
-    last = segs[-1]
-    rest = declared[-1] - len(_SYNC)  # bytes of the last body after _SYNC
-    if len(last) >= rest:
-        tail = last[:rest]
-        n = k
-        end = 4 * k + sum(declared)
-    else:  # the last frame is not whole yet
-        if k == 1:
-            return None
-        tail = None
-        n = k - 1
-        end = 4 * n + sum(declared[:-1])
-    if max(declared[:n]) > max_frame:
-        return None
-    bodies = [s[:-4] for s in inner]
-    if tail is not None:
-        bodies.append(tail)
+    segs, declared, n, tail = split
+    end = 4 * n + sum(declared)
+    bodies = [s[:-4] for s in segs[1:n]]
+    bodies.append(tail)
     try:
         cols = LogColumns.FromString(_SYNC + _SYNC.join(bodies))
     except DecodeError:

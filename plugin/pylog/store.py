@@ -14,6 +14,7 @@ cascade and a reader can tell which file comes next), and a worker thread compre
 from __future__ import annotations
 
 import asyncio
+from bisect import bisect_right
 import gzip
 import json
 import logging
@@ -27,7 +28,7 @@ from pathlib import Path
 
 from .entry import DecodeError, LogEntry
 from .frames import DEFAULT_MAX_FRAME as MAX_FRAME
-from .frames import frame_at, next_sync
+from .frames import frame_at, frame_ends, next_sync
 
 log = logging.getLogger(__name__)
 
@@ -243,6 +244,8 @@ class ContainerLog:
         if self._scan >= self._size:
             return
         data = os.pread(self._fd, self._size - self._scan, self._scan)
+        if not self._in_garbage and self._index_whole_frames(data):
+            return
         base = self._scan  # file offset of data[0]
         pos = 0
         # Per frame only local variables change (one add for the count, one store for where
@@ -282,6 +285,35 @@ class ContainerLog:
         self._scan = base + pos
         self.frame_end = self._scan
         self._wake()
+
+    def _index_whole_frames(self, data: bytes) -> bool:
+        """:meth:`_index` when ``data`` is plainly good frames (the usual case): their ends are
+        found in C (:func:`pylog.frames.frame_ends`) and only rotations take Python steps.
+        False (nothing done) if the bytes need the frame-by-frame walk."""
+        ends = frame_ends(data, MAX_FRAME)
+        if ends is None:
+            return False
+        base = self._scan  # file offset of data[0]
+        limit = self.options.max_size - base  # a frame ending past this rotates
+        i = 0
+        while True:
+            i = bisect_right(ends, limit, lo=i)  # the first frame that ends past the limit
+            if i >= len(ends):
+                break
+            start = ends[i - 1] if i else 0
+            if base + start > 0:  # (a frame bigger than max-size alone stays where it is)
+                if self._rotate(base + start):
+                    base = -start
+                    limit = self.options.max_size - base
+                else:
+                    limit = 1 << 62  # rotation failed: keep writing here, no retry loop
+            i += 1
+        self.stats.frames += len(ends)
+        self.last_frame = base + (ends[-2] if len(ends) > 1 else 0)
+        self._scan = base + ends[-1]
+        self.frame_end = self._scan
+        self._wake()
+        return True
 
     def _rotate(self, boundary: int) -> bool:
         """Start a new current file with the bytes after ``boundary``; False if that failed
