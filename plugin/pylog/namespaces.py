@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import cgroup
+from .fds import close_all
 
 log = logging.getLogger(__name__)
 
@@ -57,12 +58,7 @@ class HeldNamespaces:
     fds: list[int] = field(default_factory=list)
 
     def close(self) -> None:
-        for fd in self.fds:
-            try:
-                os.close(fd)
-            except OSError:
-                pass
-        self.fds.clear()
+        close_all(self.fds)
 
 
 def _ns_get_id(fd: int) -> int | None:

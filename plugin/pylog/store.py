@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .entry import DecodeError, LogEntry
+from .fds import close_all
 from .frames import DEFAULT_MAX_FRAME as MAX_FRAME
 from .frames import frame_at, frame_ends, next_sync
 
@@ -94,12 +95,7 @@ class Snapshot:
     fds: list[int] = field(default_factory=list)
 
     def close(self) -> None:
-        for fd in self.fds:
-            try:
-                os.close(fd)
-            except OSError:
-                pass
-        self.fds.clear()
+        close_all(self.fds)
 
 
 class ContainerLog:
