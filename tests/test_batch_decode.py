@@ -9,8 +9,14 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from pylog.entry import LogEntry
-from pylog.frames import (FrameDecoder, decode_columns, decode_frames, encode_frame, frame_at,
-                          frame_ends)
+from pylog.frames import (
+    FrameDecoder,
+    decode_columns,
+    decode_frames,
+    encode_frame,
+    frame_at,
+    frame_ends,
+)
 from pylog.record import ContainerContext
 from pylog.sinks.fluentd import context_pairs, encode_entries
 
@@ -24,13 +30,7 @@ entries_st = st.lists(st.builds(
 
 def slow(data: bytes) -> tuple[list[LogEntry], list[int]]:
     chunk = FrameDecoder().feed(data)
-    ends = []
-    for start, end in chunk.runs:
-        p = start
-        while p < end:
-            p += 4 + int.from_bytes(chunk.data[p:p + 4], "big")
-            ends.append(p)
-    return chunk.entries, ends
+    return chunk.entries, [end for _, end in chunk.spans()]
 
 
 @given(entries_st, st.integers(0, 50))

@@ -23,7 +23,6 @@ import gzip
 import json
 import logging
 import os
-import struct
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -40,7 +39,6 @@ log = logging.getLogger(__name__)
 
 READ_BYTES = 256 << 10  # one batch: up to 256 KiB of stored frames (~10,000 short lines); it is
 # also what a crash can make a sink receive twice
-_LEN = struct.Struct(">I")
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,13 +141,7 @@ class StoreTail:
                 return entries, ends, False
             chunk = FrameDecoder(MAX_STORED_FRAME).feed(data)
             if chunk.runs:
-                ends = []
-                unpack = _LEN.unpack_from
-                for start, end in chunk.runs:
-                    p = start
-                    while p < end:
-                        p += 4 + unpack(chunk.data, p)[0]
-                        ends.append(off + p)
+                ends = [off + end for _, end in chunk.spans()]
                 self.pos = Position(self.pos.seq, ends[-1])
                 return chunk.entries, ends, False
             if data and len(data) == max_bytes:
@@ -280,9 +272,9 @@ class Delivery:
                         self.first_unsent_ns = entries[0].time_nano
                     safe = None  # the cursor may move only to where no line is half-read
                     if isinstance(entries, Columns):
-                        lines: Sequence[Line] | Columns = entries  # whole lines, as columns
+                        lines: Sequence[Line] = entries  # whole lines, as columns
                         safe = ends[-1]
-                    elif not reassembler.pending and not any([e.partial for e in entries]):
+                    elif not reassembler.pending and not any([e.partial for e in entries]):  # noqa: C419
                         lines = entries  # whole lines already: the common case
                         safe = ends[-1]
                     else:
@@ -317,7 +309,7 @@ class Delivery:
             self._rejected_final = self.sink.rejected.pop(self.container_id, 0)
             self.done = True
 
-    async def _send(self, lines: Sequence[Line] | Columns) -> None:
+    async def _send(self, lines: Sequence[Line]) -> None:
         """Send one batch until the sink takes it. An outage is logged once when it starts
         (the sink's first failure) and once when it ends (its first success after failures),
         whatever the number of retries or of containers sending to that sink."""

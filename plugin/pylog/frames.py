@@ -10,7 +10,7 @@ not a LogEntry is skipped and counted, and the decoder resyncs on the next plaus
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from itertools import accumulate, repeat
 from operator import add
@@ -47,16 +47,21 @@ class Chunk:
     entries: list[LogEntry] = field(default_factory=list)
     base: int = 0  # where data[0] is in the whole stream fed to the decoder
 
-    def frames(self) -> list[bytes]:
-        """Each valid frame's bytes (length prefix included), e.g. for tests and tools."""
+    def spans(self) -> list[tuple[int, int]]:
+        """Each valid frame's ``[start, end)`` in ``data`` (length prefix included)."""
         out = []
+        unpack = _LEN.unpack_from
         for start, end in self.runs:
             pos = start
             while pos < end:
-                (n,) = _LEN.unpack_from(self.data, pos)
-                out.append(self.data[pos:pos + 4 + n])
-                pos += 4 + n
+                stop = pos + 4 + unpack(self.data, pos)[0]
+                out.append((pos, stop))
+                pos = stop
         return out
+
+    def frames(self) -> list[bytes]:
+        """Each valid frame's bytes (length prefix included), e.g. for tests and tools."""
+        return [self.data[start:end] for start, end in self.spans()]
 
 
 class FrameDecoder:
@@ -204,15 +209,20 @@ def _field1_header(n: int) -> bytes:
     return bytes(out)
 
 
-_HEADERS = [_field1_header(n) for n in range(1 << 15)]  # every frame dockerd writes (<= 16.5 KiB)
+# Every frame dockerd writes (<= 16.5 KiB): its length as a LogBatch entry's tag and varint.
+_HEADERS = ([bytes((0x0A, n)) for n in range(1 << 7)]
+            + [bytes((0x0A, n & 0x7F | 0x80, n >> 7)) for n in range(1 << 7, 1 << 14)]
+            + [bytes((0x0A, n & 0x7F | 0x80, (n >> 7) & 0x7F | 0x80, n >> 14))
+               for n in range(1 << 14, 1 << 15)])
 
 
 def decode_frames(data: bytes, max_frame: int = DEFAULT_MAX_FRAME,
                   ) -> tuple[list[LogEntry], list[int]] | None:
     """The whole frames at the start of ``data``, parsed with one call into the protobuf runtime,
-    and the offset after each; None if there is none, or if any is not plainly valid (a length out of range, a
-    body that does not start with ``source``, a body that does not parse, a second ``source``),
-    so that the caller decodes those bytes with :class:`FrameDecoder`, which skips and counts.
+    and the offset after each; None if there is none, or if any is not plainly valid (a length
+    out of range, a body that does not start with ``source``, a body that does not parse, a
+    second ``source``), so that the caller decodes those bytes with :class:`FrameDecoder`,
+    which skips and counts.
 
     Each frame's 4-byte length is swapped for the tag and varint length of a LogBatch entry,
     which makes the batch one protobuf message: per line, only the length walk is Python.
@@ -307,7 +317,7 @@ def frame_ends(data: bytes, max_frame: int = DEFAULT_MAX_FRAME) -> list[int] | N
 
 
 @dataclass(slots=True)
-class Columns:
+class Columns(Sequence[LogEntry]):
     """Whole lines, field by field (what :func:`decode_columns` gives): the i-th line is
     ``sources[i]``, ``times[i]``, ``lines[i]``. Sinks that can encode columns (fluentd) take it
     as it is; to the others it is a sequence of LogEntry."""
@@ -319,7 +329,7 @@ class Columns:
     def __len__(self) -> int:
         return len(self.lines)
 
-    def __getitem__(self, i: int) -> LogEntry:
+    def __getitem__(self, i: int) -> LogEntry:  # type: ignore[override]  # no slices
         return LogEntry(source=self.sources[i], time_nano=self.times[i], line=self.lines[i])
 
     def __iter__(self) -> Iterator[LogEntry]:
@@ -344,8 +354,7 @@ def decode_columns(data: bytes, max_frame: int = DEFAULT_MAX_FRAME) -> tuple[Col
     if split is None:
         return None
     segs, declared, n, tail = split
-    end = 4 * n + sum(declared)
-    bodies = [s[:-4] for s in segs[1:n]]
+    bodies = [s[:-4] for s in segs[1:n]]  # each body after its first five bytes
     bodies.append(tail)
     try:
         cols = LogColumns.FromString(_SYNC + _SYNC.join(bodies))
@@ -357,4 +366,4 @@ def decode_columns(data: bytes, max_frame: int = DEFAULT_MAX_FRAME) -> tuple[Col
     sources = list(cols.source)
     if not set(sources) <= _SOURCE_SET:
         return None
-    return Columns(sources, list(cols.time_nano), list(cols.line)), end
+    return Columns(sources, list(cols.time_nano), list(cols.line)), 4 * n + sum(declared)

@@ -20,7 +20,7 @@ import json
 import os
 import re
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -179,7 +179,7 @@ def record_json(line: LogEntry, ctx: ContainerContext, ts: TimestampFormatter) -
             f'"stream":"{line.source}",{ctx.json_fragment}}}')
 
 
-def records_ndjson(lines: list[LogEntry], ctx: ContainerContext, ts: TimestampFormatter,
+def records_ndjson(lines: Sequence[LogEntry], ctx: ContainerContext, ts: TimestampFormatter,
                    before: str = "") -> str:
     """Many records as JSON lines, each preceded by ``before`` (e.g. a bulk action line).
 

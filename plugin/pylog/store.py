@@ -14,7 +14,6 @@ cascade and a reader can tell which file comes next), and a worker thread compre
 from __future__ import annotations
 
 import asyncio
-from bisect import bisect_right
 import gzip
 import json
 import logging
@@ -22,6 +21,7 @@ import os
 import re
 import shutil
 import struct
+from bisect import bisect_right
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -265,21 +265,29 @@ class ContainerLog:
                 continue
             in_garbage = False
             if end > limit and base + pos > 0:
-                # This frame would take the file past max-size: it starts the next file.
-                if not self._rotate(base + pos):
-                    limit = 1 << 62  # rotation failed: keep writing here, no retry loop
-                    continue
-                base = -pos
-                limit = self.options.max_size - base
+                base, limit = self._rotate_before(base, pos)
             last = pos
             frames += 1
             pos = end
         self._in_garbage = in_garbage
+        self._indexed(frames, base + last, base + pos)
+
+    def _rotate_before(self, base: int, start: int) -> tuple[int, int]:
+        """The frame at ``start`` in the bytes being walked (file offset ``base + start``) would
+        take the file past max-size: it starts the next file. The walk's new ``base`` (file
+        offset of the bytes' start) and ``limit`` (a frame ending past it rotates)."""
+        if not self._rotate(base + start):
+            return base, 1 << 62  # rotation failed: keep writing here, no retry loop
+        return -start, self.options.max_size + start
+
+    def _indexed(self, frames: int, last_frame: int, scan: int) -> None:
+        """A walk found ``frames`` more whole frames, the newest at ``last_frame``, and got to
+        ``scan``: readers may read up to there."""
         if frames:
             self.stats.frames += frames
-            self.last_frame = base + last
-        self._scan = base + pos
-        self.frame_end = self._scan
+            self.last_frame = last_frame
+        self._scan = scan
+        self.frame_end = scan
         self._wake()
 
     def _index_whole_frames(self, data: bytes) -> bool:
@@ -298,17 +306,9 @@ class ContainerLog:
                 break
             start = ends[i - 1] if i else 0
             if base + start > 0:  # (a frame bigger than max-size alone stays where it is)
-                if self._rotate(base + start):
-                    base = -start
-                    limit = self.options.max_size - base
-                else:
-                    limit = 1 << 62  # rotation failed: keep writing here, no retry loop
+                base, limit = self._rotate_before(base, start)
             i += 1
-        self.stats.frames += len(ends)
-        self.last_frame = base + (ends[-2] if len(ends) > 1 else 0)
-        self._scan = base + ends[-1]
-        self.frame_end = self._scan
-        self._wake()
+        self._indexed(len(ends), base + (ends[-2] if len(ends) > 1 else 0), base + ends[-1])
         return True
 
     def _rotate(self, boundary: int) -> bool:

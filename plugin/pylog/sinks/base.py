@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -92,7 +92,7 @@ class Sink:
             return 1.0
         return float(self.config[self.RETRY_WAIT_OPTION])
 
-    async def send(self, lines: list[Line], ctx: ContainerContext) -> None:
+    async def send(self, lines: Sequence[Line], ctx: ContainerContext) -> None:
         raise NotImplementedError
 
     async def close(self) -> None:

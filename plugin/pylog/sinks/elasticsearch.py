@@ -43,7 +43,7 @@ import ssl
 import stat
 import struct
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Protocol
@@ -314,7 +314,7 @@ def template_mappings() -> dict[str, Any]:
 _ID_HEAD = struct.Struct(">q")
 
 
-def document_ids(lines: list[Line], container_id: str) -> list[str]:
+def document_ids(lines: Sequence[Line], container_id: str) -> list[str]:
     """A deterministic ``_id`` per line: a hash of the container ID, the time, the stream and
     the bytes (identical lines with the same nanosecond in one batch get ``.1``, ``.2``...)."""
     cid = container_id.encode()
@@ -347,7 +347,7 @@ class Doc:
         return self.payload[self.payload.index(b"\n") + 1:-1]
 
 
-def bulk_documents(lines: list[Line], ctx: ContainerContext,
+def bulk_documents(lines: Sequence[Line], ctx: ContainerContext,
                    ts: TimestampFormatter) -> list[Doc]:
     """Each line as a ``create`` action plus its record, ready for ``_bulk``."""
     records = records_ndjson(lines, ctx, ts).encode("utf-8", "replace").split(b"\n")
@@ -615,7 +615,7 @@ class ElasticsearchSink(Sink):
 
     # ------------------------------------------------------------------ sending
 
-    async def send(self, lines: list[Line], ctx: ContainerContext) -> None:
+    async def send(self, lines: Sequence[Line], ctx: ContainerContext) -> None:
         if not lines:
             return
         t = await self._transport()

@@ -20,9 +20,9 @@ import os
 import re
 import ssl
 import struct
-from collections.abc import Iterable, Sequence
-from itertools import accumulate, repeat
 from bisect import bisect_right
+from collections.abc import Sequence
+from itertools import accumulate, repeat
 from operator import add, floordiv, mod
 from typing import Any
 from urllib.parse import urlsplit
@@ -31,8 +31,8 @@ import msgpack
 from fluent.sender import EventTime
 
 from ..errors import OptionError
-from ..options import parse_bool, parse_size
 from ..frames import Columns
+from ..options import parse_bool, parse_size
 from ..reassembly import Line
 from ..record import ContainerContext
 from .base import Sink, SinkError
@@ -139,7 +139,7 @@ _HEAD_TIME = struct.Struct(">3sII")  # [time, record] array header + EventTime (
 _STR_HEADERS = [_str_header(n) for n in range(1 << 12)]
 
 
-def encode_parts(lines: Sequence[Line] | Columns, ctx: ContainerContext, sub_second: bool,
+def encode_parts(lines: Sequence[Line], ctx: ContainerContext, sub_second: bool,
                  ) -> tuple[list[bytes], list[int]]:
     """The msgpack ``[time, record]`` entries of PackedForward, as parts to join: entry i is
     ``parts[4 * i:4 * i + 4]`` and ``sizes[i]`` bytes long.
@@ -188,7 +188,7 @@ def encode_parts(lines: Sequence[Line] | Columns, ctx: ContainerContext, sub_sec
     return parts, sizes
 
 
-def encode_entries(lines: Sequence[Line] | Columns, ctx: ContainerContext,
+def encode_entries(lines: Sequence[Line], ctx: ContainerContext,
                    sub_second: bool) -> list[bytes]:
     """Each line as one msgpack ``[time, record]`` entry (tests and tools; the sink sends
     :func:`encode_parts` joined per message)."""
@@ -246,7 +246,7 @@ class FluentdSink(Sink):
             except (TimeoutError, OSError):
                 pass
 
-    def messages(self, lines: Sequence[Line] | Columns, ctx: ContainerContext,
+    def messages(self, lines: Sequence[Line], ctx: ContainerContext,
                  ) -> list[tuple[bytes, str | None]]:
         """PackedForward messages of at most fluentd-buffer-limit bytes (or one entry, if it
         is bigger), with their chunk ids."""
@@ -269,7 +269,7 @@ class FluentdSink(Sink):
             start, done = end, ends[end - 1]
         return out
 
-    async def send(self, lines: Sequence[Line] | Columns, ctx: ContainerContext) -> None:
+    async def send(self, lines: Sequence[Line], ctx: ContainerContext) -> None:
         messages = self.messages(lines, ctx)
         async with self._lock:
             try:

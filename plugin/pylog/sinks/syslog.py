@@ -35,6 +35,7 @@ import os
 import socket
 import ssl
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 from urllib.parse import urlsplit
@@ -283,7 +284,7 @@ class SyslogSink(Sink):
 
     # ------------------------------------------------------------------ encoding
 
-    def encode(self, lines: list[Line], ctx: ContainerContext,
+    def encode(self, lines: Sequence[Line], ctx: ContainerContext,
                ) -> tuple[list[bytes], _Counts]:
         """The batch's messages, unframed (datagram lines cut to DATAGRAM_MSG_MAX bytes), and
         what was skipped or cut to make them."""
@@ -304,7 +305,7 @@ class SyslogSink(Sink):
                 out.append(encode(line, ctx, middle))
         return out, counts
 
-    def messages(self, lines: list[Line], ctx: ContainerContext) -> list[bytes]:
+    def messages(self, lines: Sequence[Line], ctx: ContainerContext) -> list[bytes]:
         """:meth:`encode`'s messages, counted as sent."""
         out, counts = self.encode(lines, ctx)
         self._count(counts, ctx)
@@ -324,7 +325,7 @@ class SyslogSink(Sink):
 
     # ------------------------------------------------------------------ sending
 
-    async def send(self, lines: list[Line], ctx: ContainerContext) -> None:
+    async def send(self, lines: Sequence[Line], ctx: ContainerContext) -> None:
         messages, counts = self.encode(lines, ctx)
         if not messages:
             self._count(counts, ctx)
