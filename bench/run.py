@@ -30,7 +30,6 @@ import socket
 import statistics
 import subprocess
 import sys
-import tarfile
 import tempfile
 import threading
 import time
@@ -44,6 +43,11 @@ from typing import Any, Self
 import psutil
 
 ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from tests.peers.busybox import import_busybox_image  # (needs ROOT on sys.path)
+
 BENCH = Path(__file__).resolve().parent
 IMAGE = "pylog-busybox:test"  # the image the e2e tests build (tests/e2e/conftest.py)
 PLUGIN_DIR = Path("/run/docker/plugins")
@@ -190,29 +194,9 @@ def ensure_image() -> None:
         return
     except RuntimeError:
         pass
-    busybox = shutil.which("busybox") or "/bin/busybox"
-    if not os.path.exists(busybox):
-        sys.exit("busybox-static is not installed (scripts/setup-host.sh installs it)")
-    applets = subprocess.run([busybox, "--list"], capture_output=True, text=True,
-                             check=True).stdout.split()
-    with tempfile.TemporaryDirectory() as tmp:
-        tar_path = Path(tmp) / "rootfs.tar"
-        with tarfile.open(tar_path, "w") as tar:
-            tar.add(busybox, arcname="bin/busybox")
-            for applet in applets:
-                if applet == "busybox":
-                    continue
-                info = tarfile.TarInfo(f"bin/{applet}")
-                info.type = tarfile.SYMTYPE
-                info.linkname = "busybox"
-                tar.addfile(info)
-            for d in ("tmp", "proc", "sys", "dev", "etc"):
-                info = tarfile.TarInfo(d)
-                info.type = tarfile.DIRTYPE
-                info.mode = 0o1777 if d == "tmp" else 0o755
-                tar.addfile(info)
-        subprocess.run(["docker", "import", "-c", "ENV PATH=/bin", str(tar_path), IMAGE],
-                       check=True, capture_output=True)
+    problem = import_busybox_image(IMAGE)
+    if problem:
+        sys.exit(problem)
 
 
 # ----------------------------------------------------------------------------- processes

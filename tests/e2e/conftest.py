@@ -12,14 +12,14 @@ import shutil
 import socket
 import subprocess
 import sys
-import tarfile
-import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+
+from tests.peers.busybox import import_busybox_image
 
 BUSYBOX_IMAGE = "pylog-busybox:test"
 PLUGIN_DIR = Path("/run/docker/plugins")
@@ -55,29 +55,9 @@ def busybox(docker_ready: None) -> str:
     if subprocess.run(["docker", "image", "inspect", BUSYBOX_IMAGE],
                       capture_output=True).returncode == 0:
         return BUSYBOX_IMAGE
-    busybox_bin = shutil.which("busybox") or "/bin/busybox"
-    if not os.path.exists(busybox_bin):
-        pytest.fail("busybox-static is not installed (scripts/setup-host.sh installs it)")
-    applets = subprocess.run([busybox_bin, "--list"], capture_output=True, text=True,
-                             check=True).stdout.split()
-    with tempfile.TemporaryDirectory() as tmp:
-        tar_path = Path(tmp) / "rootfs.tar"
-        with tarfile.open(tar_path, "w") as tar:
-            tar.add(busybox_bin, arcname="bin/busybox")
-            for applet in applets:
-                if applet == "busybox":
-                    continue
-                info = tarfile.TarInfo(f"bin/{applet}")
-                info.type = tarfile.SYMTYPE
-                info.linkname = "busybox"
-                tar.addfile(info)
-            for d in ("tmp", "proc", "sys", "dev", "etc"):
-                info = tarfile.TarInfo(d)
-                info.type = tarfile.DIRTYPE
-                info.mode = 0o1777 if d == "tmp" else 0o755
-                tar.addfile(info)
-        subprocess.run(["docker", "import", "-c", "ENV PATH=/bin", str(tar_path), BUSYBOX_IMAGE],
-                       check=True, capture_output=True)
+    problem = import_busybox_image(BUSYBOX_IMAGE)
+    if problem:
+        pytest.fail(problem)
     return BUSYBOX_IMAGE
 
 
