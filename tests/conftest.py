@@ -1,11 +1,33 @@
-"""Test-wide settings: hypothesis profiles (a bounded run by default, a long one on request)."""
+"""Test-wide settings: hypothesis profiles (a bounded run by default, a long one on request),
+and the store fixtures the store and logreader tests share."""
 
 import os
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
+import pytest
 from hypothesis import HealthCheck, settings
+
+from pylog.store import Store
 
 settings.register_profile("ci", max_examples=300, deadline=None)
 # The longer fuzz run: HYPOTHESIS_PROFILE=long bash scripts/test.sh tests/test_fuzz.py
 settings.register_profile("long", max_examples=50_000, deadline=None,
                           suppress_health_check=[HealthCheck.too_slow])
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
+
+@pytest.fixture
+def executor() -> Iterator[ThreadPoolExecutor]:
+    """The store's compression worker, for the store tests."""
+    ex = ThreadPoolExecutor(max_workers=1, thread_name_prefix="test-compress")
+    yield ex
+    ex.shutdown(wait=True)
+
+
+@pytest.fixture
+def store(tmp_path: Path, executor: ThreadPoolExecutor) -> Iterator[Store]:
+    s = Store(tmp_path, executor)
+    yield s
+    s.close()

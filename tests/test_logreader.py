@@ -77,20 +77,6 @@ def drain(executor: ThreadPoolExecutor) -> None:
     executor.submit(lambda: None).result(timeout=30)
 
 
-@pytest.fixture
-def executor():
-    ex = ThreadPoolExecutor(max_workers=1, thread_name_prefix="test-compress")
-    yield ex
-    ex.shutdown(wait=True)
-
-
-@pytest.fixture
-def store(tmp_path, executor):
-    s = Store(tmp_path, executor)
-    yield s
-    s.close()
-
-
 def open_log(store: Store, per_file: int = 1000, max_file: int = 100,
              compress: bool = True) -> ContainerLog:
     return store.open(CID, StoreOptions(max_size=per_file * STORED_LEN, max_file=max_file,

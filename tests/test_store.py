@@ -171,20 +171,6 @@ def splice_all(clog: ContainerLog, fd: int, max_bytes: int = 1 << 20) -> int:
         total += n
 
 
-@pytest.fixture
-def executor():
-    ex = ThreadPoolExecutor(max_workers=1, thread_name_prefix="test-compress")
-    yield ex
-    ex.shutdown(wait=True)
-
-
-@pytest.fixture
-def store(tmp_path, executor):
-    s = Store(tmp_path, executor)
-    yield s
-    s.close()
-
-
 def open_log(store: Store, max_size: int, max_file: int, compress: bool = True,
              cid: str = CID) -> ContainerLog:
     return store.open(cid, StoreOptions(max_size=max_size, max_file=max_file, compress=compress))
