@@ -1,14 +1,17 @@
 """Test-wide settings: hypothesis profiles (a bounded run by default, a long one on request),
-and the store fixtures the store and logreader tests share."""
+and the fixtures several test modules share."""
 
 import os
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+from aiohttp.test_utils import TestClient, TestServer
 from hypothesis import HealthCheck, settings
 
+from pylog.api import make_app
+from pylog.driver import Driver
 from pylog.store import Store
 
 settings.register_profile("ci", max_examples=300, deadline=None)
@@ -31,3 +34,17 @@ def store(tmp_path: Path, executor: ThreadPoolExecutor) -> Iterator[Store]:
     s = Store(tmp_path, executor)
     yield s
     s.close()
+
+
+@pytest.fixture
+async def env(tmp_path: Path) -> AsyncIterator[tuple[TestClient, Driver, Path]]:
+    """The plugin's API on a test server (the API and metrics tests): the client, the driver
+    and the directory the tests make FIFOs in."""
+    fifo_dir = tmp_path / "logging"
+    fifo_dir.mkdir()
+    driver = Driver(tmp_path / "state", fifo_dir=str(fifo_dir))
+    client = TestClient(TestServer(make_app(driver)))
+    await client.start_server()
+    yield client, driver, fifo_dir
+    await client.close()
+    await driver.close()

@@ -5,14 +5,12 @@ from __future__ import annotations
 import json
 import os
 import struct
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.test_utils import TestClient
 
-from pylog.api import make_app
 from pylog.driver import Driver
 from pylog.entry import LogEntry
 from pylog.timefmt import format_rfc3339_ns
@@ -27,18 +25,6 @@ def start_body(name: str) -> dict[str, Any]:
         if req["path"] == "/LogDriver.StartLogging" and req["body"]["Info"]["ContainerName"] == name:
             return dict(req["body"])
     raise KeyError(name)
-
-
-@pytest.fixture
-async def env(tmp_path: Path) -> AsyncIterator[tuple[TestClient, Driver, Path]]:
-    fifo_dir = tmp_path / "logging"
-    fifo_dir.mkdir()
-    driver = Driver(tmp_path / "state", fifo_dir=str(fifo_dir))
-    client = TestClient(TestServer(make_app(driver)))
-    await client.start_server()
-    yield client, driver, fifo_dir
-    await client.close()
-    await driver.close()
 
 
 def decode_frames(data: bytes) -> list[LogEntry]:

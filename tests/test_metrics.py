@@ -9,7 +9,6 @@ import json
 import logging
 import struct
 import time
-from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, ClassVar
@@ -20,7 +19,6 @@ from prometheus_client.exposition import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import CollectorRegistry
 
-from pylog.api import make_app
 from pylog.cli import JsonFormatter, format_sinks, setup_logging
 from pylog.delivery import Delivery
 from pylog.driver import Driver
@@ -65,19 +63,6 @@ def names(samples: Samples) -> set[str]:
 
 
 # ------------------------------------------------------------------------- through the API
-
-
-@pytest.fixture
-async def env(tmp_path: Path) -> AsyncIterator[tuple[TestClient, Driver, Path]]:
-    """The plugin's API on a test server, as in tests/test_api.py."""
-    fifo_dir = tmp_path / "logging"
-    fifo_dir.mkdir()
-    driver = Driver(tmp_path / "state", fifo_dir=str(fifo_dir))
-    client = TestClient(TestServer(make_app(driver)))
-    await client.start_server()
-    yield client, driver, fifo_dir
-    await client.close()
-    await driver.close()
 
 
 async def test_lines_bytes_and_corrupt_frames_of_a_fed_fifo_are_counted(env: Any) -> None:
