@@ -31,6 +31,11 @@ F_SETPIPE_SZ = 1031
 PIPE_SIZE = 1 << 20  # fewer wakeups, and dockerd's writes block less often
 READ_SIZE = 1 << 20
 READ_BUDGET = 8 << 20  # per wakeup, so one busy container cannot starve the others
+# A wakeup that found less than BATCH_BYTES pauses watching the FIFO for BATCH_WAIT seconds
+# (see FifoStream._on_readable); 1 MiB of pipe fills in that time only above 200 MB/s, and
+# then the reader watches the FIFO again without pausing.
+BATCH_BYTES = 128 << 10
+BATCH_WAIT = 0.005
 
 
 @dataclass(slots=True)
@@ -50,6 +55,7 @@ class FifoStream:
         self._on_end = on_end
         self._fd: int | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._timer: asyncio.TimerHandle | None = None
         self.done = asyncio.Event()
 
     def start(self) -> None:
@@ -66,12 +72,38 @@ class FifoStream:
     def drain(self) -> None:
         """Take in everything the FIFO holds now (without waiting for more), so that a reader
         asking after dockerd wrote a line (``docker logs`` right after ``docker wait``) sees it."""
-        self._on_readable(budget=1 << 62)
+        self._move(1 << 62)
 
-    def _on_readable(self, budget: int = READ_BUDGET) -> None:
+    def _on_readable(self) -> None:
+        """The FIFO has bytes. Move them; if that was a trickle (dockerd writes each frame on
+        its own, so a busy container wakes the loop for every few lines), stop watching the FIFO
+        for BATCH_WAIT and let a batch gather in the pipe instead. The first line after a quiet
+        spell is stored at once; lines of a burst wait BATCH_WAIT at most. What it buys, B1
+        (1,000,000 lines) with the fluentd sink: see BATCH_WAIT."""
+        moved = self._move(READ_BUDGET)
+        if moved is not None and moved < BATCH_BYTES:
+            assert self._loop is not None and self._fd is not None
+            self._loop.remove_reader(self._fd)
+            self._timer = self._loop.call_later(BATCH_WAIT, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        moved = self._move(READ_BUDGET)
+        if moved is None:
+            return
+        assert self._loop is not None and self._fd is not None
+        if 0 < moved < BATCH_BYTES:
+            self._timer = self._loop.call_later(BATCH_WAIT, self._on_timer)
+        else:  # quiet (wait for the next line without polling), or flowing fast
+            self._loop.add_reader(self._fd, self._on_readable)
+
+    def _move(self, budget: int) -> int | None:
+        """Splice what the FIFO holds into the store, up to ``budget`` bytes: the bytes moved,
+        or None if the stream ended (or had ended)."""
         fd = self._fd
         if fd is None:
-            return
+            return None
+        moved = 0
         eof = False
         while budget > 0:
             try:
@@ -89,8 +121,11 @@ class FifoStream:
             self.stats.bytes += n
             self.clog.stats.reads += 1  # per splice (up to 1 MiB), not per line
             budget -= n
+            moved += n
         if eof:
             self._finish()
+            return None
+        return moved
 
     def _read_and_drop(self, fd: int, error: OSError) -> int | None:
         """The store cannot take bytes: keep the FIFO flowing anyway, and count the loss."""
@@ -115,6 +150,9 @@ class FifoStream:
             return
         assert self._loop is not None
         self._loop.remove_reader(self._fd)
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         os.close(self._fd)
         self._fd = None
         try:
