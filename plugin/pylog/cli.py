@@ -28,6 +28,7 @@ from . import __version__
 from .api import make_app
 from .docker_api import DEFAULT_DOCKER_SOCKET, DockerAPI
 from .driver import DEFAULT_FIFO_DIR, Driver
+from .malloc import keep_freed_memory
 from .metrics import READY_MAX_FAILING, OpsState, parse_address, start_metrics
 
 log = logging.getLogger("pylog")
@@ -91,6 +92,7 @@ def _socket_in_use(path: str) -> bool:
 
 
 async def serve(args: argparse.Namespace) -> int:
+    keep_freed_memory()
     sock = os.path.abspath(args.socket)
     if os.path.exists(sock):
         if _socket_in_use(sock):

@@ -209,6 +209,7 @@ class ContainerLog:
             log.error("store write failed for %s, dropping lines until it works again: %s",
                       self.directory.name, error)
         self.stats.last_error = text
+        self._wake()  # the counters changed: whoever waits on the store looks again
 
     def append(self, data: bytes, runs: list[tuple[int, int]] | None = None) -> None:
         """Keep ``data`` (or the ``[start, end)`` runs of it) at the end of the current file,

@@ -72,7 +72,7 @@ class FifoStream:
     def drain(self) -> None:
         """Take in everything the FIFO holds now (without waiting for more), so that a reader
         asking after dockerd wrote a line (``docker logs`` right after ``docker wait``) sees it."""
-        self._move(1 << 62)
+        self._move(1 << 62, chase=True)
 
     def _on_readable(self) -> None:
         """The FIFO has bytes. Move them; if that was a trickle (dockerd writes each frame on
@@ -97,9 +97,12 @@ class FifoStream:
         else:  # quiet (wait for the next line without polling), or flowing fast
             self._loop.add_reader(self._fd, self._on_readable)
 
-    def _move(self, budget: int) -> int | None:
+    def _move(self, budget: int, chase: bool = False) -> int | None:
         """Splice what the FIFO holds into the store, up to ``budget`` bytes: the bytes moved,
-        or None if the stream ended (or had ended)."""
+        or None if the stream ended (or had ended). One splice takes all the pipe holds; unless
+        ``chase``, a splice that emptied it ends the call, rather than chasing dockerd's next
+        few writes one small splice at a time (that chase made 6,800 splices of 4 KiB out of
+        B1's 30 MB)."""
         fd = self._fd
         if fd is None:
             return None
@@ -122,6 +125,8 @@ class FifoStream:
             self.clog.stats.reads += 1  # per splice (up to 1 MiB), not per line
             budget -= n
             moved += n
+            if n < READ_SIZE and not chase:
+                break
         if eof:
             self._finish()
             return None
