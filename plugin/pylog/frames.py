@@ -13,7 +13,7 @@ import struct
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from itertools import accumulate, repeat
-from operator import add
+from operator import add, itemgetter
 
 from .entry import DecodeError, LogBatch, LogColumns, LogEntry
 
@@ -265,11 +265,26 @@ def decode_frames(data: bytes, max_frame: int = DEFAULT_MAX_FRAME,
     return entries, ends
 
 
-def _split_frames(data: bytes, max_frame: int,
-                  ) -> tuple[list[bytes], tuple[int, ...], int, bytes] | None:
+_LAST4 = itemgetter(slice(-4, None))  # a piece's last four bytes: the next frame's length
+_BODY = itemgetter(slice(None, -4))  # a piece without them
+
+
+@dataclass(slots=True)
+class Split:
+    """What :func:`_split_frames` found: the pieces of ``data`` split at each body start, the
+    length of each of the ``n`` whole frames, what the last whole body holds after ``0a 06
+    "std"``, and whether every line went to stderr (or every line to stdout)."""
+
+    segs: list[bytes]
+    declared: tuple[int, ...]
+    n: int
+    tail: bytes
+    only: str | None  # "stdout" or "stderr" if all of data's frames are of that stream
+
+
+def _split_frames(data: bytes, max_frame: int) -> Split | None:
     """``data`` split at the start of every body (``0a 06 "std"``), proven to be whole frames
-    from its start: (the pieces, the length of each whole frame, how many there are, what the
-    last whole body holds after ``0a 06 "std"``); None if the proof fails or there is none.
+    from its start; None if the proof fails or there is none.
 
     Piece 0 is the first length field; piece i ends with frame i's body minus its first five
     bytes, then frame i+1's length field. A body that does not start the usual way, damage, or
@@ -280,19 +295,25 @@ def _split_frames(data: bytes, max_frame: int,
     if k < 1 or len(segs[0]) != 4:
         return None
     # Each of them goes on "out" or "err" (the last may not have got that far yet).
-    full = data.count(_BODY_PREFIXES[0]) + data.count(_BODY_PREFIXES[1])
+    outs = data.count(_BODY_PREFIXES[0])
+    errs = data.count(_BODY_PREFIXES[1])
+    full = outs + errs
     if full != k and not (full == k - 1 and len(segs[-1]) < 3):
         return None
     inner = segs[1:-1]
     lengths = list(map(len, inner))
-    if inner and min(lengths) < 4:
+    # Frame i's length is its piece's + 1 (the piece lacks the 5-byte _SYNC and has the next
+    # 4-byte length field): a body of at least _MIN_FRAME and at most max_frame bytes.
+    if inner and (min(lengths) < _MIN_FRAME - 1 or max(lengths) >= max_frame):
         return None
-    declared = struct.unpack(f">{k}I", b"".join([segs[0], *[s[-4:] for s in inner]]))
-    if [n - 1 for n in declared[:-1]] != lengths:
+    declared = struct.unpack(f">{k}I", b"".join([segs[0], *map(_LAST4, inner)]))
+    if declared[:-1] != tuple(map(add, lengths, repeat(1))):
         return None
     last = segs[-1]
     rest = declared[-1] - len(_SYNC)  # bytes of the last body after _SYNC
     if len(last) >= rest:
+        if not _MIN_FRAME <= declared[-1] <= max_frame:
+            return None
         n = k
         tail = last[:rest]
     else:  # the last frame is not whole yet
@@ -301,19 +322,22 @@ def _split_frames(data: bytes, max_frame: int,
             return None
         declared = declared[:-1]
         tail = inner[-1][:-4]
-    if max(declared) > max_frame or min(declared) < _MIN_FRAME:
-        return None
-    return segs, declared, n, tail
+    only = "stdout" if not errs else "stderr" if not outs else None
+    return Split(segs, declared, n, tail, only)
+
+
+def frame_lengths(data: bytes, max_frame: int = DEFAULT_MAX_FRAME) -> tuple[int, ...] | None:
+    """The length (after its 4-byte length field) of each whole frame at the start of ``data``,
+    found in C (see :func:`_split_frames`); None if the bytes are not plainly good frames from
+    their start (the caller walks them frame by frame then, counting and skipping damage)."""
+    split = _split_frames(data, max_frame)
+    return None if split is None else split.declared
 
 
 def frame_ends(data: bytes, max_frame: int = DEFAULT_MAX_FRAME) -> list[int] | None:
-    """Where each whole frame at the start of ``data`` ends, found in C (see
-    :func:`_split_frames`); None if the bytes are not plainly good frames from their start (the
-    caller walks them frame by frame then, counting and skipping damage)."""
-    split = _split_frames(data, max_frame)
-    if split is None:
-        return None
-    return list(accumulate(map(add, split[1], repeat(4))))
+    """Where each whole frame at the start of ``data`` ends (see :func:`frame_lengths`)."""
+    lengths = frame_lengths(data, max_frame)
+    return None if lengths is None else list(accumulate(map(add, lengths, repeat(4))))
 
 
 @dataclass(slots=True)
@@ -353,9 +377,9 @@ def decode_columns(data: bytes, max_frame: int = DEFAULT_MAX_FRAME) -> tuple[Col
     split = _split_frames(data, max_frame)
     if split is None:
         return None
-    segs, declared, n, tail = split
-    bodies = [s[:-4] for s in segs[1:n]]  # each body after its first five bytes
-    bodies.append(tail)
+    n = split.n
+    bodies = list(map(_BODY, split.segs[1:n]))  # each body after its first five bytes
+    bodies.append(split.tail)
     try:
         cols = LogColumns.FromString(_SYNC + _SYNC.join(bodies))
     except DecodeError:
@@ -363,7 +387,10 @@ def decode_columns(data: bytes, max_frame: int = DEFAULT_MAX_FRAME) -> tuple[Col
     if (len(cols.source) != n or len(cols.time_nano) != n or len(cols.line) != n
             or len(cols.partial) or len(cols.partial_log_metadata)):
         return None  # an empty line, a partial one, a repeated field: frame by frame
-    sources = list(cols.source)
-    if not set(sources) <= _SOURCE_SET:
-        return None
-    return Columns(sources, list(cols.time_nano), list(cols.line)), 4 * n + sum(declared)
+    if split.only is not None:
+        sources = [split.only] * n  # one stream: no list of a million equal strings to build
+    else:
+        sources = list(cols.source)
+        if not set(sources) <= _SOURCE_SET:
+            return None
+    return Columns(sources, list(cols.time_nano), list(cols.line)), 4 * n + sum(split.declared)

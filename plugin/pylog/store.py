@@ -24,12 +24,14 @@ import struct
 from bisect import bisect_right
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
+from itertools import accumulate, repeat
+from operator import add
 from pathlib import Path
 
 from .entry import DecodeError, LogEntry
 from .fds import close_all
 from .frames import DEFAULT_MAX_FRAME as MAX_FRAME
-from .frames import frame_at, frame_ends, next_sync
+from .frames import frame_at, frame_lengths, next_sync
 
 log = logging.getLogger(__name__)
 
@@ -292,13 +294,18 @@ class ContainerLog:
         self._wake()
 
     def _index_whole_frames(self, data: bytes) -> bool:
-        """:meth:`_index` when ``data`` is plainly good frames (the usual case): their ends are
-        found in C (:func:`pylog.frames.frame_ends`) and only rotations take Python steps.
+        """:meth:`_index` when ``data`` is plainly good frames (the usual case): they are found
+        in C (:func:`pylog.frames.frame_lengths`) and only rotations take Python steps.
         False (nothing done) if the bytes need the frame-by-frame walk."""
-        ends = frame_ends(data, MAX_FRAME)
-        if ends is None:
+        lengths = frame_lengths(data, MAX_FRAME)
+        if lengths is None:
             return False
         base = self._scan  # file offset of data[0]
+        end = 4 * len(lengths) + sum(lengths)
+        if base + end <= self.options.max_size:  # no rotation: no list of frame ends needed
+            self._indexed(len(lengths), base + end - 4 - lengths[-1], base + end)
+            return True
+        ends = list(accumulate(map(add, lengths, repeat(4))))
         limit = self.options.max_size - base  # a frame ending past this rotates
         i = 0
         while True:
