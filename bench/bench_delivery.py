@@ -1,12 +1,19 @@
-"""Per-line cost of each step of a sink delivery, without dockerd (issue: pylog's CPU per line).
+"""Per-line cost of each step between the FIFO and a fluentd sink, without dockerd.
 
-``bench/run.py`` measures pylog as a whole; its profile (bench/RESULTS.md) puts most of the
-fluentd sink's CPU in reading the store back and encoding. This times those steps one at a time
-on the same 1,000,000 short lines, as the delivery does them: decoding the stored frames
-(protobuf), one ``Position`` per entry (the cursor), reassembly, and the fluentd encoding of a
-batch (with and without namespace enrichment), so a change to one of them can be measured.
+``bench/run.py`` measures pylog as a whole (CPU seconds per million lines, against Docker's own
+drivers). This times the steps one at a time on the same 1,000,000 short lines, in the sizes the
+code uses them, so a change to one of them can be measured on its own:
 
-    python bench/bench_delivery.py [--lines N] [--batch BYTES]
+- the store's walk over newly stored bytes (``frame_lengths``: split at each body start and
+  proven against the length fields), per splice-sized chunk;
+- the delivery's decoding of a batch of stored frames into columns (``decode_columns``), and the
+  frame-by-frame decoder it falls back to for damaged or partial frames (``FrameDecoder``);
+- the fluentd sink's encoding of a batch (``encode_parts``), with and without the namespace
+  enrichment, and whole PackedForward messages (``FluentdSink.messages``).
+
+Sending (the kernel's share) and the event loop are not in it: ``bench/run.py`` has those.
+
+    python bench/bench_delivery.py [--lines N] [--batch BYTES] [--chunk BYTES]
 """
 
 from __future__ import annotations
@@ -19,14 +26,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from pylog.delivery import Position
 from pylog.entry import LogEntry
-from pylog.frames import FrameDecoder, encode_frame
+from pylog.frames import Columns, FrameDecoder, decode_columns, encode_frame, frame_lengths
+from pylog.malloc import keep_freed_memory
 from pylog.namespaces import hold_namespaces
 from pylog.options import parse_log_options
-from pylog.reassembly import Line, Reassembler
 from pylog.record import ContainerContext, build_context
-from pylog.sinks.fluentd import FluentdSink, encode_entries
+from pylog.sinks.fluentd import FluentdSink, encode_parts
 
 VECTORS = Path(__file__).resolve().parent.parent / "tests" / "vectors"
 
@@ -35,8 +41,11 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--lines", type=int, default=1_000_000)
     ap.add_argument("--batch", type=int, default=256 << 10,
-                    help="bytes of stored frames per batch (pylog.delivery.READ_BYTES)")
+                    help="bytes of stored frames per delivery batch (pylog.delivery.READ_BYTES)")
+    ap.add_argument("--chunk", type=int, default=128 << 10,
+                    help="bytes per store walk (what one splice brings; pylog.stream.BATCH_BYTES)")
     args = ap.parse_args()
+    keep_freed_memory()  # as pylog serve does
     n = args.lines
     t0 = 1_795_319_769_670_262_696
     data = b"".join(encode_frame(LogEntry(source="stdout", time_nano=t0 + i * 1000,
@@ -51,49 +60,51 @@ def main() -> None:
     sink = FluentdSink(config, Path("/nonexistent"))  # only its encoder is used
 
     def step(name: str, fn: Callable[[], Any]) -> Any:
-        start = time.perf_counter()
+        start = time.process_time()
         out = fn()
-        dt = time.perf_counter() - start
-        print(f"  {name:50s} {dt:6.2f} s  {dt / n * 1e6:5.2f} us/line")
+        dt = time.process_time() - start
+        print(f"  {name:66s} {dt:6.2f} CPU-s  {dt / n * 1e6:5.2f} us/line")
         return out
 
-    def decode() -> list[LogEntry]:
-        dec = FrameDecoder(1 << 20)
-        entries: list[LogEntry] = []
-        for i in range(0, len(data), args.batch):
-            entries += dec.feed(data[i:i + args.batch]).entries
-        return entries
+    def walk() -> None:
+        pos = 0
+        while pos < len(data):
+            lengths = frame_lengths(data[pos:pos + args.chunk])
+            assert lengths is not None
+            pos += 4 * len(lengths) + sum(lengths)
 
-    def reassemble(entries: list[LogEntry]) -> list[Line]:
-        r = Reassembler()
+    def columns() -> list[Columns]:
         out = []
-        for e in entries:
-            line = r.push(e)
-            if line is not None:
-                out.append(line)
-            if not r.pending:
-                pass  # the delivery checks this per entry to know where the cursor may go
+        pos = 0
+        while pos < len(data):
+            got = decode_columns(data[pos:pos + args.batch])
+            assert got is not None
+            out.append(got[0])
+            pos += got[1]
         return out
 
-    per_batch = max(1, n * args.batch // len(data))
+    def frame_by_frame() -> int:
+        dec = FrameDecoder(1 << 20)
+        return sum(len(dec.feed(data[i:i + args.batch]).entries)
+                   for i in range(0, len(data), args.batch))
 
     def encode(ctx: ContainerContext) -> None:
-        for i in range(0, n, per_batch):
-            encode_entries(lines[i:i + per_batch], ctx, True)
+        for batch in batches:
+            encode_parts(batch, ctx, True)
 
-    def messages(ctx: ContainerContext) -> None:
-        for i in range(0, n, per_batch):
-            sink.messages(lines[i:i + per_batch], ctx)
+    def messages(ctx: ContainerContext) -> int:
+        return sum(len(m) for batch in batches for m, _ in sink.messages(batch, ctx))
 
-    print(f"{n:,} stored lines ({len(data):,} bytes), batches of {args.batch:,} bytes "
-          f"(~{per_batch:,} lines):")
-    entries = step("decode stored frames (FrameDecoder.feed)", decode)
-    step("one Position per entry (the cursor)", lambda: [Position(0, i) for i in range(n)])
-    step("  (the same as plain tuples)", lambda: [(0, i) for i in range(n)])
-    lines = step("reassembly (Reassembler.push, .pending)", lambda: reassemble(entries))
-    step("fluentd entries, enriched (encode_entries)", lambda: encode(enriched))
-    step("fluentd entries, namespaces=false", lambda: encode(plain))
-    step("fluentd messages, enriched (entries + packing)", lambda: messages(enriched))
+    print(f"{n:,} stored lines ({len(data):,} bytes); store walks of {args.chunk:,} bytes, "
+          f"delivery batches of {args.batch:,} bytes:")
+    step("store: walk new bytes (frame_lengths)", walk)
+    batches = step("delivery: decode a batch into columns (decode_columns)", columns)
+    step("  (frame-by-frame fallback, FrameDecoder.feed)", frame_by_frame)
+    step("fluentd: encode entries, enriched (encode_parts)", lambda: encode(enriched))
+    step("fluentd: encode entries, namespaces=false", lambda: encode(plain))
+    size = step("fluentd: PackedForward messages, enriched (FluentdSink.messages)",
+                lambda: messages(enriched))
+    print(f"  ({size / n:.0f} bytes per enriched record on the wire)")
 
 
 if __name__ == "__main__":
