@@ -326,11 +326,12 @@ class SyslogSink(Sink):
     # ------------------------------------------------------------------ sending
 
     async def send(self, lines: Sequence[Line], ctx: ContainerContext) -> None:
-        messages, counts = self.encode(lines, ctx)
-        if not messages:
-            self._count(counts, ctx)
-            return
         async with self._lock:
+            # Encoded once it is this batch's turn on the connection (see FluentdSink.send).
+            messages, counts = self.encode(lines, ctx)
+            if not messages:
+                self._count(counts, ctx)
+                return
             try:
                 if self.datagram:
                     await self._send_datagrams(messages)
