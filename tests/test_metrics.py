@@ -5,10 +5,13 @@ sinks whose answers the test controls."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import gc
 import json
 import logging
 import struct
 import time
+import weakref
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, ClassVar
@@ -436,4 +439,49 @@ async def test_an_outage_is_logged_once_down_and_once_up_whatever_the_retries(
     assert len(retries) >= 6  # the retries themselves (not the first failure) at debug only
     assert sorted(sink.got) == [b"line %06d\n" % i for i in range(10)]
     for clog in clogs:
+        clog.close()
+
+
+class Encoded:
+    """Stands for what a sink builds from a batch (fluentd's messages, ES documents)."""
+
+
+class EncodingFailSink(GateSink):
+    """Builds something from each batch, then fails (as a connection dropped mid-send does)."""
+
+    def __init__(self, config: SinkConfig, state_dir: Path) -> None:
+        super().__init__(config, state_dir)
+        self.built: list[weakref.ref[Encoded]] = []
+
+    @property
+    def retry_wait(self) -> float:
+        return 0.2  # long enough for the test to look during the backoff
+
+    async def send(self, lines: list[Line], ctx: ContainerContext) -> None:
+        encoded = Encoded()  # a local of the failed try, held by the error's traceback
+        self.built.append(weakref.ref(encoded))
+        self.sending.set()
+        raise SinkError("connection reset") from OSError("reset")
+
+
+async def test_a_failed_batch_is_not_kept_alive_through_the_backoff(tmp_path: Path) -> None:
+    """With the sink down, each container's delivery waits between tries; what the failed try
+    encoded must be freed then, or 20 containers each keep a batch's worth of messages."""
+    sink = EncodingFailSink(SinkConfig("gate", (("gate-address", "x"),)), tmp_path)
+    with ThreadPoolExecutor(1) as ex:
+        clog = ContainerLog(tmp_path / CID, StoreOptions(), ex)
+        clog.append(b"".join(entry_frame(i, T0) for i in range(5)))
+        delivery = Delivery(clog, sink, context)
+        delivery.start()
+        await sink.sending.wait()
+        await until(lambda: delivery.retries >= 1)
+        await asyncio.sleep(0)  # the delivery is now in its backoff
+        assert len(sink.built) == 1  # (still the first try's backoff)
+        gc.collect()
+        assert sink.built[0]() is None, "the failed try's encoding is alive during the backoff"
+        delivery.closing = True
+        assert delivery.task is not None
+        delivery.task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await delivery.task
         clog.close()

