@@ -2,7 +2,8 @@
 
 dockerd opens the FIFO read-write, so its writes block while nobody reads: a reader that pauses
 (waiting on a sink, say) stalls the container and can hang ``docker stop``. This reader is driven
-by the event loop's readiness callback and moves what the FIFO holds straight into the
+by the event loop's readiness callback (in batches when the container is busy: see
+:meth:`FifoStream._on_readable`) and moves what the FIFO holds straight into the
 container's store file with ``splice(2)`` — in the kernel, without copying it through Python —
 so the hot path costs a few syscalls per megabyte plus a walk over the length prefixes (see
 :meth:`pylog.store.ContainerLog._index`). A crash or ``kill -9`` at any moment loses nothing:
@@ -78,8 +79,9 @@ class FifoStream:
         """The FIFO has bytes. Move them; if that was a trickle (dockerd writes each frame on
         its own, so a busy container wakes the loop for every few lines), stop watching the FIFO
         for BATCH_WAIT and let a batch gather in the pipe instead. The first line after a quiet
-        spell is stored at once; lines of a burst wait BATCH_WAIT at most. What it buys, B1
-        (1,000,000 lines) with the fluentd sink: see BATCH_WAIT."""
+        spell is stored at once; lines of a burst wait BATCH_WAIT at most. What it buys: B1
+        (1,000,000 lines as fast as a container can), pylog with the store only, 1.61 -> 0.63
+        CPU-s per million lines."""
         moved = self._move(READ_BUDGET)
         if moved is not None and moved < BATCH_BYTES:
             assert self._loop is not None and self._fd is not None
