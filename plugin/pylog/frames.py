@@ -12,7 +12,7 @@ from __future__ import annotations
 import struct
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from itertools import accumulate, repeat
+from itertools import repeat
 from operator import add, itemgetter
 
 from .entry import DecodeError, LogBatch, LogColumns, LogEntry
@@ -272,12 +272,11 @@ _BODY = itemgetter(slice(None, -4))  # a piece without them
 @dataclass(slots=True)
 class Split:
     """What :func:`_split_frames` found: the pieces of ``data`` split at each body start, the
-    length of each of the ``n`` whole frames, what the last whole body holds after ``0a 06
-    "std"``, and whether every line went to stderr (or every line to stdout)."""
+    length of each whole frame, what the last whole body holds after ``0a 06 "std"``, and
+    whether every line went to stderr (or every line to stdout)."""
 
     segs: list[bytes]
-    declared: tuple[int, ...]
-    n: int
+    declared: tuple[int, ...]  # one per whole frame
     tail: bytes
     only: str | None  # "stdout" or "stderr" if all of data's frames are of that stream
 
@@ -314,16 +313,14 @@ def _split_frames(data: bytes, max_frame: int) -> Split | None:
     if len(last) >= rest:
         if not _MIN_FRAME <= declared[-1] <= max_frame:
             return None
-        n = k
         tail = last[:rest]
     else:  # the last frame is not whole yet
-        n = k - 1
-        if n == 0:
+        if k == 1:
             return None
         declared = declared[:-1]
         tail = inner[-1][:-4]
     only = "stdout" if not errs else "stderr" if not outs else None
-    return Split(segs, declared, n, tail, only)
+    return Split(segs, declared, tail, only)
 
 
 def frame_lengths(data: bytes, max_frame: int = DEFAULT_MAX_FRAME) -> tuple[int, ...] | None:
@@ -332,12 +329,6 @@ def frame_lengths(data: bytes, max_frame: int = DEFAULT_MAX_FRAME) -> tuple[int,
     their start (the caller walks them frame by frame then, counting and skipping damage)."""
     split = _split_frames(data, max_frame)
     return None if split is None else split.declared
-
-
-def frame_ends(data: bytes, max_frame: int = DEFAULT_MAX_FRAME) -> list[int] | None:
-    """Where each whole frame at the start of ``data`` ends (see :func:`frame_lengths`)."""
-    lengths = frame_lengths(data, max_frame)
-    return None if lengths is None else list(accumulate(map(add, lengths, repeat(4))))
 
 
 @dataclass(slots=True)
@@ -377,7 +368,7 @@ def decode_columns(data: bytes, max_frame: int = DEFAULT_MAX_FRAME) -> tuple[Col
     split = _split_frames(data, max_frame)
     if split is None:
         return None
-    n = split.n
+    n = len(split.declared)
     bodies = list(map(_BODY, split.segs[1:n]))  # each body after its first five bytes
     bodies.append(split.tail)
     try:
