@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import faulthandler
 import json
 import logging
 import os
@@ -93,6 +94,9 @@ def _socket_in_use(path: str) -> bool:
 
 async def serve(args: argparse.Namespace) -> int:
     keep_freed_memory()
+    # `kill -USR1 <pid>` writes every thread's stack to stderr (the plugin's log), for a
+    # pylog that seems stuck; it does not stop anything.
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
     sock = os.path.abspath(args.socket)
     if os.path.exists(sock):
         if _socket_in_use(sock):

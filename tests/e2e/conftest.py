@@ -16,13 +16,48 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from tests.peers.busybox import import_busybox_image
 
+from .health import diagnostics, host_problem
+
 BUSYBOX_IMAGE = "pylog-busybox:test"
 PLUGIN_DIR = Path("/run/docker/plugins")
+RUNNING: list[PylogServer] = []  # the test servers now running, for the diagnostics
+_busybox_ready = False
+_unfit: list[str] = []  # why the host cannot run e2e tests any more (see health.py)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
+    """After a failed e2e test: the host's state in its report, and if the host is unfit
+    (dockerd stuck, disk full), the remaining e2e tests fail at once instead of one timeout
+    after another."""
+    report = yield
+    if report.failed and not _unfit:
+        image = BUSYBOX_IMAGE if _busybox_ready else None
+        servers = [(s.proc.pid, s.log_path) for s in RUNNING
+                   if s.proc is not None and s.proc.poll() is None]
+        problem = host_problem(image)
+        state = diagnostics(servers)
+        report.sections.append(("host after the failure", state))
+        if problem:
+            _unfit.append(f"{problem} after {item.nodeid} failed")
+            report.sections.append(("host unfit for e2e tests", _unfit[0]))
+            # Also at once, in the progress output: a CI log cut short still shows why.
+            terminal = item.config.pluginmanager.get_plugin("terminalreporter")
+            if terminal is not None:
+                terminal.write_line(f"\nHOST UNFIT FOR E2E TESTS: {_unfit[0]}\n{state}\n")
+    return report
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    if _unfit:
+        pytest.fail(f"not run: the host became unfit for e2e tests: {_unfit[0]}")
 
 
 def _docker_problem() -> str | None:
@@ -52,12 +87,15 @@ def docker_ready() -> None:
 @pytest.fixture(scope="session")
 def busybox(docker_ready: None) -> str:
     """A busybox image made with `docker import` from Debian's busybox-static (no registry)."""
+    global _busybox_ready
     if subprocess.run(["docker", "image", "inspect", BUSYBOX_IMAGE],
                       capture_output=True).returncode == 0:
+        _busybox_ready = True
         return BUSYBOX_IMAGE
     problem = import_busybox_image(BUSYBOX_IMAGE)
     if problem:
         pytest.fail(problem)
+    _busybox_ready = True
     return BUSYBOX_IMAGE
 
 
@@ -82,6 +120,7 @@ class PylogServer:
             [sys.executable, "-m", "pylog", "serve", "--socket", str(self.socket),
              "--state-dir", str(self.state_dir), "--log-level", "debug", *self.extra_args],
             stdout=log, stderr=subprocess.STDOUT)
+        RUNNING.append(self)
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -97,6 +136,8 @@ class PylogServer:
         raise RuntimeError("pylog serve did not listen within 30 s")
 
     def stop(self) -> None:
+        if self in RUNNING:
+            RUNNING.remove(self)
         if self.proc is not None and self.proc.poll() is None:
             self.proc.terminate()
             try:

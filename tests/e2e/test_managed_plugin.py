@@ -32,7 +32,7 @@ from tests.peers.fluentd_receiver import ThreadedReceiver, free_port
 from .conftest import Containers, logs, wait
 from .test_docker_logs import FINAL, SCRIPT, assert_same_logs
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(1800)]  # the first test builds the plugin
 
 ROOT = Path(__file__).resolve().parents[2]
 PLUGINS_DIR = Path("/var/lib/docker/plugins")

@@ -23,6 +23,7 @@ from tests.peers.fluentd_receiver import ThreadedReceiver, free_port
 
 from .browser import Browser, chromium_binary
 from .conftest import Containers, PylogServer, logs, new_server, wait
+from .health import thread_stacks
 
 pytestmark = pytest.mark.e2e
 
@@ -338,3 +339,16 @@ def _name(cid: str) -> str:
     r = subprocess.run(["docker", "inspect", "--format", "{{.Name}}", cid],
                        capture_output=True, text=True, check=True)
     return r.stdout.strip().lstrip("/")
+
+
+def test_sigusr1_writes_every_thread_stack_and_keeps_serving(pylog: PylogServer,
+                                                             containers: Containers) -> None:
+    """`kill -USR1` on a pylog that seems stuck: every thread's stack goes to its log, and it
+    goes on serving (a container started afterwards has its logs)."""
+    assert pylog.proc is not None
+    stacks = thread_stacks(pylog.proc.pid, pylog.log_path)
+    assert "Current thread" in stacks or "Thread 0x" in stacks, stacks
+    assert "pylog/cli.py" in stacks, stacks  # the event loop's thread, inside `pylog serve`
+    assert pylog.proc.poll() is None
+    cid = containers.run(pylog.name, "echo after the dump", *(), args=NO_NET)
+    assert logs(cid)[0] == b"after the dump\n"
