@@ -60,6 +60,7 @@ def main() -> int:
                                      capture_output=True, text=True, check=True).stdout.strip()
                 cids[name] = cid
                 subprocess.run(["docker", "wait", cid], capture_output=True, check=True)
+            idle_rss = pylog.ps.memory_info().rss
             reads = {"all": [], f"--tail {args.tail}": []}
             results: dict[tuple[str, str], list[tuple[float, int, float, int, float]]] = {}
             order = list(drivers)
@@ -79,6 +80,7 @@ def main() -> int:
             pylog.stop()
     print(f"`docker logs` of a container that printed {args.lines:,} lines "
           f"({args.rounds} rounds, medians, min-max)")
+    print(f"pylog's RSS before the reads (the containers stored): {idle_rss / 2**20:.0f} MB")
     print(f"{'read':<12} {'driver':<10} {'seconds':>18} {'x json-file':>11} {'lines':>9} "
           f"{'dockerd CPU-s':>13} {'pylog CPU-s':>11} {'pylog peak RSS':>14}")
     for what in ("all", f"--tail {args.tail}"):

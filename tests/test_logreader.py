@@ -12,7 +12,7 @@ import pytest
 
 from pylog.entry import LogEntry
 from pylog.errors import RequestError
-from pylog.frames import FrameDecoder, encode_frame
+from pylog.frames import FrameDecoder, decode_columns, encode_frame
 from pylog.logreader import ReadConfig, read_logs, render
 from pylog.store import ContainerLog, Store, StoreOptions
 from pylog.timefmt import format_rfc3339_ns
@@ -66,11 +66,11 @@ def numbers(entries: list[LogEntry]) -> list[int]:
 
 
 async def read_all(clog: ContainerLog, **cfg) -> list[LogEntry]:
-    out = b""
+    out = []
     async for batch in read_logs(clog, ReadConfig(**cfg)):
         assert batch
-        out += batch
-    return decode_output(out)
+        out.append(batch)
+    return decode_output(b"".join(out))
 
 
 def drain(executor: ThreadPoolExecutor) -> None:
@@ -145,6 +145,71 @@ async def test_tail_across_rotated_files(store, executor, compress):
         entries = await read_all(clog, tail=n)
         assert numbers(entries) == list(range(max(0, 25 - n), 25)), n
         assert [e.line for e in entries] == [line_of(i) for i in numbers(entries)]
+
+
+def sized_frames(start: int, count: int) -> list[bytes]:
+    """Frames of 21 to 65 bytes, so that their ends fall anywhere in a piece of a file."""
+    return [frame(i, size=1 + i % 45) for i in range(start, start + count)]
+
+
+@pytest.mark.parametrize("compress", [True, False])
+async def test_files_bigger_than_a_read_piece(store, executor, compress):
+    """History and tail are read a piece (1 MiB) at a time: frames that straddle pieces, tails
+    that begin pieces back, across a rotated (compressed or not) and the current file."""
+    total = 150_000  # ~6.6 MB of frames: two rotated files and the current one, each > 1 MiB
+    clog = store.open(CID, StoreOptions(max_size=2_500_000, max_file=5, compress=compress))
+    for start in range(0, total, 10_000):
+        append(clog, sized_frames(start, 10_000))
+    drain(executor)
+    files = sorted(os.listdir(clog.directory))
+    assert len(files) == 3 and all(os.path.getsize(clog.directory / f) > 1 << 20 or
+                                   f.endswith(".gz") for f in files), files
+    entries = await read_all(clog)
+    assert numbers(entries) == list(range(total))
+    assert [e.line[:-1] for e in entries[::997]] == [
+        (b"%06d " % i).ljust(1 + i % 45, b"x")[:1 + i % 45] for i in range(0, total, 997)]
+    for n in [1, 7, 40_000, 60_000, 100_000, total, total + 5]:
+        assert numbers(await read_all(clog, tail=n)) == list(range(max(0, total - n), total)), n
+    since, until = 30_000, 120_000  # pieces in the middle of files
+    got = await read_all(clog, since=T0 + since, until=T0 + until)
+    assert numbers(got) == list(range(since, until + 1))
+
+
+async def test_a_long_tail_past_damage_in_a_big_file(store):
+    """Damage in a file of several pieces: the tail falls back to decoding every frame, and
+    still gives exactly the last entries."""
+    clog = store.open(CID, StoreOptions(max_size=50 << 20))
+    clog.append(b"".join(sized_frames(0, 40_000)) + b"garbage bytes"
+                + b"".join(sized_frames(40_000, 40_000)))
+    assert clog.stats.corrupt == 1
+    assert numbers(await read_all(clog, tail=50_000)) == list(range(30_000, 80_000))
+    assert numbers(await read_all(clog, tail=3)) == [79_997, 79_998, 79_999]
+
+
+@pytest.mark.parametrize("damage", ["garbled", "truncated"])
+async def test_a_compressed_file_damaged_in_the_middle_gives_what_came_before(store, damage):
+    clog = store.open(CID, StoreOptions())
+    packed = bytearray(gzip.compress(b"".join(sized_frames(0, 100_000)), compresslevel=1))
+    if damage == "garbled":
+        packed[len(packed) // 2:len(packed) // 2 + 64] = b"\xff" * 64
+    else:
+        del packed[len(packed) // 2:]
+    (clog.directory / "container.log.1.gz").write_bytes(packed)
+    append(clog, [frame(100_000)])
+    got = numbers(await read_all(clog))
+    assert got[-1] == 100_000  # the files after it are read
+    before = got[:-1]
+    assert before == list(range(len(before))) and 1000 < len(before) < 100_000
+
+
+async def test_a_compressed_file_of_two_gzip_members(store):
+    clog = store.open(CID, StoreOptions())
+    (clog.directory / "container.log.1.gz").write_bytes(
+        gzip.compress(stored(sized_frames(0, 30_000))) + gzip.compress(stored(sized_frames(
+            30_000, 30_000))))
+    append(clog, [frame(60_000)])
+    assert numbers(await read_all(clog)) == list(range(60_001))
+    assert numbers(await read_all(clog, tail=40_000)) == list(range(20_001, 60_001))
 
 
 async def test_tail_after_pruning_gives_what_is_left(store, executor):
@@ -233,6 +298,20 @@ def test_render_stops_at_the_first_entry_after_until():
     out, stop = render(entries, ReadConfig())
     assert stop is False
     assert numbers(decode_output(out)) == [1, 2, 9, 3]
+
+
+@pytest.mark.parametrize("cfg", [{}, {"since": ts(3)}, {"until": ts(5)}, {"since": ts(2), "until": ts(8)},
+                                 {"since": ts(50)}])
+def test_columns_render_as_the_entries_do(cfg):
+    """Whole lines decoded as Columns (the fast path) and the same frames decoded one by one
+    give dockerd the same bytes and stop at the same place (times out of order included)."""
+    order = [1, 2, 9, 3, 7, 0, 4, 12, 5]
+    data = stored([frame(i, size=1 + 7 * i, source="stderr" if i % 3 else "stdout")
+                   for i in order])
+    decoded = decode_columns(data)
+    assert decoded is not None and decoded[1] == len(data)
+    entries = FrameDecoder().feed(data).entries
+    assert render(decoded[0], ReadConfig(**cfg)) == render(entries, ReadConfig(**cfg))
 
 
 # ------------------------------------------------------------------ stored data as read back

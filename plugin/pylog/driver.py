@@ -19,7 +19,7 @@ import os
 import re
 import stat
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -314,7 +314,7 @@ class Driver:
             if att.stream is not None:
                 att.stream.drain()
 
-    def read_entries(self, container_id: str, cfg: ReadConfig) -> AsyncIterator[list[LogEntry]]:
+    def read_entries(self, container_id: str, cfg: ReadConfig) -> AsyncIterator[Sequence[LogEntry]]:
         clog = self.store.get(container_id)
         if clog is None:
             raise UnknownContainerError(f"no logs stored for container {container_id[:12]}")
