@@ -21,6 +21,13 @@ settings.register_profile("long", max_examples=50_000, deadline=None,
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The long fuzz run takes as long as it takes: no 10-minute limit (pyproject.toml) on it."""
+    if os.environ.get("HYPOTHESIS_PROFILE") == "long":
+        for item in items:
+            item.add_marker(pytest.mark.timeout(0))
+
+
 @pytest.fixture
 def executor() -> Iterator[ThreadPoolExecutor]:
     """The store's compression worker, for the store tests."""
