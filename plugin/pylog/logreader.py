@@ -120,10 +120,7 @@ def _file_entries(fd: int, is_gzip: bool, size: int | None) -> Iterator[Sequence
         if entries:
             yield entries
     if carry:  # a frame never finished (a torn write), with good frames behind it perhaps
-        decoder = FrameDecoder(MAX_STORED_FRAME)
-        entries = decoder.feed(carry).entries
-        for chunk in decoder.finish():
-            entries += chunk.entries
+        entries = decode_all(carry, MAX_STORED_FRAME)
         if entries:
             yield entries
 

@@ -22,7 +22,7 @@ import pytest
 
 from tests.peers.busybox import import_busybox_image
 
-from .health import diagnostics, host_problem
+from .health import diagnostics, docker_problem, host_problem
 
 BUSYBOX_IMAGE = "pylog-busybox:test"
 PLUGIN_DIR = Path("/run/docker/plugins")
@@ -60,24 +60,9 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
         pytest.fail(f"not run: the host became unfit for e2e tests: {_unfit[0]}")
 
 
-def _docker_problem() -> str | None:
-    if shutil.which("docker") is None:
-        return "the docker CLI is not installed (scripts/setup-host.sh installs docker.io)"
-    try:
-        r = subprocess.run(["docker", "version", "--format", "{{.Server.Version}}"],
-                           capture_output=True, text=True, timeout=30)
-    except subprocess.TimeoutExpired:
-        return "dockerd did not answer `docker version` within 30 s"
-    if r.returncode != 0:
-        return f"dockerd is not running ({r.stderr.strip()}); start it with scripts/setup-host.sh"
-    if os.geteuid() != 0:
-        return "the e2e tests must run as root (they read dockerd's FIFOs)"
-    return None
-
-
 @pytest.fixture(scope="session")
 def docker_ready() -> None:
-    problem = _docker_problem()
+    problem = docker_problem()
     if problem:
         if os.environ.get("PYLOG_REQUIRE_DOCKER") == "1":
             pytest.fail(f"PYLOG_REQUIRE_DOCKER=1 but {problem}")

@@ -35,6 +35,20 @@ def _run(args: list[str], timeout: float) -> tuple[int | None, str]:
     return r.returncode, (r.stdout + r.stderr).strip()
 
 
+def docker_problem() -> str | None:
+    """Why the e2e tests cannot use dockerd here (no CLI, no answer, not root), or None."""
+    if shutil.which("docker") is None:
+        return "the docker CLI is not installed (scripts/setup-host.sh installs docker.io)"
+    status, out = _run(["docker", "version", "--format", "{{.Server.Version}}"], 30)
+    if status is None:
+        return "dockerd did not answer `docker version` within 30 s"
+    if status != 0:
+        return f"dockerd is not running ({out[-500:]}); start it with scripts/setup-host.sh"
+    if os.geteuid() != 0:
+        return "the e2e tests must run as root (they read dockerd's FIFOs)"
+    return None
+
+
 def host_problem(image: str | None) -> str | None:
     """Why the host cannot run the e2e tests any more, or None if it still can: dockerd answers
     and runs a plain (json-file, no network) container within a minute, and the disk has room."""
@@ -43,11 +57,9 @@ def host_problem(image: str | None) -> str | None:
             free = shutil.disk_usage(path).free
             if free < MIN_FREE_BYTES:
                 return f"only {free >> 20} MiB free on {path}"
-    status, out = _run(["docker", "version", "--format", "{{.Server.Version}}"], 30)
-    if status is None:
-        return "dockerd did not answer `docker version` within 30 s"
-    if status != 0:
-        return f"dockerd is not answering: {out[-500:]}"
+    problem = docker_problem()
+    if problem:
+        return problem
     if image is not None:
         t0 = time.monotonic()
         status, out = _run(["docker", "run", "--rm", "--log-driver", "json-file",
