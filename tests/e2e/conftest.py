@@ -200,6 +200,26 @@ def wait(cid: str, timeout: float = 120) -> int:
     return int(r.stdout.strip())
 
 
+def touch(cid: str, path: str, timeout: float = 60) -> None:
+    """`docker exec cid touch path`: the file a waiting container's script polls for.
+
+    When the script sees the file and exits, the kernel kills every process left in the
+    container's PID namespace, which can be the exec'd touch itself between creating the file
+    and exiting: `docker exec` then exits 137 (seen in CI under load, about 1 in 40 here with
+    both cores busy). That is success when the container then exits (`docker wait` returns; the
+    callers check its exit code); anything else is a failure."""
+    r = subprocess.run(["docker", "exec", cid, "touch", path], capture_output=True, text=True,
+                       check=False, timeout=timeout)
+    if r.returncode == 0:
+        return
+    assert r.returncode == 137, f"docker exec touch {path}: exit {r.returncode}, {r.stderr!r}"
+    try:
+        subprocess.run(["docker", "wait", cid], capture_output=True, check=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        raise AssertionError(f"docker exec touch {path} was killed (137) and the container "
+                             f"did not exit within {timeout} s") from None
+
+
 def logs(cid: str, *args: str, timeout: float = 120) -> tuple[bytes, bytes]:
     """`docker logs` of a container: (stdout, stderr), as a user's terminal would get them."""
     r = subprocess.run(["docker", "logs", *args, cid], capture_output=True, timeout=timeout)

@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from .conftest import Containers, PylogServer, logs, wait
+from .conftest import Containers, PylogServer, logs, touch, wait
 
 pytestmark = pytest.mark.e2e
 
@@ -183,7 +183,7 @@ def test_follow_with_tail_gets_history_then_new_lines(
         while line not in (b"before\n", b""):
             line = follow.stdout.readline()
         assert line == b"before\n"
-        subprocess.run(["docker", "exec", cid, "touch", "/tmp/go"], check=True)
+        touch(cid, "/tmp/go")
         out, err = follow.communicate(timeout=60)
         assert out == b"after 1\nafter 3\n", driver
         assert err == b"after 2\n", driver
@@ -210,7 +210,7 @@ def test_slow_reader_never_stalls_the_container(pylog: PylogServer, containers: 
     try:
         assert stalled.stdout is not None
         assert stalled.stdout.readline() == b"start\n"
-        subprocess.run(["docker", "exec", cid, "touch", "/tmp/go"], check=True)
+        touch(cid, "/tmp/go")
         # Nobody reads `stalled` any more; the container still writes all 100000 lines.
         follow = subprocess.Popen(["docker", "logs", "-f", cid], stdout=subprocess.PIPE)
         assert follow.stdout is not None

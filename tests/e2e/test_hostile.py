@@ -13,7 +13,7 @@ from typing import Any
 import psutil
 import pytest
 
-from .conftest import Containers, PylogServer, logs, new_server, wait
+from .conftest import Containers, PylogServer, logs, new_server, touch, wait
 
 pytestmark = pytest.mark.e2e
 
@@ -85,7 +85,7 @@ def test_full_disk_keeps_the_fifo_flowing_and_recovers(docker_ready: None, busyb
             assert time.monotonic() < deadline, "the container stalled on a full disk"
             time.sleep(0.05)
         subprocess.run(["mount", "-o", "remount,size=64m", str(state)], check=True)
-        subprocess.run(["docker", "exec", cid, "touch", "/tmp/go"], check=True)
+        touch(cid, "/tmp/go")
         assert wait(cid) == 0
         assert logs(cid)[0].endswith(b"after the disk had room again\n"), "no recovery"
         assert server.proc is not None and server.proc.poll() is None

@@ -29,7 +29,7 @@ import pytest
 from pylog.namespaces import NS_TYPES, hold_namespaces
 from tests.peers.fluentd_receiver import ThreadedReceiver, free_port
 
-from .conftest import Containers, logs, wait
+from .conftest import Containers, logs, touch, wait
 from .test_docker_logs import FINAL, SCRIPT, assert_same_logs
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(1800)]  # the first test builds the plugin
@@ -322,7 +322,7 @@ def test_kill_9_of_the_plugin_loses_nothing(managed: ManagedPlugin, containers: 
         cid = containers.start(managed.name, script, f"fluentd-address={receiver.address}",
                                "tag=kill.{{.ID}}")
         receiver.wait_for(20000, f"kill.{cid[:12]}", timeout=120)
-        docker("exec", cid, "touch", "/tmp/go")
+        touch(cid, "/tmp/go")
         pids = managed.processes()
         assert len(pids) == 1, pids
         os.kill(pids[0], 9)

@@ -22,7 +22,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from tests.peers.fluentd_receiver import ThreadedReceiver, free_port
 
 from .browser import Browser, chromium_binary
-from .conftest import Containers, PylogServer, logs, new_server, wait
+from .conftest import Containers, PylogServer, logs, new_server, touch, wait
 from .health import thread_stacks
 
 pytestmark = pytest.mark.e2e
@@ -187,7 +187,7 @@ def test_health_flips_when_a_sink_dies_and_back_when_it_returns(
         receiver.start_listening()  # fluentd is back (same port)
         assert ops.wait_status("/readyz", 200).startswith("ready")
         ops.wait_value("pylog_sink_up", lambda v: v == 1)
-        subprocess.run(["docker", "exec", cid, "touch", "/tmp/stop"], check=True, timeout=60)
+        touch(cid, "/tmp/stop")
         assert wait(cid) == 0
         ops.wait_value("pylog_spool_bytes", lambda v: v == 0, container_id=short)
         stored = ops.value("pylog_lines_in_total", container_id=short)
@@ -228,7 +228,7 @@ def test_a_full_disk_is_counted(docker_ready: None, busybox: str, tmp_path: Path
         lines = ops.value("pylog_lines_in_total", **labels)
         assert lines is not None and lines < 200000
         subprocess.run(["mount", "-o", "remount,size=64m", str(state)], check=True)
-        subprocess.run(["docker", "exec", cid, "touch", "/tmp/go"], check=True)
+        touch(cid, "/tmp/go")
         assert wait(cid) == 0
         # Detached: the stream ended, so every byte dockerd wrote has been read.
         ops.wait_value("pylog_container_attachments", lambda v: v == 0, **labels)

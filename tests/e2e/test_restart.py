@@ -12,7 +12,7 @@ import pytest
 
 from tests.peers.fluentd_receiver import ThreadedReceiver, free_port
 
-from .conftest import Containers, logs, new_server, wait
+from .conftest import Containers, logs, new_server, touch, wait
 
 pytestmark = pytest.mark.e2e
 
@@ -37,7 +37,7 @@ def test_kill_9_mid_stream_then_restart_loses_nothing(
                   "usleep 100000; b=$((b+1)); done")  # the second half takes ~3 s
         cid = c.start(server.name, script, f"fluentd-address={receiver.address}")
         receiver.wait_for(20000, cid[:12])  # well into the stream
-        subprocess.run(["docker", "exec", cid, "touch", "/tmp/go"], check=True)
+        touch(cid, "/tmp/go")
         deadline = time.monotonic() + 30
         while len(logs(cid, "--tail", "1")[0]) and int(logs(cid, "--tail", "1")[0]) <= 50000:
             assert time.monotonic() < deadline

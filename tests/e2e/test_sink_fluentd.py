@@ -10,7 +10,7 @@ import pytest
 
 from tests.peers.fluentd_receiver import Received, ThreadedReceiver
 
-from .conftest import Containers, PylogServer, logs
+from .conftest import Containers, PylogServer, logs, touch
 
 pytestmark = pytest.mark.e2e
 
@@ -105,7 +105,7 @@ def test_outage_of_30s_loses_nothing(pylog: PylogServer, containers: Containers,
     receiver.wait_for(50000, up[:12])
     receiver.stop_listening()
     t0 = time.monotonic()
-    subprocess.run(["docker", "exec", up, "touch", "/tmp/go"], check=True)
+    touch(up, "/tmp/go")
     assert subprocess.run(["docker", "wait", up], capture_output=True, timeout=60).returncode == 0
     run_time_down = time.monotonic() - t0
     assert logs(up)[0].count(b"\n") == 100000

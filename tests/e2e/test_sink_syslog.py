@@ -19,7 +19,7 @@ from pylog.options import parse_log_options
 from pylog.sinks import configured_sinks
 from tests.peers.rsyslog import Received, Rsyslogd, TlsFiles, rsyslogd_problem
 
-from .conftest import Containers, PylogServer, logs
+from .conftest import Containers, PylogServer, logs, touch
 
 pytestmark = pytest.mark.e2e
 
@@ -243,7 +243,7 @@ def test_structured_data_has_the_containers_namespace_inodes(
     while '"ns"' not in pylog_cli(pylog, "inspect", cid):  # the line comes after they are known
         assert time.monotonic() < deadline, "pylog found no namespaces in 30 s"
         time.sleep(0.02)  # polling `pylog inspect`, bounded by the deadline
-    subprocess.run(["docker", "exec", cid, "touch", "/tmp/go"], check=True, timeout=60)
+    touch(cid, "/tmp/go")
     (r,) = rsyslogd.wait_for(1, app(cid[:12]))
     pid = int(subprocess.run(["docker", "inspect", "-f", "{{.State.Pid}}", cid], check=True,
                              capture_output=True, text=True).stdout)
