@@ -6,8 +6,9 @@ would fail too, each after its own timeouts (CI once ran out of its 90 minutes t
 nothing but F's). So after a failed e2e test the conftest asks :func:`host_problem`; if the
 host is unfit, the remaining e2e tests fail at once, naming the test after which it happened,
 and the failed test's report carries :func:`diagnostics` (dockerd's warnings and errors, the
-kernel's last messages, disk and memory, the processes, every running pylog's log tail and
-thread stacks).
+kernel's last messages, tasks blocked in the kernel and their kernel stacks, where dockerd's
+API requests in progress wait, disk and memory, the processes, every running pylog's log tail
+and thread stacks).
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ from pathlib import Path
 
 DOCKERD_LOG = Path("/var/log/dockerd.log")  # where scripts/setup-host.sh starts dockerd
 MIN_FREE_BYTES = 500 << 20
+KERNEL_NOISE = ("entered blocking state", "entered forwarding state", "entered disabled state",
+                "promiscuous mode", "allmulticast mode", "renamed from", "link becomes ready")
 
 
 def _run(args: list[str], timeout: float) -> tuple[int | None, str]:
@@ -87,6 +90,65 @@ def _tail(path: Path, lines: int, keep: Iterable[str] = (), drop: Iterable[str] 
     return "\n".join(t[:400] for t in text[-lines:])
 
 
+def blocked_tasks(limit: int = 20) -> str:
+    """Every task in uninterruptible sleep and where in the kernel it sleeps: what a kernel
+    stuck (say, tearing down a network namespace) looks like from user space."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/task/[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)
+            if fields[1].split()[0] != "D":
+                continue
+            name = fields[0].split("(", 1)[1]
+            stack = (stat.parent / "stack").read_text().strip()
+        except (OSError, IndexError):
+            continue
+        found.append(f"{stat.parent.parent.parent.name}/{stat.parent.name} {name}\n{stack}")
+        if len(found) == limit:
+            break
+    return "\n".join(found) or "(none)"
+
+
+def dockerd_requests(wait: float = 5.0, limit: int = 15000) -> str:
+    """dockerd writes every goroutine's stack to a file on SIGUSR1 and logs the file's name;
+    the goroutines serving an API request show where a hung `docker run` waits."""
+    try:
+        pid = int(Path("/var/run/docker.pid").read_text())
+        before = DOCKERD_LOG.stat().st_size
+        os.kill(pid, signal.SIGUSR1)
+    except (OSError, ValueError) as e:
+        return f"(no goroutine stacks: {e})"
+    deadline = time.monotonic() + wait
+    stacks = None
+    while stacks is None and time.monotonic() < deadline:
+        time.sleep(0.1)  # polling for dockerd's log line, bounded by the deadline
+        with open(DOCKERD_LOG, "rb") as f:
+            f.seek(before)
+            for line in f.read().decode(errors="replace").splitlines():
+                if "goroutine stacks written to " in line:
+                    stacks = line.split("goroutine stacks written to ", 1)[1].rstrip('"')
+    if stacks is None:
+        return f"(dockerd did not write its goroutine stacks within {wait} s)"
+    try:
+        text = Path(stacks).read_text(errors="replace")
+    except OSError as e:
+        return f"({stacks}: {e})"
+    requests = [_frames(g) for g in text.split("\n\n") if "/api/server/router/" in g]
+    return (f"{stacks}: {len(requests)} requests in progress\n"
+            + "\n\n".join(requests)[:limit])
+
+
+def _frames(goroutine: str) -> str:
+    """A goroutine's header and its functions, without arguments, file lines and the HTTP
+    server's and middleware's frames every request has."""
+    lines = goroutine.strip().splitlines()
+    calls = [line.split("(0x")[0].split("({")[0] for line in lines[1:]
+             if not line.startswith(("\t", "created by"))]
+    return "\n".join(lines[:1] + ["  " + c for c in calls if not any(
+        w in c for w in ("net/http.", "gorilla/mux", "/middleware.", "/authorization.",
+                         "server.(*Server).makeHTTPHandler"))])
+
+
 def thread_stacks(pid: int, log_path: Path, wait: float = 2.0) -> str:
     """Ask a `pylog serve` for its threads' stacks (SIGUSR1: pylog's faulthandler writes them
     to its log) and return what it wrote."""
@@ -120,14 +182,19 @@ def diagnostics(servers: Iterable[tuple[int, Path]] = ()) -> str:
                 w in line for w in ("docker", "containerd", "runc", "pylog", "busybox"))][:30]
         elif title == "containers":
             lines = lines[:30]
-        elif title == "kernel":
-            lines = lines[-25:]
+        elif title == "kernel":  # without the lines every container's veth pair adds
+            lines = [line for line in lines if not any(w in line for w in KERNEL_NOISE)][-25:]
         parts.append(f"--- {title}" + (" (timed out)" if status is None else "") + "\n"
                      + "\n".join(line[:300] for line in lines))
     parts.append("--- dockerd: warnings and errors\n"
                  + _tail(DOCKERD_LOG, 30, ("level=warning", "level=error", "level=fatal",
                                            "panic", "goroutine"),
-                         ("cleaning up after shim disconnected", "cleanup warnings")))
+                         ("cleaning up after shim disconnected", "cleanup warnings",
+                          "goroutine stacks written")))
+    parts.append("--- tasks blocked in the kernel (D state), with their kernel stacks\n"
+                 + blocked_tasks())
+    parts.append("--- dockerd: the API requests in progress (goroutine stacks, SIGUSR1)\n"
+                 + dockerd_requests())
     for pid, log_path in servers:
         parts.append(f"--- pylog serve (pid {pid}): log tail\n" + _tail(log_path, 30))
         parts.append(f"--- pylog serve (pid {pid}): threads\n" + thread_stacks(pid, log_path))
