@@ -20,7 +20,7 @@ from pathlib import Path
 from pylog.entry import LogEntry
 from pylog.namespaces import NamespaceRegistry, hold_namespaces
 from pylog.options import parse_log_options
-from pylog.record import TimestampFormatter, build_context, record_json, records_ndjson
+from pylog.record import TimestampFormatter, build_context, record_json, records
 
 VECTORS = Path(__file__).resolve().parent.parent / "tests" / "vectors"
 
@@ -48,10 +48,9 @@ def main() -> None:
     batch = 500  # sinks encode batches of lines of one container
 
     def run(ctx: object) -> float:
-        ts = TimestampFormatter()
         start = time.perf_counter()
         for i in range(0, len(lines), batch):
-            records_ndjson(lines[i:i + batch], ctx, ts)  # type: ignore[arg-type]
+            records(lines[i:i + batch], ctx)  # type: ignore[arg-type]
         return args.lines / (time.perf_counter() - start)
 
     rates: dict[str, list[float]] = {"without": [], "with": []}

@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 
 from pylog.cli import NS_COLUMNS, format_ps
 from pylog.entry import LogEntry
+from pylog.frames import Columns
 from pylog.namespaces import HeldNamespaces, NamespaceIdentity, NamespaceRegistry
 from pylog.options import parse_log_options
 from pylog.record import (
@@ -22,7 +23,7 @@ from pylog.record import (
     env_map,
     record_dict,
     record_json,
-    records_ndjson,
+    records,
     select,
 )
 
@@ -95,7 +96,7 @@ def test_secret_env_never_appears_anywhere(info, options):
     entry = LogEntry(source="stdout", time_nano=BASE, line=b"hello stdout")
     ts = TimestampFormatter()
     for text in (json.dumps(ctx.fields()), ctx.json_fragment, record_json(entry, ctx, ts),
-                 json.dumps(record_dict(entry, ctx, ts)), records_ndjson([entry], ctx, ts)):
+                 json.dumps(record_dict(entry, ctx, ts)), *records([entry], ctx)):
         assert "SECRET" not in text
         assert "team" not in text and "core" not in text  # the label not asked for
 
@@ -246,14 +247,30 @@ def test_record_json_is_one_valid_json_line(ctx, line, message):
     assert list(doc)[:3] == ["@timestamp", "message", "stream"]
 
 
-def test_records_ndjson_is_record_json_per_line(ctx):
-    ts = TimestampFormatter()
-    lines = [entry(b"one"), entry(b"two \xff", ns=BASE + 1_000_000_000), entry(b"")]
-    action = '{"create":{}}\n'
-    out = records_ndjson(lines, ctx, ts, before=action)
-    assert out == "".join(action + record_json(e, ctx, TimestampFormatter()) + "\n"
-                          for e in lines)
-    assert records_ndjson([], ctx, ts) == ""
+def test_records_are_record_json_per_line(ctx):
+    lines = [entry(b"one"), entry(b"two \xff", ns=BASE + 1_000_000_000), entry(b""),
+             LogEntry(source="stderr", time_nano=BASE - 1, line=b'"q" \\ \n\t\x00 \xe2\x82')]
+    assert records(lines, ctx) == [record_json(e, ctx, TimestampFormatter()) for e in lines]
+    assert records([], ctx) == []
+
+
+_TIMES = st.integers(min_value=0, max_value=calendar.timegm((2200, 1, 1, 0, 0, 0)) * 10**9)
+
+
+@given(st.lists(st.tuples(st.sampled_from(["stdout", "stderr"]), _TIMES, st.binary(max_size=40)),
+                max_size=40))
+def test_records_of_any_batch_are_the_line_by_line_records(batch):
+    """records() builds a column at a time; record_json one line at a time, plainly: they
+    must give the same text for any lines, as entries and as columns."""
+    ctx = build_context(json.loads((VECTORS / "requests.jsonl").read_text().splitlines()[2])
+                        ["body"]["Info"], parse_log_options({}), host_name="h")
+    entries = [LogEntry(source=s, time_nano=t, line=b) for s, t, b in batch]
+    expected = [record_json(e, ctx, TimestampFormatter()) for e in entries]
+    assert records(entries, ctx) == expected
+    columns = Columns([s for s, _, _ in batch], [t for _, t, _ in batch], [b for _, _, b in batch])
+    assert records(columns, ctx) == expected
+    for text in expected:
+        assert json.loads(text)["message"] is not None
 
 
 def test_timestamp_has_nine_digits_across_a_second_boundary():

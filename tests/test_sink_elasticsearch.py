@@ -5,6 +5,7 @@ HTTP(S) servers, what elasticsearch-py's transport really sends (headers, auth, 
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import logging
 import re
@@ -12,6 +13,7 @@ import shutil
 import socket
 import ssl
 import stat
+import struct
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Callable
@@ -22,11 +24,14 @@ from typing import Any
 import certifi
 import pytest
 from aiohttp import web
+from hypothesis import given
+from hypothesis import strategies as st
 
 from pylog.entry import LogEntry
 from pylog.errors import OptionError
+from pylog.frames import Columns
 from pylog.options import parse_log_options
-from pylog.record import ContainerContext, NamespaceView, TimestampFormatter
+from pylog.record import ContainerContext, NamespaceView
 from pylog.sinks import SINK_TYPES, SinkError, configured_sinks
 from pylog.sinks.elasticsearch import (
     DEFAULT_INDEX,
@@ -293,7 +298,7 @@ def test_template_for_a_plain_index_has_no_data_stream() -> None:
 
 def test_bulk_body_is_create_actions_with_the_records() -> None:
     batch = lines(3) + [LogEntry(source="stderr", time_nano=5, line=b"bad \xff utf8 \"q\"\n")]
-    docs = bulk_documents(batch, ctx(), TimestampFormatter())
+    docs = bulk_documents(batch, ctx())
     assert len(docs) == 4
     for doc, line in zip(docs, batch):
         action, record, end = doc.payload.split(b"\n")
@@ -324,8 +329,50 @@ def test_document_ids_are_deterministic_and_distinct() -> None:
     assert twice == [ids[0], ids[0] + ".1", ids[0] + ".2"]
 
 
+def reference_ids(lines: list[LogEntry], container_id: str) -> list[str]:
+    """document_ids written plainly, one line at a time (what it was before it worked a column
+    at a time): the ids must not change, or a batch retried across an upgrade would be indexed
+    twice."""
+    out: list[str] = []
+    seen: dict[str, int] = {}
+    for line in lines:
+        h = hashlib.blake2b(container_id.encode(), digest_size=15)
+        h.update(struct.pack(">q", line.time_nano))
+        h.update(line.source.encode())
+        h.update(b"\0")
+        h.update(line.line)
+        doc_id = base64.urlsafe_b64encode(h.digest()).decode()
+        n = seen.get(doc_id)
+        seen[doc_id] = 0 if n is None else n + 1
+        out.append(doc_id if n is None else f"{doc_id}.{n + 1}")
+    return out
+
+
+@given(st.lists(st.tuples(st.sampled_from(["stdout", "stderr"]),
+                          st.integers(min_value=-2**63, max_value=2**63 - 1),
+                          st.binary(max_size=30)), max_size=30),
+       st.integers(min_value=0, max_value=3))
+def test_document_ids_of_any_batch_are_the_line_by_line_ids(
+        batch: list[tuple[str, int, bytes]], repeats: int) -> None:
+    entries = [LogEntry(source=s, time_nano=t, line=b) for s, t, b in batch]
+    entries += entries[:repeats]  # the same line twice (or more) in one batch
+    ids = document_ids(entries, CID)
+    assert ids == reference_ids(entries, CID)
+    cols = Columns([e.source for e in entries], [e.time_nano for e in entries],
+                   [e.line for e in entries])
+    assert document_ids(cols, CID) == ids
+    assert len(set(ids)) == len(ids)
+
+
+def test_bulk_documents_of_columns_are_those_of_entries() -> None:
+    batch = lines(50) + [LogEntry(source="stderr", time_nano=5, line=b"bad \xff utf8 \"q\"\n")]
+    cols = Columns([e.source for e in batch], [e.time_nano for e in batch],
+                   [e.line for e in batch])
+    assert bulk_documents(cols, ctx()) == bulk_documents(batch, ctx())
+
+
 def test_big_batches_are_split_into_bounded_requests() -> None:
-    docs = bulk_documents(lines(1000, start=1000), ctx(), TimestampFormatter())
+    docs = bulk_documents(lines(1000, start=1000), ctx())
     size = len(docs[0].payload)
     assert {len(d.payload) for d in docs} == {size}
     parts = chunks(docs, 10 * size + 5)

@@ -12,14 +12,18 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from pylog.entry import LogEntry
 from pylog.errors import OptionError
+from pylog.frames import Columns
 from pylog.options import parse_log_options
 from pylog.record import ContainerContext, NamespaceView
 from pylog.sinks import SINK_TYPES, SinkError, configured_sinks
 from pylog.sinks.syslog import (
     DATAGRAM_MSG_MAX,
+    Encoder,
     SyslogSink,
     cut_line,
     lf_frame,
@@ -285,6 +289,26 @@ def test_bytes_are_passed_on_unchanged() -> None:
     (m,) = sink().messages([entry(raw)], context())
     assert m.endswith(f"{SD} ".encode() + raw)
     assert b"\xef\xbb\xbf" not in m
+
+
+@given(st.sampled_from(["rfc5424", "rfc5424micro", "rfc3164"]),
+       st.sampled_from(["udp://127.0.0.1:514", "tcp://127.0.0.1:514"]),
+       st.lists(st.tuples(st.sampled_from(["stdout", "stderr"]),
+                          st.integers(min_value=0, max_value=4102444800 * 10**9),
+                          st.binary(min_size=1, max_size=40)), min_size=1, max_size=30))
+def test_a_batch_is_the_line_by_line_messages(fmt: str, address: str,
+                                             batch: list[tuple[str, int, bytes]]) -> None:
+    """A batch of non-empty lines is encoded a column at a time; Encoder.encode does one line
+    plainly: the bytes must be the same, for entries and for columns."""
+    s = sink(address, syslog_format=fmt)
+    ctx = context()
+    entries = [LogEntry(source=src, time_nano=t, line=b) for src, t, b in batch]
+    reference = Encoder(fmt, s.encoder.facility)
+    expected = [reference.encode(e, ctx) for e in entries]
+    assert s.messages(entries, ctx) == expected
+    cols = Columns([e.source for e in entries], [e.time_nano for e in entries],
+                   [e.line for e in entries])
+    assert s.messages(cols, ctx) == expected
 
 
 def test_empty_lines_are_not_sent_as_docker_does() -> None:

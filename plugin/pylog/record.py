@@ -16,15 +16,20 @@ The JSON form, which the Elasticsearch sink indexes and ``pylog tail`` prints, u
 
 from __future__ import annotations
 
+import functools
 import json
+import json.encoder
 import os
 import re
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from itertools import repeat
+from operator import add, floordiv, mod
 from typing import Any
 
 from .entry import LogEntry
+from .frames import columns_of
 from .namespaces import HeldNamespaces, NamespaceIdentity, NamespaceRegistry
 from .options import LogOptions
 from .tag import render_tag
@@ -179,23 +184,37 @@ def record_json(line: LogEntry, ctx: ContainerContext, ts: TimestampFormatter) -
             f'"stream":"{line.source}",{ctx.json_fragment}}}')
 
 
-def records_ndjson(lines: Sequence[LogEntry], ctx: ContainerContext, ts: TimestampFormatter,
-                   before: str = "") -> str:
-    """Many records as JSON lines, each preceded by ``before`` (e.g. a bulk action line).
+_NS = 1_000_000_000
+_encode_str = json.encoder.encode_basestring  # what _dumps does for a str (ensure_ascii=False)
+_decode = functools.partial(str, encoding="utf-8", errors="replace")
+_FRACTION = '%09dZ","message":'.__mod__
 
-    Built with one join, so the context's bytes are copied once per record: with all eight
-    namespaces a record costs within 5% of one without (bench/bench_records.py).
-    """
-    tail = f',{ctx.json_fragment}}}\n'
-    parts: list[str] = []
-    add = parts.append
-    dumps = _dumps
-    for line in lines:
-        add(f'{before}{{"@timestamp":"{ts(line.time_nano)}","message":')
-        add(dumps(line.line.decode("utf-8", "replace")))
-        add(f',"stream":"{line.source}"')
-        add(tail)
-    return "".join(parts)
+
+def records(lines: Sequence[LogEntry], ctx: ContainerContext,
+            before: Iterable[str] | None = None, end: str = "") -> list[str]:
+    """Each line's record in its JSON form (one line of text each; the same text as
+    :func:`record_json`), built a column at a time.
+
+    The time, message and stream columns are each one C call mapped over the batch (``map`` of
+    builtin functions: the date part formatted once per distinct second, the message decoded and
+    JSON-escaped, the stream's text looked up), and a record is then four concatenations, the
+    pre-encoded context last: 1.16 -> 0.66 us per line on B1's short lines, against building
+    each record with a Python step (bench/bench_records.py). ``before`` (one string per line)
+    and ``end`` are put around each record in the same concatenations: only the last one
+    makes a record-sized string (and one above 512 bytes is a malloc of its own)."""
+    sources, times, texts = columns_of(lines)
+    if not texts:
+        return []
+    secs = list(map(floordiv, times, repeat(_NS)))
+    heads = {s: '{"@timestamp":"' + time.strftime("%Y-%m-%dT%H:%M:%S.", time.gmtime(s))
+             for s in set(secs)}
+    streams = {s: ',"stream":' + _encode_str(s) + "," for s in set(sources)}
+    out = map(add, map(heads.__getitem__, secs), map(_FRACTION, map(mod, times, repeat(_NS))))
+    if before is not None:
+        out = map(add, before, out)
+    out = map(add, out, map(_encode_str, map(_decode, texts)))
+    out = map(add, out, map(streams.__getitem__, sources))
+    return list(map(add, out, repeat(ctx.json_fragment + "}" + end)))
 
 
 def record_dict(line: LogEntry, ctx: ContainerContext, ts: TimestampFormatter) -> dict[str, Any]:

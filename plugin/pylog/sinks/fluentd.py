@@ -31,7 +31,7 @@ import msgpack
 from fluent.sender import EventTime
 
 from ..errors import OptionError
-from ..frames import Columns
+from ..frames import columns_of
 from ..options import parse_bool, parse_size
 from ..reassembly import Line
 from ..record import ContainerContext
@@ -152,12 +152,7 @@ def encode_parts(lines: Sequence[Line], ctx: ContainerContext, sub_second: bool,
     loop. Only the string header and the line differ in size from entry to entry (the time is
     11 bytes, both sources' constant parts are as long), so the ends are one sum over the line
     lengths: 0.53 -> 0.30 s per million lines, against summing the four parts' sizes."""
-    if isinstance(lines, Columns):
-        sources, times, texts = lines.sources, lines.times, lines.lines
-    else:
-        sources = [line.source for line in lines]
-        times = [line.time_nano for line in lines]
-        texts = [line.line for line in lines]  # raw bytes, as a msgpack str (as Docker's Go)
+    sources, times, texts = columns_of(lines)  # texts: raw bytes, a msgpack str (as Docker's)
     count = len(texts)
     if not count:
         return [], []

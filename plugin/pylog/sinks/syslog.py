@@ -37,10 +37,13 @@ import ssl
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from itertools import repeat
+from operator import add, floordiv, mod
 from typing import Any, ClassVar
 from urllib.parse import urlsplit
 
 from ..errors import OptionError
+from ..frames import columns_of
 from ..options import Parser, parse_bool, parse_choice
 from ..reassembly import Line
 from ..record import ContainerContext
@@ -198,22 +201,35 @@ class Encoder:
         self._secs = -1
         self._stamp = b""
 
+    def _second(self, secs: int) -> bytes:
+        """The timestamp's part that changes once a second."""
+        if self.format == "rfc3164":
+            # Docker's Go time.Stamp ("Jan _2 15:04:05"), in local time.
+            t = time.localtime(secs)
+            return (f"{_MONTHS[t.tm_mon - 1]} {t.tm_mday:2d} "
+                    f"{t.tm_hour:02d}:{t.tm_min:02d}:{t.tm_sec:02d}").encode()
+        if self.format == "rfc5424micro":
+            return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(secs)).encode()
+        return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(secs)).encode()
+
     def timestamp(self, ns: int) -> bytes:
         secs, frac = divmod(ns, 1_000_000_000)
         if secs != self._secs:
             self._secs = secs
-            if self.format == "rfc3164":
-                # Docker's Go time.Stamp ("Jan _2 15:04:05"), in local time.
-                t = time.localtime(secs)
-                self._stamp = (f"{_MONTHS[t.tm_mon - 1]} {t.tm_mday:2d} "
-                               f"{t.tm_hour:02d}:{t.tm_min:02d}:{t.tm_sec:02d}").encode()
-            elif self.format == "rfc5424micro":
-                self._stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(secs)).encode()
-            else:
-                self._stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(secs)).encode()
+            self._stamp = self._second(secs)
         if self.format == "rfc5424micro":
             return self._stamp + b".%06dZ" % (frac // 1000)
         return self._stamp
+
+    def timestamps(self, times: list[int]) -> list[bytes]:
+        """:meth:`timestamp` of every time, a column at a time (see :meth:`encode_all`)."""
+        secs = list(map(floordiv, times, repeat(1_000_000_000)))
+        seconds = {s: self._second(s) for s in set(secs)}
+        stamps = map(seconds.__getitem__, secs)
+        if self.format != "rfc5424micro":
+            return list(stamps)
+        micros = map(floordiv, map(mod, times, repeat(1_000_000_000)), repeat(1000))
+        return list(map(add, stamps, map(b".%06dZ".__mod__, micros)))
 
     def middle(self, ctx: ContainerContext) -> bytes:
         """What follows the timestamp, up to the MSG, for a container."""
@@ -230,6 +246,13 @@ class Encoder:
             middle = self.middle(ctx)
         return b"".join((pri, self.timestamp(line.time_nano), middle,
                          line.line if text is None else text))
+
+    def encode_all(self, sources: list[str], times: list[int], texts: list[bytes],
+                   middle: bytes) -> list[bytes]:
+        """:meth:`encode` of whole columns of lines, with a C call mapped over each column
+        instead of a Python step per line (the same bytes: tests/test_sink_syslog.py)."""
+        pris = map(self._pri.get, sources, repeat(self._pri["stdout"]))
+        return list(map(b"".join, zip(pris, self.timestamps(times), repeat(middle), texts)))
 
 
 def octet_frame(message: bytes) -> bytes:
@@ -254,6 +277,7 @@ class _Counts:
 class SyslogSink(Sink):
     KIND = "syslog"
     ADDRESS_OPTION = "syslog-address"
+    COLUMNS = True
     OPTIONS: ClassVar[dict[str, tuple[Parser, Any]]] = {
         "syslog-address": (parse_syslog_address, None),
         "syslog-facility": (parse_facility, FACILITIES["daemon"]),
@@ -289,9 +313,14 @@ class SyslogSink(Sink):
         """The batch's messages, unframed (datagram lines cut to DATAGRAM_MSG_MAX bytes), and
         what was skipped or cut to make them."""
         middle = self.encoder.middle(ctx)
+        counts = _Counts()
+        sources, times, texts = columns_of(lines)
+        lengths = list(map(len, texts))
+        if lengths and min(lengths) > 0 and not (self.datagram and
+                                                 max(lengths) > DATAGRAM_MSG_MAX):
+            return self.encoder.encode_all(sources, times, texts, middle), counts  # usual
         encode = self.encoder.encode
         out = []
-        counts = _Counts()
         for line in lines:
             if not line.line:
                 counts.empty += 1
@@ -383,8 +412,7 @@ class SyslogSink(Sink):
         if self._writer is None:
             await asyncio.wait_for(self._open_stream(), TIMEOUT)
         assert self._writer is not None
-        frame = self.frame
-        self._writer.write(b"".join([frame(m) for m in messages]))
+        self._writer.write(b"".join(map(self.frame, messages)))
         await asyncio.wait_for(self._writer.drain(), TIMEOUT)
 
     async def _open_stream(self) -> None:
