@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 from pylog.entry import LogEntry
+from pylog.malloc import keep_freed_memory
 from pylog.namespaces import NamespaceRegistry, hold_namespaces
 from pylog.options import parse_log_options
 from pylog.record import TimestampFormatter, build_context, record_json, records
@@ -30,6 +31,7 @@ def main() -> None:
     ap.add_argument("--lines", type=int, default=200_000)
     ap.add_argument("--rounds", type=int, default=5)
     args = ap.parse_args()
+    keep_freed_memory()  # as pylog serve does: records bigger than 512 bytes are malloc'ed
 
     info = json.loads((VECTORS / "requests.jsonl").read_text().splitlines()[2])["body"]["Info"]
     options = parse_log_options(info["Config"])

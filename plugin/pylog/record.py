@@ -198,8 +198,11 @@ def records(lines: Sequence[LogEntry], ctx: ContainerContext,
     The time, message and stream columns are each one C call mapped over the batch (``map`` of
     builtin functions: the date part formatted once per distinct second, the message decoded and
     JSON-escaped, the stream's text looked up), and a record is then four concatenations, the
-    pre-encoded context last: 1.16 -> 0.66 us per line on B1's short lines, against building
-    each record with a Python step (bench/bench_records.py). ``before`` (one string per line)
+    pre-encoded context last: 1.01 -> 1.11 million records a second with all eight namespaces,
+    against a Python step per record (bench/bench_records.py). What it buys is mostly in the
+    Elasticsearch sink, which needs each document on its own (retries, dead letters): with the
+    ids and bulk requests also made a column at a time, B1 went from 9.02 to 5.94 pylog CPU-s
+    per million lines (bench/run.py). ``before`` (one string per line)
     and ``end`` are put around each record in the same concatenations: only the last one
     makes a record-sized string (and one above 512 bytes is a malloc of its own)."""
     sources, times, texts = columns_of(lines)

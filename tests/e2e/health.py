@@ -149,17 +149,24 @@ def _frames(goroutine: str) -> str:
                          "server.(*Server).makeHTTPHandler"))])
 
 
-def thread_stacks(pid: int, log_path: Path, wait: float = 2.0) -> str:
+def thread_stacks(pid: int, log_path: Path, wait: float = 10.0) -> str:
     """Ask a `pylog serve` for its threads' stacks (SIGUSR1: pylog's faulthandler writes them
-    to its log) and return what it wrote."""
+    to its log, in many small writes) and return what it wrote once the log stopped growing
+    for 0.3 s."""
     try:
         before = log_path.stat().st_size
         os.kill(pid, signal.SIGUSR1)
     except OSError as e:
         return f"(no stacks from pid {pid}: {e})"
     deadline = time.monotonic() + wait
-    while time.monotonic() < deadline and log_path.stat().st_size == before:
-        time.sleep(0.05)  # polling for faulthandler's write, bounded by the deadline
+    size, since = before, time.monotonic()
+    while time.monotonic() < deadline:
+        time.sleep(0.05)  # polling for faulthandler's writes, bounded by the deadline
+        now = log_path.stat().st_size
+        if now != size:
+            size, since = now, time.monotonic()
+        elif size != before and time.monotonic() - since >= 0.3:
+            break
     with open(log_path, "rb") as f:
         f.seek(before)
         return f.read(20000).decode(errors="replace")

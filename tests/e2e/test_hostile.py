@@ -56,7 +56,12 @@ def test_100_mib_without_a_newline(docker_ready: None, busybox: str, tmp_path: P
         assert out and out.strip(b"a") == b"", "something other than the line came back"
         assert 20 << 20 <= len(out) <= 30 << 20  # what 3 files of 10 MiB keep
         assert proc.memory_info().rss < 150 << 20, "pylog's memory grew with the line"
-        assert stats(server)["attachments"] == 0
+        # `docker logs` of a stopped container attached a FIFO of its own; dockerd ends it
+        # (StopLogging) only after the CLI has had the last byte.
+        deadline = time.monotonic() + 30
+        while stats(server)["attachments"] != 0:
+            assert time.monotonic() < deadline, stats(server)
+            time.sleep(0.05)  # polling the plugin's stats, bounded
     finally:
         c.cleanup()
         server.stop()
@@ -125,7 +130,11 @@ def test_churn_of_500_containers_leaves_nothing_behind(pylog: PylogServer, busyb
     after = settle(pylog)
     for key in ("tasks", "fds", "attachments", "containers", "deliveries", "open_logs",
                 "namespace_holders"):
-        assert after[key] <= before[key], (key, before[key], after[key])
+        # dockerd keeps up to 2 idle HTTP connections to the plugin (an fd and a handler task
+        # each in pylog), and the garbage collector's docker.sock connection may be open while
+        # the stats are taken: a leak would be one per container, 500, not these.
+        slack = 3 if key in ("tasks", "fds") else 0
+        assert after[key] <= before[key] + slack, (key, before[key], after[key])
     assert after["rss_bytes"] - before["rss_bytes"] < 30 << 20, (before, after)
     assert set((pylog.state_dir / "containers").iterdir()) <= dirs_before, "logs of removed " \
         "containers stayed"

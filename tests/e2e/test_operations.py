@@ -37,6 +37,8 @@ def get(url: str, timeout: float = 30) -> tuple[int, str]:
             return resp.status, resp.read().decode()
     except urllib.error.HTTPError as e:
         return e.code, e.read().decode()
+    except (urllib.error.URLError, OSError) as e:  # not listening (yet): pylog binds the
+        return 0, str(e)  # metrics port just after the plugin socket, which start() waits for
 
 
 class Ops:
@@ -212,6 +214,7 @@ def test_a_full_disk_is_counted(docker_ready: None, busybox: str, tmp_path: Path
     server.state_dir = state / "state"
     server.start()
     ops = Ops(server, port)
+    ops.wait_status("/healthz", 200, timeout=30)
     c = Containers(busybox)
     try:
         script = ("seq 1 200000; touch /tmp/written; while [ ! -e /tmp/go ]; do usleep 10000; "

@@ -81,12 +81,22 @@ def test_rotation_without_compression_and_single_file(
         pylog: PylogServer, containers: Containers) -> None:
     script = 'i=0; while [ $i -lt 2000 ]; do echo "entry $i"; i=$((i+1)); done'
     plain = containers.run(pylog.name, script, "max-size=4k", "max-file=2", "compress=false")
-    names = {p.name for p in pylog.container_dir(plain).iterdir()
-             if p.name.startswith("container.log")}
-    assert not any(n.endswith(".gz") for n in names) and len(names) == 2
     single = containers.run(pylog.name, script, "max-size=4k", "max-file=1")
-    assert [p.name for p in pylog.container_dir(single).iterdir()
-            if p.name.startswith("container.log")] == ["container.log"]
+
+    def files(cid: str) -> list[str]:
+        return sorted(p.name for p in pylog.container_dir(cid).iterdir()
+                      if p.name.startswith("container.log"))
+
+    # `docker wait` does not wait for pylog to have read the FIFO, and pruning finishes in a
+    # worker thread after the last rotation: read the logs first, then poll, bounded.
+    logs(plain), logs(single)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and not (len(files(plain)) == 2 and
+                                               files(single) == ["container.log"]):
+        time.sleep(0.05)
+    assert len(files(plain)) == 2 and not any(n.endswith(".gz") for n in files(plain)), \
+        files(plain)
+    assert files(single) == ["container.log"], files(single)
     for cid in (plain, single):
         out = logs(cid)[0].splitlines()
         assert out[-1] == b"entry 1999" and len(out) > 0

@@ -86,7 +86,10 @@ def test_docker_stop_with_a_dead_sink_is_as_fast_as_with_it_up(
             t0 = time.monotonic()
             subprocess.run(["docker", "stop", "-t", "10", cid], check=True, capture_output=True)
             times[name] = time.monotonic() - t0
-        assert times["dead"] < times["up"] * 1.5 + 0.5, times
+        # With the sink dead, StopLogging must not wait for it: a plugin that did would hold
+        # `docker stop` for its STOP_GRACE (10 s) or longer. One stop each is a single timing of
+        # containerd and runc too, so the bound leaves room for a slow one on a busy host.
+        assert times["dead"] < max(times["up"] * 2, times["up"] + 4), times
     finally:
         c.cleanup()
         server.stop()
