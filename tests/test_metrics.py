@@ -7,8 +7,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import gzip
 import json
 import logging
+import os
+import random
 import struct
 import time
 import weakref
@@ -23,7 +26,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import CollectorRegistry
 
 from pylog.cli import JsonFormatter, format_sinks, setup_logging
-from pylog.delivery import Delivery
+from pylog.delivery import READ_BYTES, Delivery, _Inflated
 from pylog.driver import Driver
 from pylog.entry import LogEntry
 from pylog.frames import encode_frame
@@ -485,3 +488,80 @@ async def test_a_failed_batch_is_not_kept_alive_through_the_backoff(tmp_path: Pa
         with contextlib.suppress(asyncio.CancelledError):
             await delivery.task
         clog.close()
+
+
+async def test_a_sink_catching_up_reads_compressed_files_a_piece_at_a_time(
+        tmp_path: Path) -> None:
+    """A sink that was down while the store rotated and compressed 3 files of 4 MiB gets every
+    line, in order, once it is back; the delivery never holds a whole inflated file (it did:
+    gzip.decompress of each file at once, max-size bytes per container catching up)."""
+    frame = len(entry_frame(0, T0))
+    per_file = (4 << 20) // frame
+    with ThreadPoolExecutor(1) as ex:
+        clog = ContainerLog(tmp_path / CID, StoreOptions(max_size=per_file * frame, max_file=5),
+                            ex)
+        clog.writers = 1
+        sink = GateSink(SinkConfig("gate", (("gate-address", "x"),)), tmp_path)
+        total = 3 * per_file + 100
+        for start in range(0, total, 5000):  # as a stream would, rotating on the way
+            clog.append(b"".join(entry_frame(i, T0) for i in range(start,
+                                                                   min(total, start + 5000))))
+        ex.submit(lambda: None).result()  # the worker has compressed the rotated files
+        assert len(list((tmp_path / CID).glob("*.gz"))) == 3
+        delivery = Delivery(clog, sink, context)
+        held: list[int] = []
+        real_read = _Inflated.read
+
+        def read(self: _Inflated, off: int, n: int) -> bytes:
+            data = real_read(self, off, n)
+            held.append(len(self._buf))
+            return data
+
+        _Inflated.read = read  # type: ignore[method-assign]
+        try:
+            sink.gate.set()
+            delivery.start()
+            clog.writers = 0
+            clog.wake()
+            assert delivery.task is not None
+            await delivery.task
+        finally:
+            _Inflated.read = real_read  # type: ignore[method-assign]
+        assert sink.got == [b"line %06d\n" % i for i in range(total)]
+        assert held and max(held) <= (1 << 20) + 2 * READ_BYTES, max(held)
+        clog.close()
+
+
+@pytest.mark.parametrize("damage", [None, "members", "garbled"])
+def test_inflated_reads_forward_and_back_as_the_whole_file(tmp_path: Path,
+                                                          damage: str | None) -> None:
+    rng = random.Random(7)
+    text = b"".join(b"%d %s\n" % (i, bytes(rng.choices(b"abcdef", k=rng.randrange(80))))
+                    for i in range(60000))
+    blob = gzip.compress(text, 1)
+    if damage == "members":  # two gzip members, as concatenated .gz files are
+        blob = gzip.compress(text[:1_000_000], 1) + gzip.compress(text[1_000_000:], 1)
+    elif damage == "garbled":  # the middle garbled: what came before it is read
+        blob = blob[:len(blob) // 2] + b"\xff" * 64 + blob[len(blob) // 2 + 64:]
+    path = tmp_path / "f.gz"
+    path.write_bytes(blob)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        inf = _Inflated(fd)
+        pos = 0
+        got = b""
+        while True:
+            data = inf.read(pos, 100_000)
+            if not data:
+                break
+            got += data
+            pos += len(data)
+        if damage == "garbled":
+            assert 0 < len(got) < len(text) and text.startswith(got[:len(got) - 2 ** 20])
+        else:
+            assert got == text
+            assert inf.read(10, 5) == text[10:15]  # backwards: read again from the start
+            assert inf.read(len(text) - 3, 10) == text[-3:]
+            assert inf.read(len(text) + 5, 10) == b""
+    finally:
+        os.close(fd)

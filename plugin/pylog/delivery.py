@@ -19,7 +19,6 @@ the last line delivered) that :mod:`pylog.metrics` reads at scrape time.
 from __future__ import annotations
 
 import asyncio
-import gzip
 import json
 import logging
 import os
@@ -33,7 +32,7 @@ from .frames import Columns, FrameDecoder, decode_columns, decode_frames
 from .reassembly import Line, Reassembler
 from .record import ContainerContext
 from .sinks.base import Sink, SinkError
-from .store import CURRENT, MAX_STORED_FRAME, ContainerLog, write_json_atomic
+from .store import CURRENT, MAX_STORED_FRAME, ContainerLog, file_pieces, write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +49,34 @@ class Position:
     offset: int
 
 
+class _Inflated:
+    """A compressed rotated file, read forward by uncompressed offset a piece at a time (the
+    positions a delivery reads at only grow): at most a piece and a batch of it in memory, not
+    the whole inflated file (max-size, 20 MB by default and as much as the user sets, per
+    container catching up)."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self._pieces = file_pieces(fd, True)
+        self._buf = b""
+        self._start = 0  # the uncompressed offset of _buf[0]
+
+    def read(self, off: int, n: int) -> bytes:
+        if off < self._start:  # backwards: never in a delivery, but start again to be right
+            self._pieces, self._buf, self._start = file_pieces(self.fd, True), b"", 0
+        while True:
+            if off > self._start:  # drop what is behind the position
+                cut = min(off - self._start, len(self._buf))
+                self._buf, self._start = self._buf[cut:], self._start + cut
+            if self._start + len(self._buf) >= off + n:
+                break
+            piece = next(self._pieces, None)
+            if piece is None:
+                break  # the end of the file (or of what is not damaged)
+            self._buf += piece
+        return self._buf[off - self._start:off - self._start + n] if off >= self._start else b""
+
+
 class StoreTail:
     """Reads a container's stored frames from a position onwards, across rotations."""
 
@@ -62,13 +89,13 @@ class StoreTail:
         self.dropped_bytes = 0  # pruned before it was read (uncompressed bytes)
         self.fell_behind = 0  # times that happened
         self._fd: int | None = None
-        self._data: bytes | None = None  # a compressed rotated file, decompressed
+        self._gz: _Inflated | None = None  # set when the open file is compressed
         self._open_seq = -1
 
     def close(self) -> None:
         if self._fd is not None:
             os.close(self._fd)
-        self._fd, self._data, self._open_seq = None, None, -1
+        self._fd, self._gz, self._open_seq = None, None, -1
 
     def _open(self) -> bool:
         """Open the file at self.pos.seq; False if there is none (yet)."""
@@ -92,16 +119,9 @@ class StoreTail:
                 self.pos = Position(nxt, 0)
                 return self._open()
             fd, is_gz = opened
+            self._fd = fd
             if is_gz:
-                try:
-                    with os.fdopen(fd, "rb") as f:
-                        self._data = gzip.decompress(f.read())
-                except (OSError, EOFError) as e:
-                    log.error("%s: compressed file %d is damaged: %s", self.clog.directory.name,
-                              seq, e)
-                    self._data = b""
-            else:
-                self._fd = fd
+                self._gz = _Inflated(fd)
         else:
             try:
                 self._fd = os.open(self.clog.directory / CURRENT, os.O_RDONLY)
@@ -120,8 +140,8 @@ class StoreTail:
                 return [], [], True
             off = self.pos.offset
             finished = self.pos.seq < self.clog.next_seq  # nothing more is written to this file
-            if self._data is not None:
-                data = self._data[off:off + max_bytes]
+            if self._gz is not None:
+                data = self._gz.read(off, max_bytes)
             else:
                 assert self._fd is not None
                 # Of the current file, only whole frames are ours to read.

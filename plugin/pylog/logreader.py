@@ -13,7 +13,6 @@ import asyncio
 import logging
 import os
 import struct
-import zlib
 from collections import deque
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -22,7 +21,7 @@ from typing import Any, TypeVar
 from .entry import LogEntry
 from .errors import RequestError
 from .frames import Columns, FrameDecoder, decode_all, decode_columns, frame_lengths
-from .store import CURRENT, MAX_STORED_FRAME, ContainerLog
+from .store import CURRENT, MAX_STORED_FRAME, ContainerLog, file_pieces
 from .timefmt import parse_rfc3339_ns
 
 log = logging.getLogger(__name__)
@@ -30,7 +29,6 @@ log = logging.getLogger(__name__)
 _LEN = struct.Struct(">I")
 _READ_CHUNK = 4 << 20  # what a follower reads at once
 _PIECE = 1 << 20  # history is read, decoded, selected and encoded a MiB of frames at a time
-_GZIP = 16 + zlib.MAX_WBITS  # zlib's wbits for the gzip format
 _T = TypeVar("_T")
 
 
@@ -58,55 +56,12 @@ class ReadConfig:
         )
 
 
-def _pieces(fd: int, is_gzip: bool, size: int | None = None) -> Iterator[bytes]:
-    """A stored file's bytes, about _PIECE at a time (inflated on the way if compressed): the
-    current file up to ``size`` (where its last whole frame ends), a rotated one to its end.
-    Reading history a piece at a time keeps `docker logs` of a big container from holding whole
-    files of entries, and the first lines reach dockerd while the rest is still being read.
-    With the pieces decoded as Columns, bench/bench_logs.py (`docker logs` of 1,000,000 lines):
-    pylog's peak RSS while answering 710 -> 143 MB (56 MB before the read), its CPU 3.8 ->
-    1.8 s, the time 1.43x -> 1.14x json-file's."""
-    offset = 0
-    if not is_gzip:
-        while size is None or offset < size:
-            data = os.pread(fd, _PIECE if size is None else min(_PIECE, size - offset), offset)
-            if not data:
-                return
-            offset += len(data)
-            yield data
-        return
-    inflate = zlib.decompressobj(_GZIP)
-    started = False  # inflate has had input of a member that has not ended
-    pending = b""
-    try:
-        while True:
-            if not pending:
-                pending = os.pread(fd, _PIECE, offset)
-                offset += len(pending)
-                if not pending:
-                    if started:
-                        log.error("a compressed log file ends early; its last lines are lost")
-                    return
-            data = inflate.decompress(pending, _PIECE)
-            started = True
-            if inflate.eof:  # the end of one gzip member; another may follow
-                pending = inflate.unused_data
-                inflate = zlib.decompressobj(_GZIP)
-                started = False
-            else:
-                pending = inflate.unconsumed_tail
-            if data:
-                yield data
-    except zlib.error as e:
-        log.error("a compressed log file is damaged, skipping the rest of it: %s", e)
-
-
 def _file_entries(fd: int, is_gzip: bool, size: int | None) -> Iterator[Sequence[LogEntry]]:
     """The entries of a stored file, a piece at a time (damaged regions skipped): as Columns
     where the piece is plainly whole lines (:func:`decode_columns`, no Python step per frame),
     else decoded frame by frame."""
     carry = b""  # the start of a frame that goes on in the next piece
-    for piece in _pieces(fd, is_gzip, size):
+    for piece in file_pieces(fd, is_gzip, size, _PIECE):
         data = carry + piece if carry else piece
         decoded = decode_columns(data, MAX_STORED_FRAME)
         if decoded is not None:
@@ -227,7 +182,7 @@ def _last_entries(fd: int, is_gzip: bool, size: int | None, n: int) -> list[LogE
     kept: deque[tuple[bytes, int]] = deque()  # whole frames, and how many
     in_kept = 0
     carry = b""  # the start of a frame that goes on in the next piece
-    for piece in _pieces(fd, is_gzip, size):
+    for piece in file_pieces(fd, is_gzip, size, _PIECE):
         data = carry + piece if carry else piece
         lengths = frame_lengths(data, MAX_STORED_FRAME)
         if lengths is None:  # damage, or a frame not like dockerd's: decode them all
