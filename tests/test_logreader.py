@@ -186,6 +186,40 @@ async def test_a_long_tail_past_damage_in_a_big_file(store):
     assert numbers(await read_all(clog, tail=3)) == [79_997, 79_998, 79_999]
 
 
+@pytest.mark.parametrize("reopen", [False, True])
+async def test_tail_reads_the_current_file_from_its_last_marks(store, monkeypatch, reopen):
+    """`docker logs --tail` of a big current file decodes from the marks near its end, not
+    from its start (reading a few MiB of a 20 MiB file, not all of it), and gives exactly what
+    reading it all gives; the same for a file opened again (marks made by the first walk)."""
+    total = 450_000  # ~19.6 MB of frames in the current file, appended as a stream would
+    clog = store.open(CID, StoreOptions(max_size=50 << 20))
+    for start in range(0, total, 3_000):  # ~130 KiB at a time, as a splice brings
+        append(clog, sized_frames(start, 3_000))
+    if reopen:
+        clog.close()
+        store.release(CID)
+        clog = store.open(CID, StoreOptions(max_size=50 << 20))
+    size = clog.frame_end
+    assert size > 19 << 20 and clog.marks[0] == 0
+    gaps = [b - a for a, b in zip(clog.marks, clog.marks[1:] + [size])]
+    assert len(clog.marks) >= 18 and max(gaps) < (1 << 20) + 200_000, gaps
+    read = 0
+    real_pread = os.pread
+
+    def counting_pread(fd: int, n: int, offset: int) -> bytes:
+        nonlocal read
+        data = real_pread(fd, n, offset)
+        read += len(data)
+        return data
+
+    monkeypatch.setattr(os, "pread", counting_pread)
+    for n, most in [(1, 3 << 20), (1000, 3 << 20), (30_000, 4 << 20), (100_000, 12 << 20),
+                    (total, 40 << 20), (total + 1, 40 << 20)]:
+        read = 0
+        assert numbers(await read_all(clog, tail=n)) == list(range(max(0, total - n), total)), n
+        assert read <= most, (n, read)
+
+
 @pytest.mark.parametrize("damage", ["garbled", "truncated"])
 async def test_a_compressed_file_damaged_in_the_middle_gives_what_came_before(store, damage):
     clog = store.open(CID, StoreOptions())

@@ -13,6 +13,7 @@ import asyncio
 import logging
 import os
 import struct
+from bisect import bisect_right
 from collections import deque
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -56,12 +57,13 @@ class ReadConfig:
         )
 
 
-def _file_entries(fd: int, is_gzip: bool, size: int | None) -> Iterator[Sequence[LogEntry]]:
-    """The entries of a stored file, a piece at a time (damaged regions skipped): as Columns
-    where the piece is plainly whole lines (:func:`decode_columns`, no Python step per frame),
-    else decoded frame by frame."""
+def _file_entries(fd: int, is_gzip: bool, size: int | None,
+                  start: int = 0) -> Iterator[Sequence[LogEntry]]:
+    """The entries of a stored file (from ``start``, a frame start), a piece at a time
+    (damaged regions skipped): as Columns where the piece is plainly whole lines
+    (:func:`decode_columns`, no Python step per frame), else decoded frame by frame."""
     carry = b""  # the start of a frame that goes on in the next piece
-    for piece in file_pieces(fd, is_gzip, size, _PIECE):
+    for piece in file_pieces(fd, is_gzip, size, _PIECE, start):
         data = carry + piece if carry else piece
         decoded = decode_columns(data, MAX_STORED_FRAME)
         if decoded is not None:
@@ -174,19 +176,21 @@ def render(entries: Sequence[LogEntry], cfg: ReadConfig) -> tuple[bytes, bool]:
     return encode_for_docker(selected), stop
 
 
-def _last_entries(fd: int, is_gzip: bool, size: int | None, n: int) -> list[LogEntry]:
-    """The last ``n`` entries of a stored file. Only they are decoded: the frames before them
-    are counted by their length fields, a piece at a time, in C (:func:`frame_lengths`), and
-    only the pieces that hold the last ``n`` are kept. What it buys: `docker logs --tail 1000`
-    of a container with 1,000,000 lines, 0.60 -> 0.19 s (bench/bench_logs.py)."""
+def _last_entries(fd: int, is_gzip: bool, size: int | None, n: int,
+                  start: int = 0) -> list[LogEntry]:
+    """The last ``n`` entries of a stored file (of what follows ``start``, a frame start).
+    Only they are decoded: the frames before them are counted by their length fields, a piece
+    at a time, in C (:func:`frame_lengths`), and only the pieces that hold the last ``n`` are
+    kept. What it buys: `docker logs --tail 1000` of a container with 1,000,000 lines, 0.60 ->
+    0.19 s (bench/bench_logs.py)."""
     kept: deque[tuple[bytes, int]] = deque()  # whole frames, and how many
     in_kept = 0
     carry = b""  # the start of a frame that goes on in the next piece
-    for piece in file_pieces(fd, is_gzip, size, _PIECE):
+    for piece in file_pieces(fd, is_gzip, size, _PIECE, start):
         data = carry + piece if carry else piece
         lengths = frame_lengths(data, MAX_STORED_FRAME)
         if lengths is None:  # damage, or a frame not like dockerd's: decode them all
-            return _last_entries_decoded(fd, is_gzip, size, n)
+            return _last_entries_decoded(fd, is_gzip, size, n, start)
         whole = 4 * len(lengths) + sum(lengths)
         carry = data[whole:]
         kept.append((data[:whole], len(lengths)))
@@ -197,21 +201,38 @@ def _last_entries(fd: int, is_gzip: bool, size: int | None, n: int) -> list[LogE
     return entries[-n:]
 
 
-def _last_entries_decoded(fd: int, is_gzip: bool, size: int | None,
-                          n: int) -> list[LogEntry]:
+def _last_entries_decoded(fd: int, is_gzip: bool, size: int | None, n: int,
+                          start: int = 0) -> list[LogEntry]:
     """The last ``n`` entries of a stored file, every entry decoded (damaged regions skipped),
     no more than ``n`` held at a time."""
     last: deque[LogEntry] = deque(maxlen=n)
-    for entries in _file_entries(fd, is_gzip, size):
+    for entries in _file_entries(fd, is_gzip, size, start):
         last.extend(entries)
     return list(last)
 
 
-def _tail_entries(current: tuple[int, int] | None, rotated: list[tuple[int, bool]],
+def _last_of_current(fd: int, size: int, marks: list[int], n: int) -> list[LogEntry]:
+    """The last ``n`` entries of the current file, read from the last of its marks (frame
+    starts about a MiB apart, :attr:`ContainerLog.marks`) and, while that gives fewer than
+    ``n``, from the mark before where the entries found so far say the n-th last one is (a
+    quarter more, for lines of other sizes), as json-file reads its file backwards: `docker
+    logs --tail` then costs what the tail holds, not the file's size."""
+    starts = [m for m in marks if m < size] or [0]
+    i = len(starts) - 1
+    while True:
+        entries = _last_entries(fd, False, size, n, starts[i])
+        if len(entries) >= n or i == 0:
+            return entries
+        span = size - starts[i]
+        want = span * n / len(entries) * 1.25 if entries else span * 4
+        i = min(i - 1, max(0, bisect_right(starts, size - want) - 1))
+
+
+def _tail_entries(current: tuple[int, int, list[int]] | None, rotated: list[tuple[int, bool]],
                   n: int) -> list[LogEntry]:
     """The last ``n`` entries over the rotated files (oldest first) and the current file
-    (its fd and where its whole frames end)."""
-    picked = [_last_entries(current[0], False, current[1], n)] if current is not None else []
+    (its fd, where its whole frames end, and its marks)."""
+    picked = [_last_of_current(*current, n)] if current is not None else []
     need = n - sum(map(len, picked))
     for fd, is_gz in reversed(rotated):
         if need <= 0:
@@ -256,7 +277,7 @@ async def read_entries(clog: ContainerLog,
                         return
         elif cfg.tail > 0:
             rotated = [(fd, gz) for _s, fd, gz in snap.rotated]
-            current = (cur, end) if cur is not None else None
+            current = (cur, end, snap.current_marks) if cur is not None else None
             picked = await asyncio.to_thread(_tail_entries, current, rotated, cfg.tail)
             out, stop = select_entries(picked, cfg)
             if out:
