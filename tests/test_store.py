@@ -11,6 +11,7 @@ import struct
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -20,7 +21,7 @@ import pylog.store
 from pylog.entry import LogEntry
 from pylog.frames import FrameDecoder, decode_all, encode_frame
 from pylog.logreader import ReadConfig, read_entries
-from pylog.store import ContainerLog, Store, StoreOptions
+from pylog.store import WALKED, ContainerLog, Store, StoreOptions
 
 VECTORS = Path(__file__).parent / "vectors"
 CID = "cea5473d46e89ae41d5b1672731285f919468b5b251442d7092dd21e35e109d1"
@@ -76,7 +77,8 @@ def parse_local(data: bytes) -> list[LogEntry]:
 
 
 def files(directory: Path) -> list[str]:
-    return sorted(os.listdir(directory))
+    """The log files (not walked.json, where a closed log's walk is saved)."""
+    return sorted(n for n in os.listdir(directory) if n != WALKED)
 
 
 def stored_entries(directory: Path) -> list[LogEntry]:
@@ -604,7 +606,8 @@ def pack(frames: list[bytes], max_size: int, used: int = 0) -> list[list[int]]:
 
 
 def in_seq_order(d: Path) -> list[str]:
-    rotated = sorted((int(n.split(".")[2]), n) for n in os.listdir(d) if n != "container.log")
+    rotated = sorted((int(n.split(".")[2]), n) for n in os.listdir(d)
+                     if n not in ("container.log", WALKED))
     return [n for _, n in rotated] + ["container.log"]
 
 
@@ -1138,3 +1141,96 @@ def test_dropped_bytes_are_counted_and_shown_until_writing_works_again(store, fi
     assert clog.stats.last_error == ""
     assert clog.stats.dropped_bytes == 150
     assert readable(clog) == [0]
+
+
+# ------------------------------------------------------------------ the saved walk
+
+
+def _big_log(store: Store, n: int = 120_000) -> ContainerLog:
+    clog = store.open(CID, StoreOptions(max_size=50 << 20))
+    for start in range(0, n, 4000):
+        append(clog, [frame(i, size=1 + i % 40) for i in range(start, start + 4000)])
+    return clog
+
+
+def _walked_bytes(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Bytes the store's walks are given, from now on."""
+    import pylog.store as store_module
+    seen: list[int] = []
+    real = store_module.frame_lengths
+
+    def counting(data: bytes, max_frame: int) -> Any:
+        seen.append(len(data))
+        return real(data, max_frame)
+
+    monkeypatch.setattr(store_module, "frame_lengths", counting)
+    return seen
+
+
+def test_a_closed_log_opened_again_takes_up_its_saved_walk(tmp_path, executor, monkeypatch):
+    """docker logs of a stopped container opens its log again: the current file is not walked
+    again when it is the same file the saved walk was over, and reads the same."""
+    s1 = Store(tmp_path, executor)
+    clog = _big_log(s1)
+    before = (clog.frame_end, clog.last_frame, list(clog.marks))
+    assert len(before[2]) > 2
+    s1.close()
+    walked = _walked_bytes(monkeypatch)
+    s2 = Store(tmp_path, executor)
+    again = s2.open(CID, StoreOptions(max_size=50 << 20))
+    assert (again.frame_end, again.last_frame, again.marks) == before
+    assert sum(walked) == 0
+    assert not (again.directory / WALKED).exists()  # good for one opening only
+    append(again, [frame(120_000)])  # and it goes on from there
+    assert again.frame_end == before[0] + FRAME_LEN and again.last_frame == before[0]
+    entries = stored_entries(again.directory)
+    assert [e.time_nano - T0 for e in entries] == list(range(120_001))
+    s2.close()
+
+
+@pytest.mark.parametrize("change", ["appended", "cut", "max-size", "garbled walk", "crash"])
+def test_a_saved_walk_of_another_file_is_not_used(tmp_path, executor, monkeypatch, change):
+    s1 = Store(tmp_path, executor)
+    clog = _big_log(s1, 40_000)
+    d = clog.directory
+    s1.close()
+    max_size = 50 << 20
+    if change == "appended":  # bytes added while pylog was not looking (a crash, say)
+        with open(d / "container.log", "ab") as f:
+            f.write(frame(40_000) + frame(40_001))
+    elif change == "cut":
+        last = len(frame(39_999, size=1 + 39_999 % 40))
+        os.truncate(d / "container.log", os.path.getsize(d / "container.log") - last)
+    elif change == "max-size":
+        max_size = 1 << 20  # the walk rotates where the old one did not
+    elif change == "garbled walk":
+        (d / WALKED).write_text('{"file": [1, 2')
+    else:  # a crash: the log was never closed, so no walk was saved
+        (d / WALKED).unlink()
+    walked = _walked_bytes(monkeypatch)
+    s2 = Store(tmp_path, executor)
+    again = s2.open(CID, StoreOptions(max_size=max_size))
+    assert sum(walked) > 0
+    executor.submit(lambda: None).result()
+    expected = {"appended": 40_002, "cut": 39_999}.get(change, 40_000)
+    assert [e.time_nano - T0 for e in stored_entries(d)] == list(range(expected))
+    assert again.frame_end == os.path.getsize(d / "container.log")
+    s2.close()
+
+
+def test_a_saved_walk_keeps_a_half_frame_at_the_end_waiting(tmp_path, executor):
+    """A half frame at the end stays out of the readers' reach after reopening, and the next
+    bytes complete it (as after a crash: the rest is still in the FIFO)."""
+    s1 = Store(tmp_path, executor)
+    clog = s1.open(CID, StoreOptions())
+    whole = frame(1)
+    clog.append(frame(0) + whole[:10])
+    assert clog.frame_end == FRAME_LEN
+    s1.close()
+    s2 = Store(tmp_path, executor)
+    again = s2.open(CID, StoreOptions())
+    assert again.frame_end == FRAME_LEN
+    again.append(whole[10:])
+    assert again.frame_end == 2 * FRAME_LEN and again.stats.corrupt == 0
+    assert [e.time_nano - T0 for e in stored_entries(again.directory)] == [0, 1]
+    s2.close()

@@ -197,8 +197,12 @@ def _last_entries(fd: int, is_gzip: bool, size: int | None, n: int,
         in_kept += len(lengths)
         while in_kept - kept[0][1] >= n:
             in_kept -= kept.popleft()[1]
-    entries = decode_all(b"".join([frames for frames, _ in kept]) + carry, MAX_STORED_FRAME)
-    return entries[-n:]
+    data = b"".join([frames for frames, _ in kept])
+    skip = in_kept - n  # whole frames before the last n: not decoded (their lengths are known)
+    if skip > 0:
+        before: Sequence[int] = (frame_lengths(data, MAX_STORED_FRAME) or ())[:skip]
+        data = data[4 * len(before) + sum(before):]
+    return decode_all(data + carry, MAX_STORED_FRAME)[-n:]
 
 
 def _last_entries_decoded(fd: int, is_gzip: bool, size: int | None, n: int,
