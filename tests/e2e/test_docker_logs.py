@@ -40,7 +40,7 @@ head -c 40000 /dev/zero | tr '\0' z; echo
 echo tail b
 """
 FINAL = "printf 'no newline at end'\n"
-RUNNING = "echo ready; echo ready >&2; exec sleep 1000\n"
+RUNNING = "echo ready; exec sleep 1000\n"
 
 
 def strip_ts(data: bytes) -> bytes:
@@ -122,9 +122,9 @@ def test_running_container_matches_json_file(pylog: PylogServer, containers: Con
                 break
         follow.kill()
         follow.wait()
-        # dockerd copies stderr in a goroutine of its own: wait until it has come too.
+        # dockerd copies stderr in a goroutine of its own: wait until its last line has come too.
         deadline = time.monotonic() + 60
-        while not logs(cid)[1].endswith(b"ready\n"):
+        while not logs(cid)[1].endswith(b"last stderr\n"):
             assert time.monotonic() < deadline, "stderr's last line never came"
             time.sleep(0.05)  # polling docker logs, bounded
     assert_same_logs(jf, pl)
