@@ -99,7 +99,7 @@ class Snapshot:
     current: int | None
     current_seq: int
     current_end: int = 0  # readers read the current file up to here (whole frames)
-    current_marks: list[int] = field(default_factory=list)  # ContainerLog.marks, then
+    current_marks: list[int] = field(default_factory=list)  # ContainerLog.marks at that instant
     fds: list[int] = field(default_factory=list)
 
     def close(self) -> None:
