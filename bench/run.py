@@ -2,12 +2,15 @@
 every line is at the sink, pylog's CPU and peak RSS, and lines delivered, as ratios to
 ``json-file`` (and to Docker's ``fluentd`` driver for fluentd rows) measured in the same run.
 
-    python bench/run.py                      # B1 B2 B3, every driver, 3 rounds (~25 min)
+    python bench/run.py                      # B1 B2 B3 E1, every driver, 3 rounds (~25 min)
     python bench/run.py --quick              # 1/10 of the lines, 1 round (under 2 minutes)
     python bench/run.py --scenarios B1 --drivers json-file,pylog,pylog-fluentd --rounds 5
 
 Scenarios: B1 one container printing 1,000,000 short lines (``seq 1 1000000``); B2 20 containers
-printing 50,000 lines each, started at once; B3 20,000 lines of 4 KiB. Drivers are run A B C ...
+printing 50,000 lines each, started at once; B3 20,000 lines of 4 KiB; E1 one container printing
+20,000 short lines with the Elasticsearch sink to osmem-server (a real OpenSearch-compatible
+server, which indexes only ~2,000 documents/s here, so it gets a scenario of its own, next to the
+same lines through json-file and to the bench's own ``_bulk`` receiver). Drivers are run A B C ...
 then C B A ... in alternate rounds, so none always runs first or last. Each pylog run gets a fresh
 ``pylog serve`` (its own state dir on the filesystem of Docker's root dir, its own driver name),
 warmed with a one-line container that uses the same log-opts, and is stopped and deleted after
@@ -65,6 +68,7 @@ class Scenario:
     lines: int  # per container
     first: int  # the first line's number (lines end with consecutive numbers)
     script: str  # with {first} {last}
+    drivers: tuple[str, ...] = ()  # only these drivers run in it (empty: every driver)
 
     def command(self) -> list[str]:
         return ["sh", "-c", self.script.format(first=self.first, last=self.first + self.lines - 1)]
@@ -88,6 +92,13 @@ def scenarios(scale: float, b2_containers: int = 20) -> dict[str, Scenario]:
         # 4088 x + a 7-digit number + newline = 4096 bytes a line
         "B3": Scenario("B3", f"1 container, {n(20_000):,} lines of 4 KiB", 1, n(20_000),
                        1_000_001, PAD4K),
+        # osmem-server takes ~2,000 pylog documents/s with both CPUs (and ~30 KB of memory a
+        # document): 1,000,000 lines would take minutes and more memory than the machine has,
+        # and measure osmem. So the real server gets 20,000 lines, beside json-file and the
+        # bench's _bulk receiver with the very same lines.
+        "E1": Scenario("E1", f"1 container, {n(20_000):,} short lines, Elasticsearch sink to "
+                       "osmem-server", 1, n(20_000), 1, "seq {first} {last}",
+                       drivers=("json-file", "pylog-es", "pylog-es-osmem")),
     }
 
 
@@ -104,6 +115,7 @@ class Config:
     fluentd: bool = False  # a fluentd row: ratios to Docker's fluentd driver too
     down: bool = False  # the fluentd sink points at a closed port
     store: bool = True  # `docker logs` counts the lines
+    only: tuple[str, ...] = ()  # runs only in these scenarios (empty: in every scenario)
 
 
 CONFIGS: dict[str, Config] = {c.key: c for c in (
@@ -116,10 +128,20 @@ CONFIGS: dict[str, Config] = {c.key: c for c in (
     Config("pylog-fluentd", "pylog +fluentd", pylog=True, sinks=("forward",), fluentd=True,
            store=False),
     Config("pylog-es", "pylog +es", pylog=True, sinks=("es",), store=False),
+    Config("pylog-es-osmem", "pylog +es to osmem-server", pylog=True, sinks=("osmem",),
+           store=False, only=("E1",)),
     Config("pylog-all", "pylog +fluentd+es+syslog", pylog=True,
            sinks=("forward", "es", "syslog"), fluentd=True, store=False),
     Config("pylog-fluentd-down", "pylog +fluentd DOWN", pylog=True, fluentd=True, down=True),
 )}
+
+
+
+def runs_in(sc: Scenario, config: Config) -> bool:
+    """Whether a driver has a row in a scenario (E1 is only for the osmem-server comparison,
+    and the osmem-server row only for E1)."""
+    return (not sc.drivers or config.key in sc.drivers) and (not config.only
+                                                              or sc.name in config.only)
 
 
 # ----------------------------------------------------------------------------- docker API
@@ -418,11 +440,11 @@ class OsmemPeer:
     """osmem-server (from PyPI) as the Elasticsearch peer: counts come from ``_count`` on the
     sink's index, polled, so the arrival time is the poll that first saw every line."""
 
-    kind = "es"
     INDEX = "logs-pylog-default"
 
-    def __init__(self) -> None:
+    def __init__(self, kind: str) -> None:
         from osmem_server import OsmemServer
+        self.kind = kind
         self.server = OsmemServer.start(addr="127.0.0.1:0", japanese=False)
         self.port = int(self.server.url.rsplit(":", 1)[1])
         self.ps = psutil.Process(self.server.pid)
@@ -522,8 +544,8 @@ class Bench:
     def start_peers(self, configs: list[Config]) -> None:
         kinds = sorted({k for c in configs for k in c.sinks})
         for kind in kinds:
-            if kind == "es" and self.args.es_peer == "osmem":
-                self.peers[kind] = OsmemPeer()
+            if kind == "osmem" or (kind == "es" and self.args.es_peer == "osmem"):
+                self.peers[kind] = OsmemPeer(kind)
             else:
                 self.peers[kind] = Peer(kind, self.workdir)
         with socket.socket() as s:  # a port nothing listens on: the "down" fluentd
@@ -538,8 +560,9 @@ class Bench:
         opts: dict[str, str] = {}
         if "forward" in config.sinks:
             opts["fluentd-address"] = self.peers["forward"].url()
-        if "es" in config.sinks:
-            opts["elasticsearch-url"] = self.peers["es"].url()
+        for kind in ("es", "osmem"):
+            if kind in config.sinks:
+                opts["elasticsearch-url"] = self.peers[kind].url()
         if "syslog" in config.sinks:
             opts["syslog-address"] = self.peers["syslog"].url()
         if config.down:
@@ -1030,6 +1053,24 @@ def target_lines(all_runs: list[Run], scs: dict[str, Scenario], scale: float = 1
     out.append(f"- peak RSS ≤ 150 MB during B1 with the only sink down (spooling): "
                f"{f'{rss / 1e6:.0f} MB' if rss else '–'} → "
                f"{verdict(None if rss is None else rss <= 150e6)}")
+    osm = [r for r in all_runs if r.scenario == "E1" and r.config == "pylog-es-osmem"]
+    if osm:
+        got = min((r.delivered or 0) for r in osm)
+        total = scs["E1"].total if "E1" in scs else 0
+        o_sink, b_sink = m("E1", "pylog-es-osmem", "sink_s"), m("E1", "pylog-es", "sink_s")
+        o_cpu, b_cpu = m("E1", "pylog-es-osmem", "pylog_cpu_s"), m("E1", "pylog-es",
+                                                                   "pylog_cpu_s")
+        rec = [r.receivers["osmem"] for r in osm if "osmem" in r.receivers]
+        out.append(
+            f"- (not a target) E1, the Elasticsearch sink to osmem-server: {got:,}/{total:,} "
+            f"lines indexed in the worst round, all of them after "
+            f"{f'{o_sink:.2f} s' if o_sink else '– (incomplete)'} (to the bench's _bulk "
+            f"receiver: {f'{b_sink:.2f} s' if b_sink else '–'}); pylog CPU "
+            f"{f'{o_cpu:.2f}' if o_cpu is not None else '–'} s vs "
+            f"{f'{b_cpu:.2f}' if b_cpu is not None else '–'} s; osmem-server took "
+            + (f"{med([v['events_per_s'] for v in rec]):,.0f} documents/s using "
+               f"{med([v['cpu_share'] for v in rec]) * 100:.0f}% of a CPU: the peer, not pylog, "
+               f"sets this time" if rec else "–"))
     lossy = [r for r in all_runs if r.lost not in (None, 0)]
     counted = [r for r in all_runs if r.lost is not None]
     out.append(f"- zero lines lost in every run: {len(counted)} runs counted, "
@@ -1089,7 +1130,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter,
                                  epilog="\n".join(__doc__.splitlines()[1:]))
-    ap.add_argument("--scenarios", default="B1,B2,B3", help="comma-separated: B1,B2,B3")
+    ap.add_argument("--scenarios", default="B1,B2,B3,E1", help="comma-separated: B1,B2,B3,E1")
     ap.add_argument("--drivers", default=",".join(CONFIGS),
                     help=f"comma-separated, of: {', '.join(CONFIGS)}")
     ap.add_argument("--rounds", type=int, default=3)
@@ -1144,6 +1185,8 @@ def main() -> int:
     if unknown:
         sys.exit(f"unknown: {unknown}")
     configs = [CONFIGS[k] for k in keys]
+    if not any(runs_in(sc, c) for sc in scs.values() for c in configs):
+        sys.exit(f"none of the drivers {keys} runs in the scenarios {list(scs)}")
 
     docker_root = Path(api("GET", "/info")["DockerRootDir"])
     base = Path(args.workdir) if args.workdir else docker_root.parent / "pylog-bench"
@@ -1165,15 +1208,18 @@ def main() -> int:
     print("\n".join(header), flush=True)
 
     bench = Bench(args, workdir)
-    bench.start_peers(configs)
+    bench.start_peers([c for c in configs if any(runs_in(sc, c) for sc in scs.values())])
     runs: list[Run] = []
     report: list[str] = []
     try:
         for sc in scs.values():
+            sc_configs = [c for c in configs if runs_in(sc, c)]
+            if not sc_configs:
+                continue
             print(f"{sc.name}: {sc.title}", flush=True)
             sc_runs: list[Run] = []
             for rnd in range(args.rounds):
-                order = configs if rnd % 2 == 0 else list(reversed(configs))
+                order = sc_configs if rnd % 2 == 0 else list(reversed(sc_configs))
                 for config in order:
                     r = bench.measured(sc, config, rnd + 1)
                     sc_runs.append(r)
@@ -1189,7 +1235,7 @@ def main() -> int:
                           + (f"  lines {r.lines}" if r.lines else "")
                           + (f"  {'; '.join(r.notes)}" if r.notes else ""), flush=True)
             runs += sc_runs
-            table = scenario_table(sc, sc_runs, keys)
+            table = scenario_table(sc, sc_runs, [c.key for c in sc_configs])
             report += table
             print("\n" + "\n".join(table), flush=True)
     finally:
