@@ -35,9 +35,11 @@ from pylog.record import ContainerContext, NamespaceView
 from pylog.sinks import SINK_TYPES, SinkError, configured_sinks
 from pylog.sinks.elasticsearch import (
     DEFAULT_INDEX,
+    AllCreated,
     Credentials,
     CredentialsError,
     ElasticsearchSink,
+    all_created,
     bulk_documents,
     chunks,
     document_ids,
@@ -810,6 +812,8 @@ class FakeES:
     def __init__(self, tls: ssl.SSLContext | None = None) -> None:
         self.seen: list[Seen] = []
         self.tls = tls
+        # the _bulk answer's bytes for n documents (default: json.dumps' spaced form)
+        self.bulk_answer: Callable[[int], bytes] | None = None
         self.runner: web.AppRunner | None = None
         self.port = 0
 
@@ -818,6 +822,8 @@ class FakeES:
         self.seen.append(Seen(request.method, request.path_qs, dict(request.headers), body))
         if request.path.endswith("/_bulk"):
             n = body.count(b"\n") // 2
+            if self.bulk_answer is not None:
+                return web.Response(body=self.bulk_answer(n), content_type="application/json")
             return web.json_response({"errors": False,
                                       "items": [{"create": {"status": 201}}] * n})
         return web.json_response({"acknowledged": True})
@@ -970,3 +976,61 @@ def test_importing_the_sink_does_not_import_elasticsearch() -> None:
             "sys.exit(1 if 'elasticsearch' in sys.modules else 0)")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, check=False)
     assert r.returncode == 0, r.stderr
+
+
+# ----------------------------------------------------------------------------- the usual answer
+
+COMPACT_ITEM = b'{"create":{"status":201}}'
+
+
+def compact_answer(n: int) -> bytes:
+    """What Elasticsearch writes for n created documents with the sink's filter_path."""
+    return b'{"errors":false,"items":[' + b",".join([COMPACT_ITEM] * n) + b"]}"
+
+
+def test_all_created_counts_only_the_exact_usual_answer() -> None:
+    assert all_created(compact_answer(1)) == 1
+    assert all_created(compact_answer(5000)) == 5000
+    assert isinstance(all_created(compact_answer(3)), AllCreated)
+    for other in (
+            compact_answer(3).replace(b"201", b"409", 1),  # a duplicate among them
+            compact_answer(3)[:-2] + b',{"create":{"status":400,"error":{}}}]}',
+            compact_answer(3) + b" ",  # anything more
+            compact_answer(3).replace(b"},{", b"}, {", 1),
+            compact_answer(3).replace(b"false", b"true"),
+            json.dumps({"errors": False, "items": [{"create": {"status": 201}}] * 3}).encode(),
+            b'{"errors":false,"items":[]}', b"", b"{}", b'{"acknowledged":true}'):
+        assert all_created(other) is None, other
+        json.loads(other or b"null")  # each of them is still valid JSON for the decoder
+
+
+async def test_the_usual_answer_through_the_transport(tmp_path: Path, fake_es: FakeES) -> None:
+    fake_es.bulk_answer = compact_answer
+    sink = real_sink(tmp_path, f"http://127.0.0.1:{fake_es.port}")
+    try:
+        await sink.send(lines(300), ctx())
+    finally:
+        await sink.close()
+    assert (sink.created, sink.duplicates, sink.dead_lettered) == (300, 0, 0)
+
+
+async def test_an_answer_with_a_duplicate_is_decoded_item_by_item(
+        tmp_path: Path, fake_es: FakeES) -> None:
+    fake_es.bulk_answer = lambda n: compact_answer(n).replace(b"201", b"409", 1)
+    sink = real_sink(tmp_path, f"http://127.0.0.1:{fake_es.port}")
+    try:
+        await sink.send(lines(10), ctx())
+    finally:
+        await sink.close()
+    assert (sink.created, sink.duplicates, sink.dead_lettered) == (9, 1, 0)
+
+
+async def test_an_answer_with_too_few_items_is_an_error(tmp_path: Path, fake_es: FakeES) -> None:
+    fake_es.bulk_answer = lambda n: compact_answer(n - 1)
+    sink = real_sink(tmp_path, f"http://127.0.0.1:{fake_es.port}")
+    try:
+        with pytest.raises(SinkError, match="9 items for 10 documents"):
+            await sink.send(lines(10), ctx())
+    finally:
+        await sink.close()
+    assert sink.created == 0

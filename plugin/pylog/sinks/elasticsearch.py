@@ -402,6 +402,40 @@ def _describe(e: BaseException) -> str:
     return text
 
 
+_ALL_CREATED_HEAD = b'{"errors":false,"items":['
+_CREATED_ITEM = b'{"create":{"status":201}}'  # what _CREATED is, as the server writes it
+
+
+class AllCreated(int):
+    """A ``_bulk`` answer in which every item is ``{"create":{"status":201}}``, found in its
+    bytes instead of decoded: the number of items. Decoding the usual answer (a million items
+    for a million lines) cost 1.5 of the Elasticsearch sink's ~6 CPU-s per million lines."""
+
+
+def all_created(data: bytes) -> AllCreated | None:
+    """The items of ``data`` when it is exactly the usual answer (compact, every item created,
+    nothing else in it), else None. The check is a byte comparison with that answer built for
+    the same count: exact, and a memcmp instead of a JSON decoder making two dicts per item."""
+    if not data.startswith(_ALL_CREATED_HEAD):
+        return None
+    n = data.count(_CREATED_ITEM)
+    if n == 0 or data != _ALL_CREATED_HEAD + b",".join(repeat(_CREATED_ITEM, n)) + b"]}":
+        return None
+    return AllCreated(n)
+
+
+def _bulk_answer_serializer() -> Any:
+    """elasticsearch-py's JSON serializer, except that the usual ``_bulk`` answer comes out as
+    :class:`AllCreated` (after the module is imported: that takes ~0.4 s)."""
+    from elasticsearch.serializer import JsonSerializer
+
+    class BulkAnswerSerializer(JsonSerializer):
+        def json_loads(self, data: bytes) -> Any:
+            return all_created(data) or super().json_loads(data)
+
+    return BulkAnswerSerializer()
+
+
 class ElasticTransport:
     """elasticsearch-py's async transport (aiohttp) with plain JSON headers and our auth."""
 
@@ -433,8 +467,9 @@ class ElasticTransport:
             nodes.append(et.NodeConfig(u.scheme, u.hostname or "", u.port or DEFAULT_PORT,
                                        path_prefix=u.path, request_timeout=cls.REQUEST_TIMEOUT,
                                        **tls))
-        client = es.AsyncElasticsearch(hosts=nodes, randomize_nodes_in_pool=False,
-                                       meta_header=False)
+        client = es.AsyncElasticsearch(
+            hosts=nodes, randomize_nodes_in_pool=False, meta_header=False,
+            serializers={"application/json": _bulk_answer_serializer()})
         return cls(client, credentials, len(nodes))
 
     async def request(self, method: str, path: str, body: bytes | None = None,
@@ -680,6 +715,12 @@ class ElasticsearchSink(Sink):
             raise self._auth_failed(status, body)
         if not 200 <= status < 300:
             raise SinkError(f"bulk request refused: {status} {_reason(body)}")
+        if isinstance(body, AllCreated):  # the usual answer, checked in its bytes
+            if body != len(chunk):
+                raise SinkError(f"bulk answer has {int(body)} items for {len(chunk)} documents")
+            self.created += len(chunk)
+            settled.update(map(attrgetter("id"), chunk))
+            return [], ""
         items = body.get("items") if isinstance(body, dict) else None
         if not isinstance(items, list) or len(items) != len(chunk):
             raise SinkError(f"bulk answer has {len(items) if isinstance(items, list) else 'no'} "
