@@ -450,6 +450,7 @@ class OsmemPeer:
         self.ps = psutil.Process(self.server.pid)
         self.base = 0
         self._first_ns = 0
+        self._none_ns = 0  # the last poll that found none of the run's lines
 
     def _count(self) -> int:
         from osmem_server import OsmemError
@@ -469,10 +470,12 @@ class OsmemPeer:
             pass
         self.base = 0
         self._first_ns = 0
+        self._none_ns = 0
 
     def mark_base(self) -> None:
-        """After a warm-up: its lines are not the run's."""
+        """After a warm-up: its lines are not the run's (and none of them has arrived yet)."""
         self.base = self._count()
+        self._none_ns = time.time_ns()
 
     def stats(self) -> dict[str, Any]:
         return {"tags": {}, "busy_s": 0.0, "events": self._count() - self.base}
@@ -480,8 +483,12 @@ class OsmemPeer:
     def progress(self, tags: list[str], expected: int, first: int) -> dict[str, Any]:
         n = self._count() - self.base
         now = time.time_ns()
-        if n > 0 and not self._first_ns:
-            self._first_ns = now
+        if n == 0:
+            self._none_ns = now
+        elif not self._first_ns:
+            # the first line arrived between the last poll that saw none and this one: the
+            # earlier bound, so the throughput is not overstated
+            self._first_ns = self._none_ns or now
         total = expected * len(tags)
         return {"distinct": n, "dups": 0, "events": n, "last_ns": now,
                 "first_ns": self._first_ns, "busy_s": 0.0, "complete": n >= total}
@@ -922,7 +929,9 @@ def fmt_range(values: list[float], digits: int = 2) -> str:
 
 
 def ratio(a: float | None, b: float | None) -> str:
-    if a is None or b is None or math.isnan(a) or math.isnan(b) or b == 0:
+    # dockerd's StartedAt can come after FinishedAt for a container that exits within a few
+    # milliseconds (E1 with --quick): no ratio from a time that is not one
+    if a is None or b is None or math.isnan(a) or math.isnan(b) or b <= 0 or a < 0:
         return "–"
     return f"{a / b:.2f}x"
 
