@@ -45,6 +45,8 @@ from pylog.sinks.elasticsearch import (
     document_ids,
     index_template,
     load_credentials,
+    request_body,
+    utf8_sizes,
 )
 
 SECRET = "s3cr3t-Pa55word"
@@ -303,8 +305,8 @@ def test_bulk_body_is_create_actions_with_the_records() -> None:
     docs = bulk_documents(batch, ctx())
     assert len(docs) == 4
     for doc, line in zip(docs, batch):
-        action, record, end = doc.payload.split(b"\n")
-        assert end == b"" and json.loads(action) == {"create": {"_id": doc.id}}
+        action, record, end = doc.payload.split("\n")
+        assert end == "" and json.loads(action) == {"create": {"_id": doc.id}}
         r = json.loads(record)
         assert TS_RE.match(r["@timestamp"]) and r["stream"] == line.source
         assert r["message"] == line.line.decode("utf-8", "replace")
@@ -375,12 +377,28 @@ def test_bulk_documents_of_columns_are_those_of_entries() -> None:
 
 def test_big_batches_are_split_into_bounded_requests() -> None:
     docs = bulk_documents(lines(1000, start=1000), ctx())
-    size = len(docs[0].payload)
-    assert {len(d.payload) for d in docs} == {size}
+    size = len(docs[0].payload.encode())
+    assert {len(d.payload.encode()) for d in docs} == {size}
     parts = chunks(docs, 10 * size + 5)
     assert [len(p) for p in parts] == [10] * 100
     assert [d for p in parts for d in p] == docs
     assert [len(p) for p in chunks(docs[:3], 1)] == [1, 1, 1]  # too big alone: one each
+
+
+def test_requests_are_bounded_in_bytes_not_characters() -> None:
+    """Non-ASCII messages: the request size counts UTF-8 bytes (3 for each of these)."""
+    wide = [LogEntry(source="stdout", time_nano=i, line="€".encode() * 300) for i in range(40)]
+    docs = bulk_documents(lines(40) + wide, ctx())
+    sizes = [len(d.payload.encode()) for d in docs]
+    assert utf8_sizes([d.payload for d in docs]) == sizes
+    assert sizes[-1] - len(docs[-1].payload) == 600  # 300 characters of 3 bytes
+    limit = 4 * sizes[-1]
+    parts = chunks(docs, limit)
+    assert [d for p in parts for d in p] == docs
+    for p in parts:
+        assert len(request_body(p)) <= limit
+        assert request_body(p) == b"".join(d.payload.encode() for d in p)
+    assert [len(p) for p in parts[-10:]] == [4] * 10  # the wide ones: 4 to a request
 
 
 # ------------------------------------------------------------------------------ item handling
@@ -1034,3 +1052,13 @@ async def test_an_answer_with_too_few_items_is_an_error(tmp_path: Path, fake_es:
     finally:
         await sink.close()
     assert sink.created == 0
+
+
+def test_a_bulk_body_goes_out_as_it_is() -> None:
+    from pylog.sinks.elasticsearch import _serializers
+    ndjson = _serializers()["application/x-ndjson"]
+    body = request_body(bulk_documents(lines(3), ctx()))
+    assert ndjson.dumps(body) is body  # no copy
+    assert ndjson.dumps([{"a": 1}, b'{"b":2}']) == b'{"a":1}\n{"b":2}\n'  # the rest as before
+    assert _serializers()["application/json"].loads(b'{"acknowledged":true}') == {
+        "acknowledged": True}
