@@ -854,13 +854,19 @@ def count_docker_logs(cid: str, sc: Scenario) -> int:
 # ----------------------------------------------------------------------------- profiling
 
 
+def py_spy() -> str | None:
+    """py-spy on PATH or next to this Python (installed into .venv)."""
+    beside = Path(sys.executable).parent / "py-spy"
+    return shutil.which("py-spy") or (str(beside) if beside.exists() else None)
+
+
 def start_profiler(pylog: PylogServe, directory: Path, name: str) -> subprocess.Popen[bytes]:
     directory.mkdir(parents=True, exist_ok=True)
     assert pylog.proc is not None
     with open(directory / f"{name}.log", "ab") as err:
         proc = subprocess.Popen(
-            ["py-spy", "record", "--pid", str(pylog.proc.pid), "--rate", "200", "--nonblocking",
-             "--threads", "--format", "raw", "-o", str(directory / f"{name}.txt")],
+            [py_spy() or "py-spy", "record", "--pid", str(pylog.proc.pid), "--rate", "200",
+             "--nonblocking", "--threads", "--format", "raw", "-o", str(directory / f"{name}.txt")],
             stdout=subprocess.DEVNULL, stderr=err)
     time.sleep(0.5)  # py-spy attaches before the run starts
     return proc
@@ -1185,8 +1191,8 @@ def main() -> int:
         api("GET", "/_ping")
     except (OSError, RuntimeError) as e:
         sys.exit(f"dockerd is not reachable at {DOCKER_SOCK}: {e}")
-    if args.profile and shutil.which("py-spy") is None:
-        sys.exit("--profile needs py-spy (pip install py-spy)")
+    if args.profile and py_spy() is None:
+        sys.exit("--profile needs py-spy (.venv/bin/pip install py-spy)")
     all_sc = scenarios(args.scale, args.b2_containers)
     scs = {n: all_sc[n] for n in args.scenarios.split(",") if n}
     keys = [k for k in args.drivers.split(",") if k]
