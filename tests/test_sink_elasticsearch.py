@@ -1022,25 +1022,21 @@ def test_all_created_counts_only_the_exact_usual_answer() -> None:
         json.loads(other or b"null")  # each of them is still valid JSON for the decoder
 
 
-async def test_the_usual_answer_through_the_transport(tmp_path: Path, fake_es: FakeES) -> None:
-    fake_es.bulk_answer = compact_answer
+@pytest.mark.parametrize("answer, counts", [
+    (compact_answer, (300, 0, 0)),  # the usual answer, recognised in its bytes
+    # one duplicate among them: decoded and checked item by item
+    (lambda n: compact_answer(n).replace(b"201", b"409", 1), (299, 1, 0)),
+], ids=["all-created", "one-duplicate"])
+async def test_compact_answers_through_the_transport(
+        tmp_path: Path, fake_es: FakeES, answer: Callable[[int], bytes],
+        counts: tuple[int, int, int]) -> None:
+    fake_es.bulk_answer = answer
     sink = real_sink(tmp_path, f"http://127.0.0.1:{fake_es.port}")
     try:
         await sink.send(lines(300), ctx())
     finally:
         await sink.close()
-    assert (sink.created, sink.duplicates, sink.dead_lettered) == (300, 0, 0)
-
-
-async def test_an_answer_with_a_duplicate_is_decoded_item_by_item(
-        tmp_path: Path, fake_es: FakeES) -> None:
-    fake_es.bulk_answer = lambda n: compact_answer(n).replace(b"201", b"409", 1)
-    sink = real_sink(tmp_path, f"http://127.0.0.1:{fake_es.port}")
-    try:
-        await sink.send(lines(10), ctx())
-    finally:
-        await sink.close()
-    assert (sink.created, sink.duplicates, sink.dead_lettered) == (9, 1, 0)
+    assert (sink.created, sink.duplicates, sink.dead_lettered) == counts
 
 
 async def test_an_answer_with_too_few_items_is_an_error(tmp_path: Path, fake_es: FakeES) -> None:
