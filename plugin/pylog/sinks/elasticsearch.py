@@ -433,8 +433,9 @@ def _describe(e: BaseException) -> str:
     return text
 
 
+_CREATED = {"create": {"status": 201}}  # an item of a _bulk answer, with our filter_path
 _ALL_CREATED_HEAD = b'{"errors":false,"items":['
-_CREATED_ITEM = b'{"create":{"status":201}}'  # what _CREATED is, as the server writes it
+_CREATED_ITEM = json.dumps(_CREATED, separators=(",", ":")).encode()  # as the server writes it
 
 
 class AllCreated(int):
@@ -548,7 +549,6 @@ def _is_unsupported(body: Any) -> bool:
     return "unsupported" in _reason(body).lower() or "no handler" in _reason(body).lower()
 
 
-_CREATED = {"create": {"status": 201}}  # an item of a _bulk answer, with our filter_path
 
 
 def _item_outcome(status: int) -> str:
@@ -754,17 +754,17 @@ class ElasticsearchSink(Sink):
             raise self._auth_failed(status, body)
         if not 200 <= status < 300:
             raise SinkError(f"bulk request refused: {status} {_reason(body)}")
-        if isinstance(body, AllCreated):  # the usual answer, checked in its bytes
-            if body != len(chunk):
-                raise SinkError(f"bulk answer has {int(body)} items for {len(chunk)} documents")
-            self.created += len(chunk)
-            settled.update(map(DOC_ID, chunk))
-            return [], ""
-        items = body.get("items") if isinstance(body, dict) else None
-        if not isinstance(items, list) or len(items) != len(chunk):
-            raise SinkError(f"bulk answer has {len(items) if isinstance(items, list) else 'no'} "
-                            f"items for {len(chunk)} documents")
-        if items.count(_CREATED) == len(chunk):  # the usual answer, checked by one C call
+        items: Any = None  # AllCreated: the usual answer, already checked in its bytes
+        if isinstance(body, AllCreated):
+            n_items: int | None = int(body)
+        else:
+            items = body.get("items") if isinstance(body, dict) else None
+            n_items = len(items) if isinstance(items, list) else None
+        if n_items != len(chunk):
+            raise SinkError(f"bulk answer has {'no' if n_items is None else n_items} items for "
+                            f"{len(chunk)} documents")
+        # the usual answer, in its bytes or checked by one C call
+        if items is None or items.count(_CREATED) == len(chunk):
             self.created += len(chunk)
             settled.update(map(DOC_ID, chunk))
             return [], ""
