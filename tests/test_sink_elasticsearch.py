@@ -45,8 +45,8 @@ from pylog.sinks.elasticsearch import (
     document_ids,
     index_template,
     load_credentials,
+    Docs,
     request_body,
-    utf8_sizes,
 )
 
 SECRET = "s3cr3t-Pa55word"
@@ -330,7 +330,7 @@ def test_document_ids_are_deterministic_and_distinct() -> None:
     assert ids[0] not in document_ids(variants, CID)
     # The same bytes at the same nanosecond twice in one batch are still two documents.
     twice = document_ids([e, e, e], CID)
-    assert twice == [ids[0], ids[0] + ".1", ids[0] + ".2"]
+    assert twice == [ids[0], ids[0] + b".1", ids[0] + b".2"]
 
 
 def reference_ids(lines: list[LogEntry], container_id: str) -> list[str]:
@@ -361,7 +361,7 @@ def test_document_ids_of_any_batch_are_the_line_by_line_ids(
     entries = [LogEntry(source=s, time_nano=t, line=b) for s, t, b in batch]
     entries += entries[:repeats]  # the same line twice (or more) in one batch
     ids = document_ids(entries, CID)
-    assert ids == reference_ids(entries, CID)
+    assert ids == [i.encode() for i in reference_ids(entries, CID)]
     cols = Columns([e.source for e in entries], [e.time_nano for e in entries],
                    [e.line for e in entries])
     assert document_ids(cols, CID) == ids
@@ -381,8 +381,9 @@ def test_big_batches_are_split_into_bounded_requests() -> None:
     assert {len(d.payload.encode()) for d in docs} == {size}
     parts = chunks(docs, 10 * size + 5)
     assert [len(p) for p in parts] == [10] * 100
-    assert [d for p in parts for d in p] == docs
+    assert [d for p in parts for d in p] == list(docs)
     assert [len(p) for p in chunks(docs[:3], 1)] == [1, 1, 1]  # too big alone: one each
+    assert [len(p) for p in chunks(docs[5:], 10 * size)] == [10] * 99 + [5]  # a slice's own
 
 
 def test_requests_are_bounded_in_bytes_not_characters() -> None:
@@ -390,15 +391,32 @@ def test_requests_are_bounded_in_bytes_not_characters() -> None:
     wide = [LogEntry(source="stdout", time_nano=i, line="€".encode() * 300) for i in range(40)]
     docs = bulk_documents(lines(40) + wide, ctx())
     sizes = [len(d.payload.encode()) for d in docs]
-    assert utf8_sizes([d.payload for d in docs]) == sizes
+    assert docs.sizes() == sizes
     assert sizes[-1] - len(docs[-1].payload) == 600  # 300 characters of 3 bytes
     limit = 4 * sizes[-1]
     parts = chunks(docs, limit)
-    assert [d for p in parts for d in p] == docs
+    assert [d for p in parts for d in p] == list(docs)
     for p in parts:
         assert len(request_body(p)) <= limit
         assert request_body(p) == b"".join(d.payload.encode() for d in p)
     assert [len(p) for p in parts[-10:]] == [4] * 10  # the wide ones: 4 to a request
+
+
+@pytest.mark.parametrize("indices", [[], [0], [3, 1], [0, 1, 2, 3, 4], [4, 2, 0]])
+def test_picked_and_concatenated_documents_are_those_documents(indices: list[int]) -> None:
+    """What is sent again (some items of a request, the retries of several) is exactly those
+    documents, with sizes that bound the next requests right."""
+    wide = [LogEntry(source="stderr", time_nano=7, line="é".encode() * (i + 1)) for i in range(2)]
+    docs = bulk_documents(lines(3) + wide, ctx())
+    picked = docs.pick(indices)
+    assert list(picked) == [docs[i] for i in indices]
+    assert picked.ids == [docs.ids[i] for i in indices]
+    assert picked.sizes() == [docs.sizes()[i] for i in indices]
+    assert picked.body() == b"".join(docs[i].payload.encode() for i in indices)
+    both = Docs.concat([picked, docs[1:3], docs.pick(indices[::-1])])
+    assert list(both) == list(picked) + list(docs[1:3]) + [docs[i] for i in indices[::-1]]
+    assert both.sizes() == [len(d.payload.encode()) for d in both]
+    assert both.body() == b"".join(d.payload.encode() for d in both)
 
 
 # ------------------------------------------------------------------------------ item handling

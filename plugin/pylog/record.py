@@ -25,7 +25,7 @@ import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from itertools import repeat
-from operator import add, floordiv, mod
+from operator import add, floordiv, methodcaller, mod
 from typing import Any
 
 from .entry import LogEntry
@@ -187,37 +187,77 @@ def record_json(line: LogEntry, ctx: ContainerContext, ts: TimestampFormatter) -
 _NS = 1_000_000_000
 _encode_str = json.encoder.encode_basestring  # what _dumps does for a str (ensure_ascii=False)
 _decode = functools.partial(str, encoding="utf-8", errors="replace")
-_FRACTION = '%09dZ","message":'.__mod__
+_FRACTION = b'%09dZ","message":'.__mod__
+FRACTION_SIZE = len(_FRACTION(0))  # nine digits: a time's remainder of a second is below 10**9
 
 
-def records(lines: Sequence[LogEntry], ctx: ContainerContext,
-            before: Iterable[str] | None = None, end: str = "") -> list[str]:
-    """Each line's record in its JSON form (one line of text each; the same text as
-    :func:`record_json`), built a column at a time.
+@dataclass(slots=True)
+class RecordColumns:
+    """A batch's records in their JSON form (UTF-8), as four columns whose i-th items joined
+    are line i's record: ``lead + '{"@timestamp":"<date>.' + '<ns>Z","message":' + <message> +
+    ',"stream":"<source>",<context>}' + end``. The first and last columns hold a few shared
+    objects (one per distinct second, one per stream), so a record is never made as a string of
+    its own: a sink joins the columns of a whole request at once (one copy of each byte).
 
-    The time, message and stream columns are each one C call mapped over the batch (``map`` of
-    builtin functions: the date part formatted once per distinct second, the message decoded and
-    JSON-escaped, the stream's text looked up), and a record is then four concatenations, the
-    pre-encoded context last: 1.01 -> 1.11 million records a second with all eight namespaces,
-    against a Python step per record (bench/bench_records.py). What it buys is mostly in the
-    Elasticsearch sink, which needs each document on its own (retries, dead letters): with the
-    ids and bulk requests also made a column at a time, B1 went from 9.02 to 5.94 pylog CPU-s
-    per million lines (bench/run.py). ``before`` (one string per line)
-    and ``end`` are put around each record in the same concatenations: only the last one
-    makes a record-sized string (and one above 512 bytes is a malloc of its own)."""
+    ``head_size`` and ``tail_size`` are the sizes every head and every tail have, or None when
+    they differ (a year outside 1000-9999, a stream name other than stdout/stderr's length)."""
+
+    heads: list[bytes]
+    fractions: list[bytes]
+    messages: list[bytes]
+    tails: list[bytes]
+    head_size: int | None
+    tail_size: int | None
+
+    def sizes(self) -> list[int]:
+        """Each record's size in bytes."""
+        constant = self.head_size is not None and self.tail_size is not None
+        if constant:
+            fixed = self.head_size + FRACTION_SIZE + self.tail_size  # type: ignore[operator]
+            return list(map(add, map(len, self.messages), repeat(fixed)))
+        return list(map(add, map(add, map(len, self.heads), map(len, self.tails)),
+                        map(add, map(len, self.messages), repeat(FRACTION_SIZE))))
+
+
+def _same_size(parts: Iterable[bytes]) -> int | None:
+    sizes = set(map(len, parts))
+    return sizes.pop() if len(sizes) == 1 else None
+
+
+def record_columns(lines: Sequence[LogEntry], ctx: ContainerContext, lead: bytes = b"",
+                   end: bytes = b"") -> RecordColumns:
+    """The records of a batch as :class:`RecordColumns` (the same text as :func:`record_json`).
+
+    Each column is one C call mapped over the batch (``map`` of builtin functions: the date part
+    formatted once per distinct second, the message decoded, JSON-escaped and encoded, the
+    stream's part looked up), not a Python step per line; ``lead`` and ``end`` go around every
+    record in the shared parts, at no cost per line. For the Elasticsearch sink, which sends
+    ~880-byte self-contained documents, building the records' columns and joining them a
+    request at a time instead of making each record (then each document) as a string took the
+    sink's encoding from 2.9 to 1.4 us a line (ids included), and pylog's CPU in B1 with that
+    sink from 5.5 to 3.8 s per million lines (bench/run.py, two runs side by side)."""
     sources, times, texts = columns_of(lines)
-    if not texts:
-        return []
     secs = list(map(floordiv, times, repeat(_NS)))
-    heads = {s: '{"@timestamp":"' + time.strftime("%Y-%m-%dT%H:%M:%S.", time.gmtime(s))
-             for s in set(secs)}
-    streams = {s: ',"stream":' + _encode_str(s) + "," for s in set(sources)}
-    out = map(add, map(heads.__getitem__, secs), map(_FRACTION, map(mod, times, repeat(_NS))))
-    if before is not None:
-        out = map(add, before, out)
-    out = map(add, out, map(_encode_str, map(_decode, texts)))
-    out = map(add, out, map(streams.__getitem__, sources))
-    return list(map(add, out, repeat(ctx.json_fragment + "}" + end)))
+    date = {s: lead + b'{"@timestamp":"' + time.strftime("%Y-%m-%dT%H:%M:%S.",
+                                                         time.gmtime(s)).encode()
+            for s in set(secs)}
+    stream = {s: (',"stream":' + _encode_str(s) + "," + ctx.json_fragment + "}"
+                  ).encode("utf-8", "replace") + end  # a label can hold a lone surrogate
+              for s in set(sources)}
+    return RecordColumns(
+        heads=list(map(date.__getitem__, secs)),
+        fractions=list(map(_FRACTION, map(mod, times, repeat(_NS)))),
+        messages=list(map(str.encode, map(_encode_str, map(_decode, texts)))),
+        tails=list(map(stream.__getitem__, sources)),
+        head_size=_same_size(date.values()), tail_size=_same_size(stream.values()))
+
+
+def records(lines: Sequence[LogEntry], ctx: ContainerContext) -> list[str]:
+    """Each line's record in its JSON form (one line of text each), from
+    :func:`record_columns`: the same text as :func:`record_json` line by line."""
+    cols = record_columns(lines, ctx)
+    joined = map(b"".join, zip(cols.heads, cols.fractions, cols.messages, cols.tails))
+    return list(map(methodcaller("decode"), joined))
 
 
 def record_dict(line: LogEntry, ctx: ContainerContext, ts: TimestampFormatter) -> dict[str, Any]:
