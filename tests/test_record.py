@@ -21,6 +21,7 @@ from pylog.record import (
     build_context,
     context_from_fields,
     env_map,
+    plain_text,
     record_dict,
     record_json,
     records,
@@ -461,3 +462,34 @@ def test_ps_of_host_namespaces_listed_with_sharers():
     assert "Sharing a namespace" not in text
     assert _section(text, "In the host's namespaces (besides cgroup, time, user):") == [
         "a: net", "b: net"]
+
+
+@given(st.lists(st.tuples(st.sampled_from(["stdout", "stderr"]), _TIMES,
+                          st.text(max_size=30).map(str.encode)), max_size=40))
+def test_records_of_text_lines_are_the_line_by_line_records(batch):
+    """Lines of text (mostly plain: taken as they are; sometimes with a quote, a backslash or a
+    control character: escaped) give the same records as record_json."""
+    ctx = build_context(json.loads((VECTORS / "requests.jsonl").read_text().splitlines()[2])
+                        ["body"]["Info"], parse_log_options({}), host_name="h")
+    entries = [LogEntry(source=s, time_nano=t, line=b) for s, t, b in batch]
+    assert records(entries, ctx) == [record_json(e, ctx, TimestampFormatter()) for e in entries]
+
+
+@pytest.mark.parametrize(("texts", "plain"), [
+    ([b"GET /healthz 200", b"caf\xc3\xa9 \xe2\x82\xac", b""], True),
+    ([b"one", b'say "hi"'], False),
+    ([b"one", b"back\\slash"], False),
+    ([b"tab\there"], False),
+    ([b"bell\x07", b"x"], False),
+    ([b"del\x7f is fine in JSON"], True),
+    ([b"bad \xff"], False),
+    # a UTF-8 sequence cut across two lines is two invalid lines, not one valid character
+    ([b"cut \xe2", b"\x82\xac here"], False),
+])
+def test_plain_text_is_only_lines_json_can_take_as_they_are(texts, plain):
+    assert plain_text(texts) is plain
+    ctx = build_context(json.loads((VECTORS / "requests.jsonl").read_text().splitlines()[2])
+                        ["body"]["Info"], parse_log_options({}), host_name="h")
+    entries = [LogEntry(source="stdout", time_nano=BASE, line=t) for t in texts]
+    got = [json.loads(r)["message"] for r in records(entries, ctx)]
+    assert got == [t.decode("utf-8", "replace") for t in texts]
