@@ -1,4 +1,5 @@
-"""Per-line cost of each step between the FIFO and a fluentd sink, without dockerd.
+"""Per-line cost of each step between the FIFO and a fluentd or Elasticsearch sink, without
+dockerd.
 
 ``bench/run.py`` measures pylog as a whole (CPU seconds per million lines, against Docker's own
 drivers). This times the steps one at a time on the same 1,000,000 short lines, in the sizes the
@@ -9,9 +10,13 @@ code uses them, so a change to one of them can be measured on its own:
 - the delivery's decoding of a batch of stored frames into columns (``decode_columns``), and the
   frame-by-frame decoder it falls back to for damaged or partial frames (``FrameDecoder``);
 - the fluentd sink's encoding of a batch (``encode_parts``), with and without the namespace
-  enrichment, and whole PackedForward messages (``FluentdSink.messages``).
+  enrichment, and whole PackedForward messages (``FluentdSink.messages``);
+- the Elasticsearch sink's documents (``bulk_documents``: ids and record columns, each on its
+  own too), its request bodies, and whole sends (``ElasticsearchSink.send``) to the bench's
+  ``_bulk`` receiver (bench/peers.py) in its own process: this process's CPU, so what the sink
+  spends on the event loop, aiohttp and the kernel's share of sending is in that step.
 
-Sending (the kernel's share) and the event loop are not in it: ``bench/run.py`` has those.
+Fluentd's sending and the event loop are not in it: ``bench/run.py`` has those.
 
     python bench/bench_delivery.py [--lines N] [--batch BYTES] [--chunk BYTES]
 """
@@ -19,8 +24,11 @@ Sending (the kernel's share) and the event loop are not in it: ``bench/run.py`` 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import os
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -31,7 +39,8 @@ from pylog.frames import Columns, FrameDecoder, decode_columns, encode_frame, fr
 from pylog.malloc import keep_freed_memory
 from pylog.namespaces import hold_namespaces
 from pylog.options import parse_log_options
-from pylog.record import ContainerContext, build_context
+from pylog.record import ContainerContext, build_context, record_columns
+from pylog.sinks.elasticsearch import ElasticsearchSink, bulk_documents, chunks, document_ids
 from pylog.sinks.fluentd import FluentdSink, encode_parts
 
 VECTORS = Path(__file__).resolve().parent.parent / "tests" / "vectors"
@@ -105,6 +114,42 @@ def main() -> None:
     size = step("fluentd: PackedForward messages, enriched (FluentdSink.messages)",
                 lambda: messages(enriched))
     print(f"  ({size / n:.0f} bytes per enriched record on the wire)")
+
+    cid = enriched.container_id
+    step("elasticsearch: ids (document_ids)",
+         lambda: [document_ids(batch, cid) for batch in batches])
+    step("elasticsearch: record columns, enriched (record_columns)",
+         lambda: [record_columns(batch, enriched) for batch in batches])
+    docs = step("elasticsearch: documents, enriched (bulk_documents)",
+                lambda: [bulk_documents(batch, enriched) for batch in batches])
+    size = step("elasticsearch: request bodies (chunks, Docs.body)",
+                lambda: sum(len(c.body()) for d in docs for c in chunks(
+                    d, ElasticsearchSink.BULK_MAX_BYTES)))
+    print(f"  ({size / n:.0f} bytes per document on the wire)")
+    docs.clear()  # memory for the sends
+    peer = subprocess.Popen([sys.executable, str(Path(__file__).parent / "peers.py"), "es"],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert peer.stdout is not None
+        port = json.loads(peer.stdout.readline())["port"]
+        es = ElasticsearchSink(ElasticsearchSink.configure(parse_log_options(
+            {"elasticsearch-url": f"http://127.0.0.1:{port}"}).values),  # type: ignore[arg-type]
+            Path("/nonexistent"))
+
+        async def send_all() -> None:
+            await es.send([batches[0][0]], enriched)  # connected, template installed
+            start = time.process_time()
+            for batch in batches:
+                await es.send(batch, enriched)
+            dt = time.process_time() - start
+            print(f"  {'elasticsearch: send every batch (ElasticsearchSink.send)':66s} "
+                  f"{dt:6.2f} CPU-s  {dt / n * 1e6:5.2f} us/line")
+            await es.close()
+
+        asyncio.run(send_all())
+        assert es.created == n + 1, es.created
+    finally:
+        peer.kill()
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ from pylog.entry import LogEntry
 from pylog.errors import RequestError
 from pylog.frames import FrameDecoder, decode_columns, encode_frame
 from pylog.logreader import ReadConfig, read_logs, render
-from pylog.store import ContainerLog, Store, StoreOptions
+from pylog.store import SEQ, WALKED, ContainerLog, Store, StoreOptions
 from pylog.timefmt import format_rfc3339_ns
 
 VECTORS = Path(__file__).parent / "vectors"
@@ -71,6 +71,11 @@ async def read_all(clog: ContainerLog, **cfg) -> list[LogEntry]:
         assert batch
         out.append(batch)
     return decode_output(b"".join(out))
+
+
+def log_files(directory: Path) -> list[str]:
+    """The log files of a container, without the store's bookkeeping (walked.json, seq.json)."""
+    return sorted(n for n in os.listdir(directory) if n not in (WALKED, SEQ))
 
 
 def drain(executor: ThreadPoolExecutor) -> None:
@@ -135,7 +140,7 @@ async def test_tail_across_rotated_files(store, executor, compress):
     for i in range(25):
         append(clog, [frame(i)])
     drain(executor)
-    names = os.listdir(clog.directory)
+    names = log_files(clog.directory)
     assert len(names) == 9
     assert any(n.endswith(".gz") for n in names) == compress
     assert numbers(await read_all(clog)) == list(range(25))
@@ -161,7 +166,7 @@ async def test_files_bigger_than_a_read_piece(store, executor, compress):
     for start in range(0, total, 10_000):
         append(clog, sized_frames(start, 10_000))
     drain(executor)
-    files = sorted(os.listdir(clog.directory))
+    files = log_files(clog.directory)
     assert len(files) == 3 and all(os.path.getsize(clog.directory / f) > 1 << 20 or
                                    f.endswith(".gz") for f in files), files
     entries = await read_all(clog)
@@ -475,7 +480,7 @@ async def test_damage_in_a_rotated_file_does_not_affect_the_next_files(store, ex
     clog = open_log(store, per_file=2, max_file=10, compress=False)
     append(clog, [frame(i) for i in range(1, 6)])
     drain(executor)
-    assert sorted(os.listdir(clog.directory)) == [
+    assert log_files(clog.directory) == [
         "container.log", "container.log.1", "container.log.2", "container.log.3"]
     assert numbers(await read_all(clog)) == [0, 1, 2, 3, 4, 5]
     assert numbers(await read_all(clog, tail=5)) == [1, 2, 3, 4, 5]

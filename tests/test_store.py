@@ -21,7 +21,7 @@ import pylog.store
 from pylog.entry import LogEntry
 from pylog.frames import FrameDecoder, decode_all, encode_frame
 from pylog.logreader import ReadConfig, read_entries
-from pylog.store import WALKED, ContainerLog, Store, StoreOptions
+from pylog.store import SEQ, WALKED, ContainerLog, Store, StoreOptions
 
 VECTORS = Path(__file__).parent / "vectors"
 CID = "cea5473d46e89ae41d5b1672731285f919468b5b251442d7092dd21e35e109d1"
@@ -77,8 +77,9 @@ def parse_local(data: bytes) -> list[LogEntry]:
 
 
 def files(directory: Path) -> list[str]:
-    """The log files (not walked.json, where a closed log's walk is saved)."""
-    return sorted(n for n in os.listdir(directory) if n != WALKED)
+    """The log files (not walked.json, where a closed log's walk is saved, nor seq.json, the
+    current file's seq)."""
+    return sorted(n for n in os.listdir(directory) if n not in (WALKED, SEQ))
 
 
 def stored_entries(directory: Path) -> list[LogEntry]:
@@ -607,7 +608,7 @@ def pack(frames: list[bytes], max_size: int, used: int = 0) -> list[list[int]]:
 
 def in_seq_order(d: Path) -> list[str]:
     rotated = sorted((int(n.split(".")[2]), n) for n in os.listdir(d)
-                     if n not in ("container.log", WALKED))
+                     if n not in ("container.log", WALKED, SEQ))
     return [n for _, n in rotated] + ["container.log"]
 
 
@@ -1234,3 +1235,70 @@ def test_a_saved_walk_keeps_a_half_frame_at_the_end_waiting(tmp_path, executor):
     assert again.frame_end == 2 * FRAME_LEN and again.stats.corrupt == 0
     assert [e.time_nano - T0 for e in stored_entries(again.directory)] == [0, 1]
     s2.close()
+
+
+@pytest.mark.parametrize("max_file", [1, 2])
+def test_a_sinks_cursor_stays_right_across_a_restart_whatever_max_file(tmp_path, max_file):
+    """A cursor is (seq, offset): the seq of the current file must never be taken again, also
+    when no rotated file is kept to say it (max-file=1), or a delivery reading on from its
+    cursor after a restart would read the wrong file from the old offset (30 of 45 lines were
+    skipped, uncounted, before seq.json)."""
+    from pylog.delivery import StoreTail
+
+    def drain(tail: StoreTail) -> list[int]:
+        out: list[int] = []
+        at_end = False
+        while not at_end:
+            entries, _, at_end = tail.read()
+            out += [int(e.line[:6]) for e in entries]
+        return out
+
+    opts = StoreOptions(max_size=FRAME_LEN * 10, max_file=max_file, compress=False)
+    got: list[int] = []
+    with ThreadPoolExecutor(1) as ex:
+        store = Store(tmp_path, ex)
+        clog = store.open(CID, opts)
+        tail = StoreTail(clog, None)
+        for i in range(35):  # three rotations, the delivery keeping up
+            append(clog, [frame(i)])
+            got += drain(tail)
+        cursor, seq = tail.pos, clog.next_seq
+        tail.close()
+        store.close()
+    assert got == list(range(35)) and seq == 4
+    with ThreadPoolExecutor(1) as ex:
+        store = Store(tmp_path, ex)
+        clog = store.open(CID, opts)
+        assert clog.next_seq == seq  # not 1 again
+        tail = StoreTail(clog, cursor)
+        got = []
+        for i in range(35, 80):  # more rotations after the restart
+            append(clog, [frame(i)])
+            got += drain(tail)
+        assert got == list(range(35, 80))
+        assert tail.dropped_bytes == 0
+        tail.close()
+        store.close()
+
+
+def test_a_rotation_whose_seq_cannot_be_saved_keeps_its_rotated_file(tmp_path, monkeypatch):
+    """If seq.json cannot be written (disk full), the newest rotated file is not pruned, so
+    the seq is still on disk for the next start; the error is reported."""
+    def refuse(self: ContainerLog, next_seq: int) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with ThreadPoolExecutor(1) as ex:
+        store = Store(tmp_path, ex)
+        clog = store.open(CID, StoreOptions(max_size=FRAME_LEN * 10, max_file=1, compress=False))
+        monkeypatch.setattr(ContainerLog, "_save_seq", refuse)
+        for i in range(25):
+            append(clog, [frame(i)])
+        assert clog.next_seq == 3
+        assert "No space left" in clog.stats.last_error
+        store.close()
+    assert files(clog.directory) == ["container.log", "container.log.2"]
+    monkeypatch.undo()
+    with ThreadPoolExecutor(1) as ex:
+        store = Store(tmp_path, ex)
+        assert store.open(CID, StoreOptions(max_file=1)).next_seq == 3
+        store.close()

@@ -44,6 +44,7 @@ MAX_STORED_FRAME = MAX_FRAME  # the store holds what the FIFO carried, under the
 CURRENT = "container.log"
 NEXT = "container.log.new"  # the next current file, while a rotation is under way
 WALKED = "walked.json"  # where the walk over the current file got to, saved when it is closed
+SEQ = "seq.json"  # the current file's seq, saved at each rotation (see ContainerLog._save_seq)
 SPLICE_MIN = 64 << 10  # least bytes one splice may move, also past max-size
 _ROTATED_RE = re.compile(r"^container\.log\.(\d+)(\.gz)?$")
 _LEN = struct.Struct(">I")
@@ -126,8 +127,7 @@ class ContainerLog:
         self._waiters: set[asyncio.Event] = set()
         directory.mkdir(parents=True, exist_ok=True, mode=0o700)
         self._recover_rotation()
-        seqs = [s for s, _ in self._rotated_files()]
-        self.next_seq = max(seqs, default=0) + 1
+        self.next_seq = self._first_free_seq()
         self._fd = os.open(directory / CURRENT, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         self._size = os.fstat(self._fd).st_size
         self._scan = 0  # where the walk over the current file goes on
@@ -166,14 +166,32 @@ class ContainerLog:
                 _cut_tail(self.directory / f"{CURRENT}.{max(seqs)}", tail)
         elif current.stat().st_size > 0:
             _cut_tail(current, tail)  # the crash came before the cut
-            seqs = [s for s, _ in self._rotated_files()]
-            seq = max(seqs, default=0) + 1
+            seq = self._first_free_seq()
             os.rename(current, self.directory / f"{CURRENT}.{seq}")
+            self._save_seq(seq + 1)
             keep = self.options.max_file - 1
             self._compressor.submit(_finish_rotation, self.directory,
                                     self.directory / f"{CURRENT}.{seq}",
                                     keep > 0 and self.options.compress, seq - keep)
         os.rename(new, current)
+
+    # The current file's seq must never be used again for other bytes: a sink's cursor is a
+    # (seq, offset), and a seq taken again would point it into the wrong file. Rotated files
+    # alone do not say it once they are pruned (with max-file=1 none is kept), so it is saved
+    # at each rotation, before the rotated file can be pruned. Without it, a restart with
+    # max-file=1 started again at seq 1, and a delivery whose cursor said seq 4 read the new
+    # current file from the old offset: 30 of 45 lines were skipped, uncounted.
+
+    def _first_free_seq(self) -> int:
+        seqs = [s for s, _ in self._rotated_files()]
+        try:
+            saved = int(json.loads((self.directory / SEQ).read_text())["next"])
+        except (OSError, ValueError, KeyError, TypeError):
+            saved = 0
+        return max(max(seqs, default=0) + 1, saved)
+
+    def _save_seq(self, next_seq: int) -> None:
+        write_json_atomic(self.directory / SEQ, {"next": next_seq})
 
     def abandon_partial(self) -> None:
         """A new stream starts: a half frame at the end (its writer is gone) will never be
@@ -396,6 +414,13 @@ class ContainerLog:
         self._fd = new_fd
         self._size = len(tail)
         self.next_seq = seq + 1
+        try:
+            self._save_seq(self.next_seq)
+            saved = True
+        except OSError as e:  # the rotated file keeps saying it, as long as it is not pruned
+            log.error("cannot save the log sequence of %s: %s", self.directory.name, e)
+            self.stats.last_error = f"rotate: {e}"
+            saved = False
         self.stats.rotations += 1
         self.rotated_sizes[seq] = boundary
         self.last_frame = -1  # the walk that rotated sets it again (the frame that did not fit)
@@ -403,14 +428,15 @@ class ContainerLog:
         # Sizes of pruned files are kept a while: a sink that was reading there counts them.
         for old in [s for s in self.rotated_sizes if s <= seq - 2 * self.options.max_file]:
             del self.rotated_sizes[old]
-        if self.stats.last_error.startswith("rotate:"):
+        if saved and self.stats.last_error.startswith("rotate:"):
             self.stats.last_error = ""
         keep = self.options.max_file - 1  # rotated files kept besides the current one
         # Compression and pruning run in one worker thread, in order, so a file is never pruned
         # while it is being compressed (which would leave a stale .gz behind).
         self._compressor.submit(_finish_rotation, self.directory,
                                 self.directory / f"{CURRENT}.{seq}",
-                                keep > 0 and self.options.compress, seq - keep)
+                                keep > 0 and self.options.compress,
+                                seq - keep if saved else seq - keep - 1)
         return True
 
     def _rotated_files(self) -> list[tuple[int, Path]]:
