@@ -86,7 +86,8 @@ async def until(clog: ContainerLog, cond) -> None:
 def stored(clog: ContainerLog) -> list[int]:
     """Every entry on disk, oldest first."""
     d = clog.directory
-    names = sorted((int(n.split(".")[2]), n) for n in os.listdir(d) if n != "container.log")
+    names = sorted((int(n.split(".")[2]), n) for n in os.listdir(d)
+                   if n.startswith("container.log."))  # the rotated files
     data = b"".join((d / n).read_bytes() for _, n in names) + (d / "container.log").read_bytes()
     return [e.time_nano - T0 for e in decode_all(data)]
 
