@@ -274,7 +274,8 @@ def record_columns(lines: Sequence[LogEntry], ctx: ContainerContext, lead: bytes
         heads=list(map(date.__getitem__, secs)),
         fractions=list(map(fraction, map(mod, times, repeat(_NS)))),
         messages=texts if plain else list(map(str.encode, map(_encode_str, map(_decode, texts)))),
-        tails=list(map(stream.__getitem__, sources)),
+        tails=([*stream.values()] * len(sources) if len(stream) == 1  # one stream: one object
+               else list(map(stream.__getitem__, sources))),
         head_size=_same_size(date.values()), fraction_size=len(fraction(0)),
         tail_size=_same_size(stream.values()))
 
