@@ -38,6 +38,7 @@ from pylog.sinks.elasticsearch import (
     AllCreated,
     Credentials,
     CredentialsError,
+    Docs,
     ElasticsearchSink,
     all_created,
     bulk_documents,
@@ -45,8 +46,6 @@ from pylog.sinks.elasticsearch import (
     document_ids,
     index_template,
     load_credentials,
-    Docs,
-    request_body,
 )
 
 SECRET = "s3cr3t-Pa55word"
@@ -397,8 +396,8 @@ def test_requests_are_bounded_in_bytes_not_characters() -> None:
     parts = chunks(docs, limit)
     assert [d for p in parts for d in p] == list(docs)
     for p in parts:
-        assert len(request_body(p)) <= limit
-        assert request_body(p) == b"".join(d.payload.encode() for d in p)
+        assert len(p.body()) <= limit
+        assert p.body() == b"".join(d.payload.encode() for d in p)
     assert [len(p) for p in parts[-10:]] == [4] * 10  # the wide ones: 4 to a request
 
 
@@ -1071,7 +1070,7 @@ async def test_an_answer_with_too_few_items_is_an_error(tmp_path: Path, fake_es:
 def test_a_bulk_body_goes_out_as_it_is() -> None:
     from pylog.sinks.elasticsearch import _serializers
     ndjson = _serializers()["application/x-ndjson"]
-    body = request_body(bulk_documents(lines(3), ctx()))
+    body = bulk_documents(lines(3), ctx()).body()
     assert ndjson.dumps(body) is body  # no copy
     assert ndjson.dumps([{"a": 1}, b'{"b":2}']) == b'{"a":1}\n{"b":2}\n'  # the rest as before
     assert _serializers()["application/json"].loads(b'{"acknowledged":true}') == {

@@ -466,10 +466,6 @@ def bulk_documents(lines: Sequence[Line], ctx: ContainerContext) -> Docs:
     return Docs(ids, parts, list(accumulate(sizes)))
 
 
-def request_body(docs: Docs) -> bytes:
-    return docs.body()
-
-
 def chunks(docs: Docs, max_bytes: int) -> list[Docs]:
     """Bulk requests of at most ``max_bytes`` (a bigger document goes alone); each request's
     end found by bisecting the running total of the sizes, not by a step per document."""
@@ -619,8 +615,6 @@ def _reason(body: Any) -> str:
 
 def _is_unsupported(body: Any) -> bool:
     return "unsupported" in _reason(body).lower() or "no handler" in _reason(body).lower()
-
-
 
 
 def _item_outcome(status: int) -> str:
@@ -793,12 +787,11 @@ class ElasticsearchSink(Sink):
                 last = ""
                 for chunk in chunks(pending, self.BULK_MAX_BYTES):
                     again, why = await self._bulk(t, chunk, settled, ctx.container_id)
-                    if again:
-                        retry.append(again)
+                    retry.append(again)
                     last = why or last
-                if not retry:
-                    break
                 pending = Docs.concat(retry)
+                if not pending:
+                    break
                 rounds += 1
                 self.item_retries += len(pending)
                 if rounds > self.ITEM_RETRIES:
@@ -809,21 +802,21 @@ class ElasticsearchSink(Sink):
             self._settled.pop(ctx.container_id, None)
 
     async def _bulk(self, t: Transport, chunk: Docs, settled: set[bytes],
-                    container_id: str = "") -> tuple[Docs | None, str]:
-        """One _bulk request; returns the documents to send again (429/5xx) and why."""
+                    container_id: str = "") -> tuple[Docs, str]:
+        """One _bulk request; returns the documents to send again (429/5xx; none: empty) and
+        why."""
         path = f"/{self.index}/_bulk?filter_path=errors,items.*.status,items.*.error"
-        status, body = await t.request("POST", path, request_body(chunk), ndjson=True)
+        status, body = await t.request("POST", path, chunk.body(), ndjson=True)
         if status == 413:  # too big for the server (or a proxy in front of it): halve it
             if len(chunk) > 1:
                 half = len(chunk) // 2
                 a, why_a = await self._bulk(t, chunk[:half], settled, container_id)
                 b, why_b = await self._bulk(t, chunk[half:], settled, container_id)
-                again = [d for d in (a, b) if d]
-                return Docs.concat(again) if again else None, why_a or why_b
+                return Docs.concat([a, b]), why_a or why_b
             self._dead_letter(chunk, [(0, status, {"type": "request_entity_too_large",
                                                    "reason": _reason(body)})], settled,
                               container_id)
-            return None, ""
+            return chunk[:0], ""
         if status == 429 or status >= 500:
             return chunk, f"{status} {_reason(body)}"
         if status == 401:
@@ -843,7 +836,7 @@ class ElasticsearchSink(Sink):
         if items is None or items.count(_CREATED) == len(chunk):
             self.created += len(chunk)
             settled.update(chunk.ids)
-            return None, ""
+            return chunk[:0], ""
         retry: list[int] = []
         rejected: list[tuple[int, int, Any]] = []
         blocked: tuple[int, Any] | None = None
@@ -874,7 +867,7 @@ class ElasticsearchSink(Sink):
                 raise self._auth_failed(*blocked)
             raise SinkError(f"Elasticsearch refused documents: {blocked[0]} "
                             f"{_reason(blocked[1])}")
-        return (chunk.pick(retry) if retry else None), why
+        return chunk.pick(retry), why
 
     def _dead_letter(self, chunk: Docs, rejected: list[tuple[int, int, Any]],
                      settled: set[bytes], container_id: str = "") -> None:
