@@ -5,6 +5,7 @@ HTTP(S) servers, what elasticsearch-py's transport really sends (headers, auth, 
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import json
 import logging
@@ -897,17 +898,24 @@ def real_sink(tmp_path: Path, url: str, **opts: str) -> ElasticsearchSink:
     return ElasticsearchSink(es_config(**{"elasticsearch-url": url, **opts}), tmp_path / "state")
 
 
+@contextlib.asynccontextmanager
+async def opened_sink(tmp_path: Path, url: str, **opts: str) -> AsyncIterator[ElasticsearchSink]:
+    """A real sink, closed (its transport's session) when the block is left, however."""
+    sink = real_sink(tmp_path, url, **opts)
+    try:
+        yield sink
+    finally:
+        await sink.close()
+
+
 async def test_transport_sends_plain_json_headers_and_basic_auth(
         tmp_path: Path, fake_es: FakeES, monkeypatch: pytest.MonkeyPatch,
         caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.DEBUG)
     monkeypatch.setenv("ELASTICSEARCH_USERNAME", "pylog")
     monkeypatch.setenv("ELASTICSEARCH_PASSWORD", SECRET)
-    sink = real_sink(tmp_path, f"http://127.0.0.1:{fake_es.port}")
-    try:
+    async with opened_sink(tmp_path, f"http://127.0.0.1:{fake_es.port}") as sink:
         await sink.send(lines(3), ctx())
-    finally:
-        await sink.close()
     assert [(s.method, s.path.split("?")[0]) for s in fake_es.seen] == [
         ("PUT", "/_index_template/pylog-logs-pylog-default"),
         ("PUT", "/_data_stream/logs-pylog-default"), ("POST", "/logs-pylog-default/_bulk")]
@@ -925,43 +933,31 @@ async def test_transport_sends_plain_json_headers_and_basic_auth(
 async def test_transport_sends_the_api_key(tmp_path: Path, fake_es: FakeES,
                                            monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("ELASTICSEARCH_API_KEY", API_KEY)
-    sink = real_sink(tmp_path, f"http://127.0.0.1:{fake_es.port}")
-    try:
+    async with opened_sink(tmp_path, f"http://127.0.0.1:{fake_es.port}") as sink:
         await sink.send(lines(1), ctx())
-    finally:
-        await sink.close()
     assert {s.headers["Authorization"] for s in fake_es.seen} == {f"ApiKey {API_KEY}"}
 
 
 async def test_without_credentials_no_authorization_header(tmp_path: Path,
                                                            fake_es: FakeES) -> None:
-    sink = real_sink(tmp_path, f"http://127.0.0.1:{fake_es.port}")
-    try:
+    async with opened_sink(tmp_path, f"http://127.0.0.1:{fake_es.port}") as sink:
         await sink.send(lines(1), ctx())
-    finally:
-        await sink.close()
     assert fake_es.seen and all("Authorization" not in s.headers for s in fake_es.seen)
 
 
 async def test_a_dead_first_node_fails_over_to_the_next(tmp_path: Path, fake_es: FakeES) -> None:
     urls = f"http://127.0.0.1:{dead_port()},http://127.0.0.1:{fake_es.port}"
-    sink = real_sink(tmp_path, urls)
-    try:
+    async with opened_sink(tmp_path, urls) as sink:
         for i in range(3):
             await sink.send(lines(10, 10 * i), ctx())
-    finally:
-        await sink.close()
     assert sink.created == 30
     assert sum(s.body.count(b'"create"') for s in fake_es.seen) == 30
 
 
 async def test_no_live_node_is_a_sink_error(tmp_path: Path) -> None:
-    sink = real_sink(tmp_path, f"http://127.0.0.1:{dead_port()},http://127.0.0.1:{dead_port()}")
-    try:
+    async with opened_sink(tmp_path, f"http://127.0.0.1:{dead_port()},http://127.0.0.1:{dead_port()}") as sink:
         with pytest.raises(SinkError, match="_index_template"):
             await sink.send(lines(1), ctx())
-    finally:
-        await sink.close()
 
 
 @pytest.fixture(scope="module")
@@ -1048,22 +1044,16 @@ async def test_compact_answers_through_the_transport(
         tmp_path: Path, fake_es: FakeES, answer: Callable[[int], bytes],
         counts: tuple[int, int, int]) -> None:
     fake_es.bulk_answer = answer
-    sink = real_sink(tmp_path, f"http://127.0.0.1:{fake_es.port}")
-    try:
+    async with opened_sink(tmp_path, f"http://127.0.0.1:{fake_es.port}") as sink:
         await sink.send(lines(300), ctx())
-    finally:
-        await sink.close()
     assert (sink.created, sink.duplicates, sink.dead_lettered) == counts
 
 
 async def test_an_answer_with_too_few_items_is_an_error(tmp_path: Path, fake_es: FakeES) -> None:
     fake_es.bulk_answer = lambda n: compact_answer(n - 1)
-    sink = real_sink(tmp_path, f"http://127.0.0.1:{fake_es.port}")
-    try:
+    async with opened_sink(tmp_path, f"http://127.0.0.1:{fake_es.port}") as sink:
         with pytest.raises(SinkError, match="9 items for 10 documents"):
             await sink.send(lines(10), ctx())
-    finally:
-        await sink.close()
     assert sink.created == 0
 
 
