@@ -14,8 +14,9 @@ from pylog.entry import LogEntry
 from pylog.errors import RequestError
 from pylog.frames import FrameDecoder, decode_columns, encode_frame
 from pylog.logreader import ReadConfig, read_logs, render
-from pylog.store import SEQ, WALKED, ContainerLog, Store, StoreOptions
+from pylog.store import ContainerLog, Store, StoreOptions
 from pylog.timefmt import format_rfc3339_ns
+from tests.test_store import files
 
 VECTORS = Path(__file__).parent / "vectors"
 CID = "cea5473d46e89ae41d5b1672731285f919468b5b251442d7092dd21e35e109d1"
@@ -71,11 +72,6 @@ async def read_all(clog: ContainerLog, **cfg) -> list[LogEntry]:
         assert batch
         out.append(batch)
     return decode_output(b"".join(out))
-
-
-def log_files(directory: Path) -> list[str]:
-    """The log files of a container, without the store's bookkeeping (walked.json, seq.json)."""
-    return sorted(n for n in os.listdir(directory) if n not in (WALKED, SEQ))
 
 
 def drain(executor: ThreadPoolExecutor) -> None:
@@ -140,7 +136,7 @@ async def test_tail_across_rotated_files(store, executor, compress):
     for i in range(25):
         append(clog, [frame(i)])
     drain(executor)
-    names = log_files(clog.directory)
+    names = files(clog.directory)
     assert len(names) == 9
     assert any(n.endswith(".gz") for n in names) == compress
     assert numbers(await read_all(clog)) == list(range(25))
@@ -166,9 +162,9 @@ async def test_files_bigger_than_a_read_piece(store, executor, compress):
     for start in range(0, total, 10_000):
         append(clog, sized_frames(start, 10_000))
     drain(executor)
-    files = log_files(clog.directory)
-    assert len(files) == 3 and all(os.path.getsize(clog.directory / f) > 1 << 20 or
-                                   f.endswith(".gz") for f in files), files
+    names = files(clog.directory)
+    assert len(names) == 3 and all(os.path.getsize(clog.directory / f) > 1 << 20 or
+                                   f.endswith(".gz") for f in names), names
     entries = await read_all(clog)
     assert numbers(entries) == list(range(total))
     assert [e.line[:-1] for e in entries[::997]] == [
@@ -285,8 +281,8 @@ def ts(i: int) -> int:
 @pytest.mark.parametrize("cfg,expected", [
     (dict(since=ts(5)), list(range(5, 10))),
     (dict(since=ts(5) + 1), list(range(6, 10))),
-    (dict(until=ts(5)), list(range(0, 6))),
-    (dict(until=ts(5) - 1), list(range(0, 5))),
+    (dict(until=ts(5)), list(range(6))),
+    (dict(until=ts(5) - 1), list(range(5))),
     (dict(since=ts(3), until=ts(6)), [3, 4, 5, 6]),
     (dict(since=ts(6), until=ts(6)), [6]),
     (dict(since=ts(7), until=ts(6)), []),
@@ -480,7 +476,7 @@ async def test_damage_in_a_rotated_file_does_not_affect_the_next_files(store, ex
     clog = open_log(store, per_file=2, max_file=10, compress=False)
     append(clog, [frame(i) for i in range(1, 6)])
     drain(executor)
-    assert log_files(clog.directory) == [
+    assert files(clog.directory) == [
         "container.log", "container.log.1", "container.log.2", "container.log.3"]
     assert numbers(await read_all(clog)) == [0, 1, 2, 3, 4, 5]
     assert numbers(await read_all(clog, tail=5)) == [1, 2, 3, 4, 5]
