@@ -439,6 +439,7 @@ async def test_a_damaged_region_is_skipped_and_later_entries_are_read(store, whe
     clog = store.open(CID, StoreOptions())
     data = stored([frame(0), frame(1)]) + damage + stored([frame(2), frame(3)])
     clog = put(store, clog, data, where)
+    await clog.ready()  # a log opened again is walked in a worker
     if where.startswith("current"):
         assert (clog.directory / "container.log").read_bytes() == data  # kept as it came
         assert clog.stats.corrupt == 1

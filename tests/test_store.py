@@ -21,7 +21,7 @@ import pylog.store
 from pylog.entry import LogEntry
 from pylog.frames import FrameDecoder, decode_all, encode_frame
 from pylog.logreader import ReadConfig, read_entries
-from pylog.store import SEQ, WALKED, ContainerLog, Store, StoreOptions
+from pylog.store import OPTIONS, SEQ, WALKED, ContainerLog, Store, StoreOptions
 
 VECTORS = Path(__file__).parent / "vectors"
 CID = "cea5473d46e89ae41d5b1672731285f919468b5b251442d7092dd21e35e109d1"
@@ -79,7 +79,7 @@ def parse_local(data: bytes) -> list[LogEntry]:
 def files(directory: Path) -> list[str]:
     """The log files (not walked.json, where a closed log's walk is saved, nor seq.json, the
     current file's seq)."""
-    return sorted(n for n in os.listdir(directory) if n not in (WALKED, SEQ))
+    return sorted(n for n in os.listdir(directory) if n not in (WALKED, SEQ, OPTIONS))
 
 
 def stored_entries(directory: Path) -> list[LogEntry]:
@@ -608,7 +608,7 @@ def pack(frames: list[bytes], max_size: int, used: int = 0) -> list[list[int]]:
 
 def in_seq_order(d: Path) -> list[str]:
     rotated = sorted((int(n.split(".")[2]), n) for n in os.listdir(d)
-                     if n not in ("container.log", WALKED, SEQ))
+                     if n not in ("container.log", WALKED, SEQ, OPTIONS))
     return [n for _, n in rotated] + ["container.log"]
 
 
@@ -1156,7 +1156,7 @@ def _big_log(store: Store, n: int = 120_000) -> ContainerLog:
 
 def _walked_bytes(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     """Bytes the store's walks are given, from now on."""
-    import pylog.store as store_module
+    import pylog.frameindex as store_module
     seen: list[int] = []
     real = store_module.frame_lengths
 

@@ -278,6 +278,7 @@ class Delivery:
     # ----------------------------------------------------------------- the loop
 
     async def run(self) -> None:
+        await self.clog.ready()  # a log opened again is walked first (in a worker)
         tail = self._tail = StoreTail(self.clog, self.cursor.load())
         self.acked = tail.pos
         reassembler = Reassembler(self.max_line)

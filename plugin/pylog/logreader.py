@@ -263,6 +263,7 @@ async def read_entries(clog: ContainerLog,
                        cfg: ReadConfig) -> AsyncIterator[Sequence[LogEntry]]:
     """Stored entries in batches, as ReadConfig selects them; with Follow, until the container
     stops logging."""
+    await clog.ready()  # a log opened again is walked first (in a worker)
     snap = clog.snapshot()
     waiter = clog.waiter() if cfg.follow and clog.writers > 0 else None
     try:

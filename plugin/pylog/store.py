@@ -9,47 +9,53 @@ Layout under ``<state-dir>/containers/<container-id>/``: ``container.log`` is wr
 rotation renames it to ``container.log.<seq>`` (seq grows by one each time, so renames never
 cascade and a reader can tell which file comes next), and a worker thread compresses that to
 ``container.log.<seq>.gz``. At most ``max-file`` files are kept, the current one included.
+
+Retention is a property of the stored log: the container's options are saved beside its files
+(``store-options.json``) when it starts logging, and every later opener (a restart, ``pylog
+tail``, ReadLogs, a sink catching up) uses them. Opening a log never rotates, prunes or
+compresses anything; only writing does, by the container's own options.
 """
 
 from __future__ import annotations
 
 import asyncio
-import gzip
-import json
 import logging
 import os
 import re
 import shutil
 import struct
-import zlib
-from bisect import bisect_left, bisect_right
-from collections.abc import Iterator
 from concurrent.futures import Executor
-from dataclasses import dataclass, field
-from itertools import accumulate, repeat
-from operator import add
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
+from .durable import StateError, read_json, write_json
 from .entry import DecodeError, LogEntry
 from .fds import close_all
+from .frameindex import MARK_EVERY, WALKED, WalkState, load_walk, save_walk, walk, walk_file
 from .frames import DEFAULT_MAX_FRAME as MAX_FRAME
-from .frames import frame_at, frame_lengths, next_sync
+from .storefiles import (
+    CURRENT,
+    NEXT,
+    cut_tail,
+    file_pieces,
+    finish_rotation,
+    rotated_files,
+    uncompressed_size,
+    unlink,
+)
+
+__all__ = ["CURRENT", "MARK_EVERY", "WALKED", "file_pieces", "write_json_atomic"]
 
 log = logging.getLogger(__name__)
-_GZIP = 16 + zlib.MAX_WBITS  # zlib's wbits for the gzip format
-MARK_EVERY = 1 << 20  # a known frame start in the current file at least every MiB (marks)
 
 MAX_STORED_FRAME = MAX_FRAME  # the store holds what the FIFO carried, under the same cap
-
-CURRENT = "container.log"
-NEXT = "container.log.new"  # the next current file, while a rotation is under way
-WALKED = "walked.json"  # where the walk over the current file got to, saved when it is closed
 SEQ = "seq.json"  # the current file's seq, saved at each rotation (see ContainerLog._save_seq)
+OPTIONS = "store-options.json"  # the container's retention, saved with its log
 SPLICE_MIN = 64 << 10  # least bytes one splice may move, also past max-size
-_ROTATED_RE = re.compile(r"^container\.log\.(\d+)(\.gz)?$")
 _LEN = struct.Struct(">I")
 CONTAINER_ID_RE = re.compile(r"^[0-9a-f]{64}$")
-GZIP_LEVEL = 1  # 20 MiB of log text compresses ~8x at level 1 in ~0.1 s; level 6 gains little for 3x CPU
+write_json_atomic = write_json
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,6 +63,35 @@ class StoreOptions:
     max_size: int = 20 * 1024 * 1024
     max_file: int = 5
     compress: bool = True
+
+    def to_json(self) -> dict[str, Any]:
+        return {"max-size": self.max_size, "max-file": self.max_file, "compress": self.compress}
+
+    @classmethod
+    def from_json(cls, saved: Any) -> StoreOptions:
+        """The options saved with a log; StateError naming what is wrong with them."""
+        try:
+            size, count, compress = saved["max-size"], saved["max-file"], saved["compress"]
+        except (KeyError, TypeError):
+            raise StateError(f"not store options: {saved!r}") from None
+        if not (isinstance(size, int) and isinstance(count, int) and size > 0 and count > 0
+                and isinstance(compress, bool)):
+            raise StateError(f"store options out of range: {saved!r}")
+        return cls(max_size=size, max_file=count, compress=compress)
+
+
+def saved_options(directory: Path) -> StoreOptions | None:
+    """The options saved with the log in ``directory``, or None (none saved, or unusable: then
+    an opener changes nothing and the next writer saves its own)."""
+    try:
+        saved = read_json(directory / OPTIONS)
+        return None if saved is None else StoreOptions.from_json(saved)
+    except StateError as e:
+        log.warning("%s: the saved store options are unusable (%s); they are saved again when "
+                    "the container logs", directory.name, e)
+    except OSError as e:
+        log.warning("%s: cannot read the saved store options: %s", directory.name, e)
+    return None
 
 
 @dataclass(slots=True)
@@ -107,8 +142,11 @@ class Snapshot:
         close_all(self.fds)
 
 
+
 class ContainerLog:
-    """One container's files. All methods run on the event loop thread, except compression.
+    """One container's files: the writer (splice, append, rotate, recover) and what readers need
+    to follow it. Runs on the event loop thread; the walk over a file opened again
+    (:mod:`pylog.frameindex`) and compression run in worker threads.
 
     Bytes reach the current file straight from the FIFO (:meth:`splice_from`, in the kernel:
     nothing read from the FIFO is ever only in pylog's memory, so a crash loses nothing) or
@@ -117,43 +155,62 @@ class ContainerLog:
     what readers may read of the current file (a frame still arriving is not theirs yet).
     """
 
-    def __init__(self, directory: Path, options: StoreOptions, compressor: Executor) -> None:
+    def __init__(self, directory: Path, options: StoreOptions | None, worker: Executor) -> None:
         self.directory = directory
-        self.options = options
         self.stats = StoreStats()
         self.writers = 0  # live attachments (streams) writing here
         self.closed = False
-        self._compressor = compressor
+        self._worker = worker
         self._waiters: set[asyncio.Event] = set()
         directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        # A log stored by a version that saved no options is never rotated by an opener; its
+        # next writer saves its own.
+        self.options = saved_options(directory) or StoreOptions()
+        if options is not None:
+            self.set_options(options)
         self._recover_rotation()
         self.next_seq = self._first_free_seq()
         self._fd = os.open(directory / CURRENT, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         self._size = os.fstat(self._fd).st_size
-        self._scan = 0  # where the walk over the current file goes on
-        self.frame_end = 0  # readers read the current file up to here
-        self.last_frame = -1  # where the newest whole frame of the current file starts
-        # Frame starts in the current file, ascending, about MARK_EVERY apart (0 first): where
-        # `docker logs --tail` starts decoding, from the end backwards, instead of at 0.
-        self.marks: list[int] = [0]
-        self._in_garbage = False
-        # Uncompressed size of each rotated file by seq, for how far behind a sink is (spool
-        # bytes) and what it lost when it fell behind the retention.
-        self.rotated_sizes: dict[int, int] = {}
-        self._newest: tuple[int, int, int] = (-1, -1, 0)  # (seq, offset, time_nano) cache
         # A tail that is half a frame stays: after a crash the rest of that frame is still in
         # the FIFO, and the next splice completes it.
-        self._load_walk()
-        self._index()
-        # What was stored before this process opened the log is not "in" (nor dropped) now.
-        self.stats.frames = self.stats.corrupt_regions = self.stats.corrupt_bytes = 0
-        for seq, path in self._rotated_files():
-            if seq not in self.rotated_sizes:
-                self.rotated_sizes[seq] = _uncompressed_size(path)
+        self.idx = load_walk(directory, self._fd, self.options.max_size, self._size)
+        self.frame_end = self.idx.scan  # readers read the current file up to here
+        # Uncompressed size of each rotated file by seq, for how far behind a sink is (spool
+        # bytes) and what it lost when it fell behind the retention.
+        self.rotated_sizes = {s: uncompressed_size(p) for s, p in rotated_files(directory)}
+        self._newest: tuple[int, int, int] = (-1, -1, 0)  # (seq, offset, time_nano) cache
+        self._walking: asyncio.Future[WalkState] | None = None
+        self._walked_event: asyncio.Event | None = None
+        self._walk_size = 0  # the file's size when the walk in the worker began
+        self._abandon = False  # abandon_partial asked for while the walk was under way
+        self._start_walk()
+
+    @property
+    def marks(self) -> list[int]:
+        """Frame starts in the current file, ascending, about MARK_EVERY apart (0 first): where
+        ``docker logs --tail`` starts decoding, from the end backwards."""
+        return self.idx.marks
+
+    @property
+    def last_frame(self) -> int:
+        return self.idx.last_frame
+
+    def set_options(self, options: StoreOptions) -> None:
+        """The writer's options: kept with the log (durably) for every later opener."""
+        if options != saved_options(self.directory):
+            try:
+                write_json(self.directory / OPTIONS, options.to_json())
+            except OSError as e:
+                log.error("%s: cannot save the store options: %s", self.directory.name, e)
+        self.options = options
+
+    # ----------------------------------------------------------------- opening
 
     def _recover_rotation(self) -> None:
         """A crash in the middle of a rotation leaves ``container.log.new`` (the copied tail)
-        beside ``container.log``: finish the rotation, without the tail twice."""
+        beside ``container.log``: finish the renames, without the tail twice. Compressing and
+        pruning are left to the next rotation (opening changes no file's content)."""
         new = self.directory / NEXT
         if not new.exists():
             return
@@ -161,52 +218,103 @@ class ContainerLog:
         tail = new.read_bytes()
         if not current.exists():
             # The crash came between the two renames: the rotated file may still hold the tail.
-            seqs = [s for s, _ in self._rotated_files()]
+            seqs = [s for s, _ in rotated_files(self.directory)]
             if seqs:
-                _cut_tail(self.directory / f"{CURRENT}.{max(seqs)}", tail)
+                cut_tail(self.directory / f"{CURRENT}.{max(seqs)}", tail)
         elif current.stat().st_size > 0:
-            _cut_tail(current, tail)  # the crash came before the cut
+            cut_tail(current, tail)  # the crash came before the cut
             seq = self._first_free_seq()
             os.rename(current, self.directory / f"{CURRENT}.{seq}")
             self._save_seq(seq + 1)
-            keep = self.options.max_file - 1
-            self._compressor.submit(_finish_rotation, self.directory,
-                                    self.directory / f"{CURRENT}.{seq}",
-                                    keep > 0 and self.options.compress, seq - keep)
         os.rename(new, current)
 
     # The current file's seq must never be used again for other bytes: a sink's cursor is a
     # (seq, offset), and a seq taken again would point it into the wrong file. Rotated files
     # alone do not say it once they are pruned (with max-file=1 none is kept), so it is saved
-    # at each rotation, before the rotated file can be pruned. Without it, a restart with
-    # max-file=1 started again at seq 1, and a delivery whose cursor said seq 4 read the new
-    # current file from the old offset: 30 of 45 lines were skipped, uncounted.
+    # at each rotation, before the rotated file can be pruned.
 
     def _first_free_seq(self) -> int:
-        seqs = [s for s, _ in self._rotated_files()]
+        after_rotated = max((s for s, _ in rotated_files(self.directory)), default=0) + 1
         try:
-            saved = int(json.loads((self.directory / SEQ).read_text())["next"])
-        except (OSError, ValueError, KeyError, TypeError):
-            saved = 0
-        return max(max(seqs, default=0) + 1, saved)
+            saved = read_json(self.directory / SEQ)
+            return after_rotated if saved is None else max(after_rotated, int(saved["next"]))
+        except (StateError, OSError, KeyError, TypeError, ValueError) as e:
+            # Past every seq a cursor names: a cursor then re-reads what is kept, never skips.
+            seq = max([after_rotated, *(c + 1 for c in cursor_seqs(self.directory))])
+            log.warning("%s: the saved log sequence is unusable (%s); taking %d, past every "
+                        "file a sink has read", self.directory.name, e, seq)
+            return seq
 
     def _save_seq(self, next_seq: int) -> None:
-        write_json_atomic(self.directory / SEQ, {"next": next_seq})
+        write_json(self.directory / SEQ, {"next": next_seq})
+
+    def _start_walk(self) -> None:
+        """Walk what the saved walk (if any) does not cover: in a worker thread when there is an
+        event loop (a GiB takes seconds), else here."""
+        if self.idx.scan >= self._size:
+            return
+        state = replace(self.idx, marks=list(self.idx.marks))
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # a tool or a test without a loop
+            self._walked(walk_file(self._fd, state, self._size))
+            return
+        self._walk_size = self._size
+        self._walked_event = self._walked_event or asyncio.Event()
+        self._walking = loop.run_in_executor(None, walk_file, self._fd, state, self._size)
+        self._walking.add_done_callback(self._on_walked)
+
+    def _on_walked(self, fut: asyncio.Future[WalkState]) -> None:
+        self._walking = None
+        try:
+            self._walked(fut.result())
+        except (OSError, asyncio.CancelledError) as e:
+            log.error("%s: walking the current file failed: %s", self.directory.name, e)
+        if self.closed:
+            self._close_files()
+        elif self._size - self.idx.scan > 2 * SPLICE_MIN << 4:
+            self._start_walk()  # much was written meanwhile: walk that in the worker too
+            return
+        else:
+            if self._abandon and self._size == self._walk_size:
+                self.abandon_partial()
+            self._index()  # what was written meanwhile, rotated by the writer's options
+        self._abandon = False
+        assert self._walked_event is not None
+        self._walked_event.set()
+        self._wake()
+
+    def _walked(self, state: WalkState) -> None:
+        _, regions, _ = state.take_counts()  # found in what was stored before: not "in" now
+        self.stats.corrupt += regions
+        self.idx = state
+        self.frame_end = state.scan
+
+    async def ready(self) -> None:
+        """Wait until the current file is walked (readers read it up to ``frame_end``)."""
+        while self._walking is not None and self._walked_event is not None:
+            await self._walked_event.wait()
+            if self._walking is not None:
+                self._walked_event.clear()
 
     def abandon_partial(self) -> None:
         """A new stream starts: a half frame at the end (its writer is gone) will never be
         completed. It is cut off (counted as corrupt), so the new frames start on a boundary."""
-        if self._scan < self._size:
+        if self._walking is not None:
+            self._abandon = True  # the walk will say where the last whole frame ends
+            return
+        scan = self.idx.scan
+        if scan < self._size:
             try:
-                os.ftruncate(self._fd, self._scan)
+                os.ftruncate(self._fd, scan)
             except OSError as e:
                 log.error("cannot cut a half frame off %s: %s", self.directory.name, e)
                 return
             self.stats.corrupt += 1
             self.stats.corrupt_regions += 1
-            self.stats.corrupt_bytes += self._size - self._scan
-            self._size = self._scan
-            self._in_garbage = False
+            self.stats.corrupt_bytes += self._size - scan
+            self._size = scan
+            self.idx.in_garbage = False
 
     # ----------------------------------------------------------------- writing
 
@@ -266,100 +374,24 @@ class ContainerLog:
         self._wake()
 
     def _index(self) -> None:
-        """Walk the bytes added since the last walk: count corrupt regions, rotate at a frame
-        boundary, and let readers see every whole frame."""
-        if self._scan >= self._size:
+        """Walk the bytes added since the last walk (a splice's worth): count corrupt regions,
+        rotate at a frame boundary, and let readers see every whole frame."""
+        if self._walking is not None or self.idx.scan >= self._size:
             return
-        data = os.pread(self._fd, self._size - self._scan, self._scan)
-        if not self._in_garbage and self._index_whole_frames(data):
-            return
-        base = self._scan  # file offset of data[0]
-        pos = 0
-        # Per frame only local variables change (one add for the count, one store for where
-        # the newest frame starts): the walk is the hot path of every byte pylog stores.
-        frames = 0
-        last = -1
-        in_garbage = self._in_garbage
-        limit = self.options.max_size - base  # a frame ending past this in data rotates
-        while True:
-            end = frame_at(data, pos, MAX_FRAME)
-            if end == 0:
-                break
-            if end < 0:
-                if not in_garbage:
-                    self.stats.corrupt += 1
-                    self.stats.corrupt_regions += 1
-                    in_garbage = True
-                skip = next_sync(data, pos, MAX_FRAME)
-                self.stats.corrupt_bytes += skip - pos
-                pos = skip
-                continue
-            in_garbage = False
-            if end > limit and base + pos > 0:
-                base, limit = self._rotate_before(base, pos)
-            last = pos
-            frames += 1
-            pos = end
-        self._in_garbage = in_garbage
-        self._indexed(frames, base + last, base + pos)
-
-    def _rotate_before(self, base: int, start: int) -> tuple[int, int]:
-        """The frame at ``start`` in the bytes being walked (file offset ``base + start``) would
-        take the file past max-size: it starts the next file. The walk's new ``base`` (file
-        offset of the bytes' start) and ``limit`` (a frame ending past it rotates)."""
-        if not self._rotate(base + start):
-            return base, 1 << 62  # rotation failed: keep writing here, no retry loop
-        return -start, self.options.max_size + start
-
-    def _indexed(self, frames: int, last_frame: int, scan: int) -> None:
-        """A walk found ``frames`` more whole frames, the newest at ``last_frame``, and got to
-        ``scan``: readers may read up to there."""
-        if frames:
-            self.stats.frames += frames
-            self.last_frame = last_frame
-            if not self._in_garbage and scan - self.marks[-1] >= MARK_EVERY:
-                self.marks.append(scan)
-        self._scan = scan
-        self.frame_end = scan
+        data = os.pread(self._fd, self._size - self.idx.scan, self.idx.scan)
+        start: int | None = 0
+        limit: int | None = self.options.max_size
+        while start is not None:
+            start = walk(self.idx, data, start, limit)
+            if start is not None and not self._rotate(self.idx.scan):
+                limit = None  # rotation failed: keep writing here, no retry loop
+        frames, regions, nbytes = self.idx.take_counts()
+        self.stats.frames += frames
+        self.stats.corrupt += regions
+        self.stats.corrupt_regions += regions
+        self.stats.corrupt_bytes += nbytes
+        self.frame_end = self.idx.scan
         self._wake()
-
-    def _index_whole_frames(self, data: bytes) -> bool:
-        """:meth:`_index` when ``data`` is plainly good frames (the usual case): they are found
-        in C (:func:`pylog.frames.frame_lengths`) and only rotations take Python steps.
-        False (nothing done) if the bytes need the frame-by-frame walk."""
-        lengths = frame_lengths(data, MAX_FRAME)
-        if lengths is None:
-            return False
-        base = self._scan  # file offset of data[0]
-        end = 4 * len(lengths) + sum(lengths)
-        if base + end <= self.options.max_size:  # no rotation: no list of frame ends needed
-            if end > MARK_EVERY:  # a long walk (a file opened again): marks along the way
-                self._mark(base, list(accumulate(map(add, lengths, repeat(4)))))
-            self._indexed(len(lengths), base + end - 4 - lengths[-1], base + end)
-            return True
-        ends = list(accumulate(map(add, lengths, repeat(4))))
-        limit = self.options.max_size - base  # a frame ending past this rotates
-        i = 0
-        while True:
-            i = bisect_right(ends, limit, lo=i)  # the first frame that ends past the limit
-            if i >= len(ends):
-                break
-            start = ends[i - 1] if i else 0
-            if base + start > 0:  # (a frame bigger than max-size alone stays where it is)
-                base, limit = self._rotate_before(base, start)
-            i += 1
-        self._indexed(len(ends), base + (ends[-2] if len(ends) > 1 else 0), base + ends[-1])
-        return True
-
-    def _mark(self, base: int, ends: list[int]) -> None:
-        """Marks among frame ``ends`` (offsets after each frame in bytes that start at file
-        offset ``base``), one at least every MARK_EVERY; the last end is :meth:`_indexed`'s."""
-        i = 0
-        while True:
-            i = bisect_left(ends, self.marks[-1] + MARK_EVERY - base, lo=i)
-            if i >= len(ends) - 1:
-                return
-            self.marks.append(base + ends[i])
 
     def _rotate(self, boundary: int) -> bool:
         """Start a new current file with the bytes after ``boundary``; False if that failed
@@ -371,48 +403,12 @@ class ContainerLog:
         once more at most (a duplicate, never a loss).
         """
         seq = self.next_seq
-        new_path = self.directory / NEXT
-        current = self.directory / CURRENT
-        rotated = self.directory / f"{CURRENT}.{seq}"
-        renamed = False
-        try:
-            tail = os.pread(self._fd, self._size - boundary, boundary)
-            new_fd = os.open(new_path, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-            try:
-                if tail:
-                    os.write(new_fd, tail)
-                os.rename(current, rotated)
-                renamed = True
-                os.rename(new_path, current)
-            except OSError:
-                os.close(new_fd)
-                raise
-        except OSError as e:
-            if renamed:
-                try:
-                    os.rename(rotated, current)  # undo: the old file stays current
-                except OSError:
-                    log.exception("undoing a failed rotation of %s failed", self.directory.name)
-            _unlink(new_path)
-            log.error("store rotation failed for %s: %s", self.directory.name, e)
-            self.stats.last_error = f"rotate: {e}"
-            return False
-        try:
-            os.ftruncate(self._fd, boundary)  # the rotated file ends at the boundary
-        except OSError as e:
-            try:  # undo: the old file (tail and all) stays current
-                os.rename(current, new_path)
-                os.rename(rotated, current)
-                _unlink(new_path)
-            except OSError:
-                log.exception("undoing a failed rotation of %s failed", self.directory.name)
-            os.close(new_fd)
-            log.error("store rotation failed for %s: %s", self.directory.name, e)
-            self.stats.last_error = f"rotate: {e}"
+        new_fd = self._rotate_files(seq, boundary)
+        if new_fd is None:
             return False
         os.close(self._fd)
         self._fd = new_fd
-        self._size = len(tail)
+        self._size = os.fstat(new_fd).st_size
         self.next_seq = seq + 1
         try:
             self._save_seq(self.next_seq)
@@ -423,89 +419,85 @@ class ContainerLog:
             saved = False
         self.stats.rotations += 1
         self.rotated_sizes[seq] = boundary
-        self.last_frame = -1  # the walk that rotated sets it again (the frame that did not fit)
-        self.marks = [0]
+        self.idx.restart()
         # Sizes of pruned files are kept a while: a sink that was reading there counts them.
         for old in [s for s in self.rotated_sizes if s <= seq - 2 * self.options.max_file]:
             del self.rotated_sizes[old]
         if saved and self.stats.last_error.startswith("rotate:"):
             self.stats.last_error = ""
         keep = self.options.max_file - 1  # rotated files kept besides the current one
-        # Compression and pruning run in one worker thread, in order, so a file is never pruned
-        # while it is being compressed (which would leave a stale .gz behind).
-        self._compressor.submit(_finish_rotation, self.directory,
-                                self.directory / f"{CURRENT}.{seq}",
-                                keep > 0 and self.options.compress,
-                                seq - keep if saved else seq - keep - 1)
+        self._worker.submit(finish_rotation, self.directory, seq, keep > 0 and
+                            self.options.compress, seq - keep if saved else seq - keep - 1)
         return True
 
+    def _rotate_files(self, seq: int, boundary: int) -> int | None:
+        """The renames of a rotation: the new current file's fd, or None (all undone)."""
+        new_path = self.directory / NEXT
+        current = self.directory / CURRENT
+        rotated = self.directory / f"{CURRENT}.{seq}"
+        step = "copy"
+        new_fd = -1
+        try:
+            tail = os.pread(self._fd, self._size - boundary, boundary)
+            new_fd = os.open(new_path, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+            if tail:
+                os.write(new_fd, tail)
+            os.rename(current, rotated)
+            step = "renamed"
+            os.rename(new_path, current)
+            step = "both"
+            os.ftruncate(self._fd, boundary)  # the rotated file ends at the boundary
+            return new_fd
+        except OSError as e:
+            try:  # undo: the old file (tail and all) stays current
+                if step == "both":
+                    os.rename(current, new_path)
+                if step != "copy":
+                    os.rename(rotated, current)
+            except OSError:
+                log.exception("undoing a failed rotation of %s failed", self.directory.name)
+            unlink(new_path)
+            if new_fd >= 0:
+                os.close(new_fd)
+            log.error("store rotation failed for %s: %s", self.directory.name, e)
+            self.stats.last_error = f"rotate: {e}"
+            return None
+
+    def rotated_seqs(self) -> list[int]:
+        return [s for s, _ in rotated_files(self.directory)]
+
     def _rotated_files(self) -> list[tuple[int, Path]]:
-        found = []
-        for name in os.listdir(self.directory):
-            m = _ROTATED_RE.match(name)
-            if m:
-                found.append((int(m.group(1)), self.directory / name))
-        found.sort()
-        return found
+        return rotated_files(self.directory)
 
     def close(self) -> None:
         if not self.closed:
             self.closed = True
-            self._save_walk()
-            try:
-                os.close(self._fd)
-            except OSError:
-                pass
+            if self._walking is None:  # else the walk's end closes the files
+                self._close_files()
         self._wake()
 
-    # The walk over the current file, saved when the log is closed and taken up again when it is
-    # opened, if the file is still the very same (inode, size, modification time): `docker
-    # logs` of a stopped container opens the log again (dockerd starts a logger for it), and
-    # walking a 20 MB current file each time cost ~0.1 s of the answer (bench/bench_logs.py,
-    # --tail 1000). After a crash, or if anything changed the file, it is walked as before.
-
-    def _walk_key(self) -> list[int]:
-        st = os.fstat(self._fd)
-        return [st.st_ino, st.st_size, st.st_mtime_ns, self.options.max_size]
-
-    def _save_walk(self) -> None:
+    def _close_files(self) -> None:
+        # Saved so that `docker logs` of a stopped container, which opens its log again each
+        # time, does not walk the whole current file again.
+        save_walk(self.directory, self._fd, self.options.max_size, self.idx)
         try:
-            write_json_atomic(self.directory / WALKED, {
-                "file": self._walk_key(), "scan": self._scan, "last_frame": self.last_frame,
-                "marks": self.marks, "in_garbage": self._in_garbage})
-        except OSError as e:
-            log.debug("%s: could not save the walk: %s", self.directory.name, e)
-
-    def _load_walk(self) -> None:
-        path = self.directory / WALKED
-        try:
-            saved = json.loads(path.read_text())
-            os.unlink(path)  # good for this opening only: the file changes from now on
-            if saved["file"] != self._walk_key():
-                return
-            scan, last, marks = int(saved["scan"]), int(saved["last_frame"]), saved["marks"]
-            if not (0 <= scan <= self._size and -1 <= last < scan and marks and marks[0] == 0
-                    and all(isinstance(m, int) and 0 <= m <= scan for m in marks)):
-                return
-        except (OSError, ValueError, KeyError, TypeError):
-            return
-        self._scan = self.frame_end = scan
-        self.last_frame = last
-        self.marks = sorted(marks)
-        self._in_garbage = bool(saved.get("in_garbage"))
+            os.close(self._fd)
+        except OSError:
+            pass
 
     # ----------------------------------------------------------------- for metrics (scrape time)
 
     def newest_time(self) -> int | None:
         """The time (ns) of the newest whole entry in the current file, or of the last one seen
         (None if none was): one pread and one parse per change, at scrape time only."""
-        key = (self.next_seq, self.last_frame)
-        if self.last_frame < 0 or key == self._newest[:2] or self.closed:
+        last = self.idx.last_frame
+        key = (self.next_seq, last)
+        if last < 0 or key == self._newest[:2] or self.closed:
             return self._newest[2] or None
         try:
-            head = os.pread(self._fd, 4, self.last_frame)
+            head = os.pread(self._fd, 4, last)
             (n,) = _LEN.unpack(head)
-            body = os.pread(self._fd, n, self.last_frame + 4)
+            body = os.pread(self._fd, n, last + 4)
             t = int(LogEntry.FromString(body).time_nano)
         except (OSError, struct.error, DecodeError):
             return self._newest[2] or None
@@ -536,11 +528,8 @@ class ContainerLog:
     def snapshot(self) -> Snapshot:
         """Open every file now (fds survive later rotation, compression and pruning)."""
         snap = Snapshot(rotated=[], current=None, current_seq=self.next_seq,
-                        current_end=self.frame_end, current_marks=list(self.marks))
-        by_seq: dict[int, list[Path]] = {}
-        for seq, path in self._rotated_files():
-            by_seq.setdefault(seq, []).append(path)
-        for seq in sorted(by_seq):
+                        current_end=self.frame_end, current_marks=list(self.idx.marks))
+        for seq in sorted(set(self.rotated_seqs())):
             opened = self.open_rotated(seq)
             if opened is not None:
                 fd, is_gz = opened
@@ -583,132 +572,27 @@ class ContainerLog:
         self._wake()
 
 
-def _finish_rotation(directory: Path, rotated: Path, compress: bool, prune_upto: int) -> None:
-    """Worker thread: compress the newly rotated file, then delete rotated files <= prune_upto."""
-    if compress:
-        _compress(rotated)
-    try:
-        names = os.listdir(directory)
-    except FileNotFoundError:
-        return  # the container's logs were removed meanwhile
-    for name in names:
-        m = _ROTATED_RE.match(name)
-        if m and int(m.group(1)) <= prune_upto:
-            _unlink(directory / name)
-
-
-def _uncompressed_size(path: Path) -> int:
-    """A rotated file's content size: its own size, or a .gz's trailer (ISIZE, mod 2**32: the
-    files are far smaller than 4 GiB)."""
-    try:
-        if path.name.endswith(".gz"):
-            with open(path, "rb") as f:
-                f.seek(-4, os.SEEK_END)
-                return int(struct.unpack("<I", f.read(4))[0])
-        return path.stat().st_size
-    except (OSError, struct.error):
-        return 0
-
-
-def _compress(path: Path) -> None:
-    gz = path.with_name(path.name + ".gz")
-    tmp = path.with_name(path.name + ".gz.tmp")
-    try:
-        with open(path, "rb") as src, gzip.open(tmp, "wb", compresslevel=GZIP_LEVEL) as dst:
-            shutil.copyfileobj(src, dst, 1 << 20)
-        os.chmod(tmp, 0o600)
-        os.rename(tmp, gz)
-        _unlink(path)
-    except FileNotFoundError:
-        _unlink(tmp)
-    except OSError as e:
-        log.error("compressing %s failed, keeping it uncompressed: %s", path, e)
-        _unlink(tmp)
-
-
-def _cut_tail(path: Path, tail: bytes) -> None:
-    """Cut ``tail`` off the end of ``path`` if that is how the file ends."""
-    try:
-        with open(path, "r+b") as f:
-            size = f.seek(0, os.SEEK_END)
-            if tail and size >= len(tail):
-                f.seek(size - len(tail))
-                if f.read(len(tail)) == tail:
-                    f.truncate(size - len(tail))
-    except OSError:
-        pass
-
-
-def file_pieces(fd: int, is_gzip: bool, size: int | None = None, piece: int = 1 << 20,
-                start: int = 0) -> Iterator[bytes]:
-    """A stored file's bytes, about ``piece`` bytes at a time (inflated on the way if
-    compressed): the current file up to ``size`` (where its last whole frame ends), a rotated
-    one to its end; a damaged compressed file gives what came before the damage.
-
-    Reading a piece at a time keeps `docker logs` of a big container (pylog.logreader) and a
-    sink catching up through compressed files (pylog.delivery) from holding whole files. For
-    `docker logs` of 1,000,000 lines (bench/bench_logs.py, pieces decoded as Columns): pylog's
-    peak RSS while answering 710 -> 143 MB (56 MB before the read), its CPU 3.8 -> 1.8 s, the
-    time 1.43x -> 1.14x json-file's. A plain file is read from ``start`` (a frame start)."""
-    offset = start
-    if not is_gzip:
-        while size is None or offset < size:
-            data = os.pread(fd, piece if size is None else min(piece, size - offset), offset)
-            if not data:
-                return
-            offset += len(data)
-            yield data
-        return
-    assert start == 0, "a compressed file is read from its start"
-    inflate = zlib.decompressobj(_GZIP)
-    started = False  # inflate has had input of a member that has not ended
-    pending = b""
-    try:
-        while True:
-            if not pending:
-                pending = os.pread(fd, piece, offset)
-                offset += len(pending)
-                if not pending:
-                    if started:
-                        log.error("a compressed log file ends early; its last lines are lost")
-                    return
-            data = inflate.decompress(pending, piece)
-            started = True
-            if inflate.eof:  # the end of one gzip member; another may follow
-                pending = inflate.unused_data
-                inflate = zlib.decompressobj(_GZIP)
-                started = False
-            else:
-                pending = inflate.unconsumed_tail
-            if data:
-                yield data
-    except zlib.error as e:
-        log.error("a compressed log file is damaged, skipping the rest of it: %s", e)
-
-
-def write_json_atomic(path: Path, obj: object) -> None:
-    """Replace ``path`` with ``obj`` as JSON (mode 0600) so a reader never sees half of it."""
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        json.dump(obj, f)
-    os.rename(tmp, path)
-
-
-def _unlink(path: Path) -> None:
-    try:
-        os.unlink(path)
-    except FileNotFoundError:
-        pass
+def cursor_seqs(directory: Path) -> list[int]:
+    """The seqs the sinks' cursors (``cursor-<sink>.json``, :class:`pylog.delivery.Cursor`)
+    name: what a seq taken after a lost seq.json must be past."""
+    seqs = []
+    for path in directory.glob("cursor-*.json"):
+        try:
+            saved = read_json(path)
+            if saved is not None:
+                seqs.append(int(saved["seq"]))
+        except (StateError, OSError, KeyError, TypeError, ValueError):
+            continue
+    return seqs
 
 
 class Store:
     """All containers' logs under ``<state-dir>/containers``; one ContainerLog per live container."""
 
-    def __init__(self, state_dir: Path, compressor: Executor) -> None:
+    def __init__(self, state_dir: Path, worker: Executor) -> None:
         self.root = state_dir / "containers"
         self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
-        self._compressor = compressor
+        self._worker = worker
         self._open: dict[str, ContainerLog] = {}
 
     def open(self, container_id: str, options: StoreOptions) -> ContainerLog:
@@ -717,18 +601,20 @@ class Store:
         clog = self._open.get(container_id)
         if clog is None:
             clog = self._open[container_id] = ContainerLog(
-                self.root / container_id, options, self._compressor
+                self.root / container_id, options, self._worker
             )
-        else:
-            clog.options = options
+        elif options != clog.options:
+            clog.set_options(options)
         return clog
 
     def get(self, container_id: str) -> ContainerLog | None:
-        """The open log, or the stored one of a stopped container, or None if there is none."""
+        """The open log, or the stored one of a stopped container opened with its own saved
+        options (opening changes no file), or None if there is none."""
         _check_id(container_id)
         clog = self._open.get(container_id)
         if clog is None and (self.root / container_id).is_dir():
-            clog = self.open(container_id, StoreOptions())
+            clog = self._open[container_id] = ContainerLog(
+                self.root / container_id, None, self._worker)
         return clog
 
     def release(self, container_id: str) -> None:
