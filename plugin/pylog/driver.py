@@ -19,7 +19,7 @@ import os
 import re
 import stat
 import time
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Coroutine, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +27,7 @@ from typing import Any
 
 from .delivery import Delivery
 from .docker_api import DockerAPI
+from .durable import StateError, read_json, write_json
 from .entry import LogEntry
 from .errors import PylogError, RequestError, UnknownContainerError
 from .logreader import ReadConfig, read_entries, read_logs
@@ -40,7 +41,7 @@ from .namespaces import (
 from .options import LogOptions, parse_log_options
 from .record import ContainerContext, build_context, context_from_fields, select
 from .sinks import SinkPool, configured_sinks
-from .store import CONTAINER_ID_RE, ContainerLog, Store, StoreOptions, write_json_atomic
+from .store import CONTAINER_ID_RE, ContainerLog, Store, StoreOptions
 from .stream import FifoStream
 
 log = logging.getLogger(__name__)
@@ -140,10 +141,16 @@ class Driver:
         directory.mkdir(mode=0o700, exist_ok=True)
         for path in sorted(directory.glob("*.json")):
             try:
-                saved = json.loads(path.read_text())
+                saved = read_json(path)
+                if saved is None:
+                    continue
                 self.start_logging(saved["File"], saved["Info"], resumed=True)
                 log.info("re-attached %s after a restart", saved["File"])
-            except (OSError, ValueError, KeyError, TypeError, PylogError) as e:
+            except StateError as e:
+                # Kept aside for the operator: the FIFO it named may still hold a container's lines.
+                log.error("cannot re-attach: %s; kept as %s.bad", e, path.name)
+                path.rename(path.with_name(path.name + ".bad"))
+            except (OSError, KeyError, TypeError, PylogError) as e:
                 log.info("not re-attaching %s: %s", path.name, e)
                 path.unlink(missing_ok=True)
 
@@ -163,7 +170,7 @@ class Driver:
                                          container.options["labels"],
                                          container.options["labels-regex"])
         try:
-            write_json_atomic(self._attachment_path(att.file), {"File": att.file, "Info": info})
+            write_json(self._attachment_path(att.file), {"File": att.file, "Info": info})
         except OSError as e:
             log.warning("could not persist the attachment of %s: %s", att.file, e)
 
@@ -238,15 +245,19 @@ class Driver:
             # A new FIFO: a half frame left by a writer that is gone will never be completed.
             # (After a restart the same FIFO goes on, and completes it.)
             container.clog.abandon_partial()
+        # While a log opened again is walked, a new FIFO's frames must wait for that cut.
+        hold = not resumed and container.clog.walking
         att = Attachment(file=fifo, container=container)
         stream = FifoStream(fifo, container.clog, lambda: self._on_end(att))
         try:
-            stream.start()
+            stream.start(watch=not hold)
         except OSError as e:
             if not container.attachments:
                 self.store.release(container_id)
             raise RequestError(f"StartLogging: cannot open {fifo}: {e.strerror}") from None
         att.stream = stream
+        if hold:
+            self._in_background(att, self._watch_when_walked(att))
         container.clog.writers += 1
         container.attachments.add(att)
         self.attachments[fifo] = att
@@ -276,9 +287,19 @@ class Driver:
             log.warning("StopLogging for %s, which is not attached: nothing to stop", file)
             return
         att.stopping = True
-        task = asyncio.create_task(self._close_after_grace(att))
+        self._in_background(att, self._close_after_grace(att))
+
+    @staticmethod
+    def _in_background(att: Attachment, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(work)
         att.tasks.add(task)
         task.add_done_callback(att.tasks.discard)
+
+    @staticmethod
+    async def _watch_when_walked(att: Attachment) -> None:
+        await att.container.clog.ready()
+        assert att.stream is not None
+        att.stream.watch()
 
     async def _close_after_grace(self, att: Attachment) -> None:
         assert att.stream is not None
@@ -456,13 +477,13 @@ class Driver:
 
     def _save_context(self, container: Container) -> None:
         try:
-            write_json_atomic(container.clog.directory / CONTEXT_FILE, container.context.fields())
+            write_json(container.clog.directory / CONTEXT_FILE, container.context.fields())
         except OSError as e:
             log.warning("could not save the context of %s: %s", container.container_id[:12], e)
 
     def _save_options(self, container: Container) -> None:
         try:
-            write_json_atomic(container.clog.directory / OPTIONS_FILE,
+            write_json(container.clog.directory / OPTIONS_FILE,
                               dict(container.info.get("Config") or {}))
         except OSError as e:
             log.warning("could not save the log-opts of %s: %s", container.container_id[:12], e)

@@ -290,6 +290,11 @@ class ContainerLog:
         self.idx = state
         self.frame_end = state.scan
 
+    @property
+    def walking(self) -> bool:
+        """The current file, opened again, is being walked in a worker."""
+        return self._walking is not None
+
     async def ready(self) -> None:
         """Wait until the current file is walked (readers read it up to ``frame_end``)."""
         while self._walking is not None and self._walked_event is not None:

@@ -57,10 +57,12 @@ class FifoStream:
         self._fd: int | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._timer: asyncio.TimerHandle | None = None
+        self._watching = False
         self.done = asyncio.Event()
 
-    def start(self) -> None:
-        """Open the FIFO (non-blocking: dockerd already holds the write side) and start reading."""
+    def start(self, watch: bool = True) -> None:
+        """Open the FIFO (non-blocking: dockerd already holds the write side) and start reading,
+        or, without ``watch``, only open it (:meth:`watch` starts reading)."""
         fd = os.open(self.path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
         try:
             fcntl.fcntl(fd, F_SETPIPE_SZ, PIPE_SIZE)
@@ -68,12 +70,20 @@ class FifoStream:
             log.debug("could not enlarge pipe %s: %s", self.path, e)
         self._fd = fd
         self._loop = asyncio.get_running_loop()
-        self._loop.add_reader(fd, self._on_readable)
+        if watch:
+            self.watch()
+
+    def watch(self) -> None:
+        """Start reading the opened FIFO (no-op once it ended)."""
+        if self._fd is not None and self._loop is not None and not self._watching:
+            self._watching = True
+            self._loop.add_reader(self._fd, self._on_readable)
 
     def drain(self) -> None:
         """Take in everything the FIFO holds now (without waiting for more), so that a reader
         asking after dockerd wrote a line (``docker logs`` right after ``docker wait``) sees it."""
-        self._move(1 << 62, chase=True)
+        if self._watching:
+            self._move(1 << 62, chase=True)
 
     def _on_readable(self) -> None:
         """The FIFO has bytes. Move them; if that was a trickle (dockerd writes each frame on

@@ -1,0 +1,206 @@
+"""Retention is a property of the stored log: saved with it, used by every opener, and opening a
+stored log never rotates, prunes or compresses anything. State that says where data is survives
+a crash, and a torn state file falls back to re-reading, never to skipping."""
+
+from __future__ import annotations
+
+import gzip
+import itertools
+import json
+import logging
+import os
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+import pylog.durable
+from pylog.delivery import Cursor, Position
+from pylog.durable import StateError, read_json, write_json
+from pylog.entry import LogEntry
+from pylog.frames import decode_all, encode_frame
+from pylog.store import OPTIONS, SEQ, Store, StoreOptions
+
+CID = "cea5473d46e89ae41d5b1672731285f919468b5b251442d7092dd21e35e109d1"
+T0 = 1_795_319_769_000_000_000
+
+
+def frame(i: int) -> bytes:
+    return encode_frame(LogEntry(source="stdout", time_nano=T0 + i, line=b"%06d xxxxxxxxxx" % i))
+
+
+FRAME_LEN = len(frame(0))
+WRITTEN = StoreOptions(max_size=FRAME_LEN * 50, max_file=4, compress=False)
+LINES = 170  # three rotations with WRITTEN, and a current file of 20 frames
+
+
+def log_files(directory: Path) -> dict[str, bytes]:
+    """Every log file of a container (not the state files) and its bytes."""
+    return {p.name: p.read_bytes() for p in sorted(directory.iterdir())
+            if p.name.startswith("container.log")}
+
+
+def numbers(directory: Path) -> list[int]:
+    """The entries of every log file, oldest file first."""
+    def order(name: str) -> int:
+        parts = name.split(".")
+        return int(parts[2]) if len(parts) > 2 else 1 << 30
+    out: list[int] = []
+    for name in sorted(log_files(directory), key=order):
+        data = (directory / name).read_bytes()
+        if name.endswith(".gz"):
+            data = gzip.decompress(data)
+        out += [e.time_nano - T0 for e in decode_all(data)]
+    return out
+
+
+@pytest.fixture
+def stored(tmp_path: Path) -> Path:
+    """A stopped container's log written with WRITTEN (above the defaults' max-file, with
+    compress off), its store closed: the directory."""
+    with ThreadPoolExecutor(1) as ex:
+        store = Store(tmp_path, ex)
+        clog = store.open(CID, WRITTEN)
+        data = b"".join(frame(i) for i in range(LINES))
+        clog.append(data)
+        store.close()
+    directory = tmp_path / "containers" / CID
+    assert numbers(directory) == list(range(LINES))
+    assert len(log_files(directory)) == 4
+    return directory
+
+
+OPENERS = [StoreOptions(max_size=s, max_file=f, compress=c) for s, f, c in itertools.product(
+    [FRAME_LEN * 3, FRAME_LEN * 50, 20 << 20], [1, 2, 4, 9], [True, False])]
+
+
+@pytest.mark.parametrize("options", OPENERS, ids=str)
+def test_opening_a_stored_log_with_any_options_changes_no_file(stored: Path,
+                                                              options: StoreOptions) -> None:
+    """A writer's options, whatever they are, do nothing to the files until it writes; a reader
+    (``get``) uses the saved ones. Neither rotates, prunes nor compresses."""
+    before = log_files(stored)
+    with ThreadPoolExecutor(1) as ex:
+        store = Store(stored.parent.parent, ex)
+        assert store.get(CID) is not None
+        assert store.get(CID).options == WRITTEN  # type: ignore[union-attr]
+        store.close()
+        store = Store(stored.parent.parent, ex)
+        clog = store.open(CID, options)
+        assert clog.frame_end == FRAME_LEN * 20
+        store.close()
+    assert log_files(stored) == before
+
+
+@pytest.mark.parametrize("options", OPENERS[::5], ids=str)
+async def test_opening_in_the_event_loop_changes_no_file(stored: Path,
+                                                         options: StoreOptions) -> None:
+    """The same with the walk over the current file in a worker (no saved walk: a crash)."""
+    (stored / "walked.json").unlink()
+    before = log_files(stored)
+    with ThreadPoolExecutor(1) as ex:
+        store = Store(stored.parent.parent, ex)
+        clog = store.get(CID)
+        assert clog is not None and clog.walking
+        await clog.ready()
+        assert clog.frame_end == FRAME_LEN * 20 and clog.options == WRITTEN
+        store.close()
+        store = Store(stored.parent.parent, ex)
+        clog = store.open(CID, options)
+        await clog.ready()
+        store.close()
+    assert log_files(stored) == before
+
+
+def test_the_saved_options_survive_a_restart_and_writing_uses_them(stored: Path) -> None:
+    with ThreadPoolExecutor(1) as ex:
+        store = Store(stored.parent.parent, ex)
+        clog = store.get(CID)
+        assert clog is not None and clog.options == WRITTEN
+        clog.append(b"".join(frame(i) for i in range(LINES, LINES + 31)))  # one more rotation
+        store.close()
+    assert numbers(stored) == list(range(50, LINES + 31))  # 4 files of WRITTEN kept
+    assert json.loads((stored / OPTIONS).read_text()) == WRITTEN.to_json()
+
+
+def test_a_rotation_left_by_a_crash_is_finished_without_compressing_or_pruning(
+        stored: Path) -> None:
+    """Opening finishes the renames of a rotation a crash cut short; compressing and pruning
+    wait for the container's next rotation, and follow its own options."""
+    current = stored / "container.log"
+    tail = frame(LINES)
+    with open(current, "ab") as f:
+        f.write(tail)
+    (stored / "container.log.new").write_bytes(tail)
+    with ThreadPoolExecutor(1) as ex:
+        store = Store(stored.parent.parent, ex)
+        clog = store.get(CID)
+        assert clog is not None
+        assert sorted(log_files(stored)) == ["container.log", "container.log.1",
+                                             "container.log.2", "container.log.3",
+                                             "container.log.4"]
+        assert numbers(stored) == list(range(LINES + 1))
+        store.close()
+        with_compress = StoreOptions(max_size=WRITTEN.max_size, max_file=3, compress=True)
+        store = Store(stored.parent.parent, ex)
+        clog = store.open(CID, with_compress)
+        clog.append(b"".join(frame(i) for i in range(LINES + 1, LINES + 52)))
+        store.close()
+    assert sorted(log_files(stored)) == ["container.log", "container.log.4.gz",
+                                         "container.log.5.gz"]
+
+
+def test_the_store_options_file_unusable_is_reported_and_changes_nothing(
+        stored: Path, caplog: pytest.LogCaptureFixture) -> None:
+    (stored / OPTIONS).write_text('{"max-size": 3')  # torn
+    before = log_files(stored)
+    with ThreadPoolExecutor(1) as ex, caplog.at_level(logging.WARNING):
+        store = Store(stored.parent.parent, ex)
+        assert store.get(CID) is not None
+        store.close()
+    assert log_files(stored) == before
+    assert "saved store options are unusable" in caplog.text
+
+
+@pytest.mark.parametrize("torn", ["", '{"next": ', "[]", '{"next": "x"}'])
+def test_a_torn_seq_takes_a_seq_past_every_cursor(stored: Path, torn: str,
+                                                  caplog: pytest.LogCaptureFixture) -> None:
+    """A sink's cursor names (seq, offset); if seq.json is lost the next seq must not be one a
+    cursor names with another meaning: past them all, the cursor re-reads what is kept."""
+    (stored / SEQ).write_text(torn)
+    Cursor(stored, "fluentd-x").save(Position(9, FRAME_LEN * 7))  # max-file=1 kept no seq 9
+    with ThreadPoolExecutor(1) as ex, caplog.at_level(logging.WARNING):
+        store = Store(stored.parent.parent, ex)
+        clog = store.get(CID)
+        assert clog is not None and clog.next_seq == 10
+        store.close()
+    assert "saved log sequence is unusable" in caplog.text
+
+
+def test_state_is_written_durably(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Temp file, fsync, rename, fsync of the directory: in that order."""
+    calls: list[str] = []
+    real_fsync, real_rename = os.fsync, os.rename
+
+    def fsync(fd: int) -> None:
+        calls.append("fsync-dir" if os.path.isdir(f"/proc/self/fd/{fd}") else "fsync-file")
+        real_fsync(fd)
+
+    def rename(a: str | Path, b: str | Path) -> None:
+        calls.append("rename")
+        real_rename(a, b)
+
+    monkeypatch.setattr(pylog.durable.os, "fsync", fsync)
+    monkeypatch.setattr(pylog.durable.os, "rename", rename)
+    write_json(tmp_path / "state.json", {"seq": 3})
+    assert calls == ["fsync-file", "rename", "fsync-dir"]
+    assert read_json(tmp_path / "state.json") == {"seq": 3}
+    assert not (tmp_path / "state.json.tmp").exists()
+
+
+@pytest.mark.parametrize("data", [b"", b"   ", b'{"seq": 3', b"\x00\x00"])
+def test_read_json_names_an_empty_or_torn_file(tmp_path: Path, data: bytes) -> None:
+    (tmp_path / "state.json").write_bytes(data)
+    with pytest.raises(StateError, match="state.json"):
+        read_json(tmp_path / "state.json")
+    assert read_json(tmp_path / "absent.json") is None
