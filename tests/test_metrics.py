@@ -369,7 +369,7 @@ async def test_documents_elasticsearch_rejects_are_dropped_lines(tmp_path: Path)
         driver.metrics_linger = 60.0
         task = delivery.start()
         await task
-        driver._delivery_done((CID, sink.key), delivery, task)  # what the task's callback does
+        driver.supervisor._done((CID, sink.key), delivery, task)  # what the task's callback does
         s = scrape(driver)
         labels = {"container_id": CID[:12], "sink": sink.key}
         assert value(s, "pylog_dropped_lines_total", reason="rejected_by_sink", **labels) == 5

@@ -10,17 +10,19 @@ import asyncio
 import json
 import logging
 import os
+from collections.abc import Sequence
 from typing import Any
 
 import psutil
 from aiohttp import web
 
 from .driver import Driver
+from .entry import LogEntry
 from .errors import PylogError, RequestError, UnknownContainerError
 from .logreader import ReadConfig
 from .metrics import sink_report
-from .reassembly import Reassembler
-from .record import TimestampFormatter, record_json
+from .reassembly import Line, Reassembler
+from .record import ContainerContext, TimestampFormatter, record_json
 
 log = logging.getLogger(__name__)
 
@@ -110,17 +112,17 @@ async def list_containers(request: web.Request) -> web.Response:
     return _reply({"Containers": out})
 
 
-def _container_id(request: web.Request) -> str:
-    return request.app[DRIVER_KEY].resolve(request.match_info["ref"])
+async def _container_id(request: web.Request) -> str:
+    return await request.app[DRIVER_KEY].resolve(request.match_info["ref"])
 
 
 async def inspect_container(request: web.Request) -> web.Response:
     driver = request.app[DRIVER_KEY]
     try:
-        cid = _container_id(request)
+        cid = await _container_id(request)
     except UnknownContainerError as e:
         return _err(str(e), 404)
-    fields = driver.context_of(cid).fields()
+    fields = (await asyncio.to_thread(driver.context_of, cid)).fields()
     container = driver.containers.get(cid)
     fields["attachments"] = len(container.attachments) if container else 0
     return _reply(fields)
@@ -130,7 +132,7 @@ async def container_records(request: web.Request) -> web.StreamResponse:
     """The container's stored lines as records (JSON lines), with its current context."""
     driver = request.app[DRIVER_KEY]
     try:
-        cid = _container_id(request)
+        cid = await _container_id(request)
         tail = int(request.query.get("tail", "-1"))
         cfg = ReadConfig(tail=tail, follow=request.query.get("follow") in ("1", "true"))
         batches = driver.read_entries(cid, cfg)
@@ -142,23 +144,31 @@ async def container_records(request: web.Request) -> web.StreamResponse:
     await resp.prepare(request)
     reassembler = Reassembler()
     ts = TimestampFormatter()
+    stored = await asyncio.to_thread(driver.enrichment.stored_context, cid)
     try:
         async for entries in batches:
-            ctx = driver.context_of(cid)
-            lines = [line for line in map(reassembler.push, entries) if line is not None]
-            if lines:
-                await resp.write("".join(record_json(line, ctx, ts) + "\n"
-                                         for line in lines).encode())
-        ctx = driver.context_of(cid)
+            ctx = driver.live_context(cid) or stored
+            # Reassembling and encoding a batch costs what the batch holds: in a worker.
+            await resp.write(await asyncio.to_thread(_records, reassembler, entries, ctx, ts))
         rest = reassembler.flush()
         if rest:
-            await resp.write("".join(record_json(line, ctx, ts) + "\n" for line in rest).encode())
+            ctx = driver.live_context(cid) or stored
+            await resp.write(_records_of(rest, ctx, ts))
         await resp.write_eof()
     except (ConnectionError, RuntimeError):
         pass
     finally:
         await batches.aclose()  # type: ignore[attr-defined]
     return resp
+
+
+def _records(reassembler: Reassembler, entries: Sequence[LogEntry], ctx: ContainerContext,
+             ts: TimestampFormatter) -> bytes:
+    return _records_of([ln for ln in map(reassembler.push, entries) if ln is not None], ctx, ts)
+
+
+def _records_of(lines: Sequence[Line], ctx: ContainerContext, ts: TimestampFormatter) -> bytes:
+    return "".join(record_json(line, ctx, ts) + "\n" for line in lines).encode()
 
 
 async def list_sinks(request: web.Request) -> web.Response:

@@ -1,0 +1,149 @@
+"""What a container's records say about it: its context (identity, selected env and labels,
+namespaces), found off the hot path and saved with its log so records of a stopped container
+still carry it."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import Mapping
+from pathlib import Path
+
+from .attachments import Container
+from .durable import write_json
+from .errors import UnknownContainerError
+from .namespaces import (
+    HeldNamespaces,
+    NamespaceIdentity,
+    NamespaceRegistry,
+    find_container_namespaces,
+    host_namespaces,
+)
+from .record import ContainerContext, build_context, context_from_fields
+from .store import CONTAINER_ID_RE
+
+log = logging.getLogger(__name__)
+
+CONTEXT_FILE = "context.json"
+
+
+class Enrichment:
+    """Contexts of the attached containers (``containers``, shared with the driver), the
+    namespaces they hold, and the saved contexts of stopped ones under ``store_root``."""
+
+    def __init__(self, containers: Mapping[str, Container], store_root: Path,
+                 proc: Path = Path("/proc")) -> None:
+        self.containers = containers
+        self.store_root = store_root
+        self.proc = proc
+        self.host_ns: dict[str, NamespaceIdentity] = host_namespaces(proc)
+        self.registry = NamespaceRegistry()
+        self.lookups_failed = 0
+
+    def start(self, container: Container) -> None:
+        """A newly attached container: keep its context with its log, look for its namespaces."""
+        if not (container.clog.directory / CONTEXT_FILE).exists():
+            self.save(container)  # so records of it can be read after it stops
+        if container.options["namespaces"]:
+            # Starts after our reply, when runc creates the container's process.
+            container.finder = asyncio.create_task(
+                self._find_namespaces(container), name=f"pylog-ns-{container.container_id[:12]}")
+
+    def forget(self, container: Container) -> None:
+        """The container's last attachment ended: let go of its namespaces."""
+        if container.finder is not None:
+            container.finder.cancel()
+        for cid in self.registry.remove(container.container_id):
+            self.refresh(cid)
+
+    async def _find_namespaces(self, container: Container) -> None:
+        started = time.monotonic()
+
+        def update(held: HeldNamespaces) -> None:
+            if self.containers.get(container.container_id) is not container:
+                held.close()
+                return
+            touched = self.registry.add(container.container_id, held)
+            self.refresh(container.container_id)
+            for cid in touched:
+                self.refresh(cid)
+            log.info("%s (%s): pid %d, namespaces known %.1f ms after StartLogging: %s",
+                     container.name, container.container_id[:12], held.pid,
+                     (time.monotonic() - started) * 1000,
+                     " ".join(f"{t}:{i.inode}" for t, i in sorted(held.identities.items())))
+
+        try:
+            await find_container_namespaces(container.container_id, self.host_ns,
+                                            proc=self.proc, on_update=update)
+        except asyncio.CancelledError:
+            if container.attachments and not any(a.stopping for a in container.attachments):
+                self.lookups_failed += 1
+            raise
+        except Exception:
+            self.lookups_failed += 1
+            log.exception("finding the namespaces of %s failed", container.container_id[:12])
+
+    def refresh(self, container_id: str) -> None:
+        """Rebuild a container's context after what it says changed; keep it for later reads."""
+        container = self.containers.get(container_id)
+        if container is None:
+            return
+        container.context = build_context(
+            container.info, container.options, self.registry.held(container_id), self.host_ns,
+            self.registry, names={cid: c.name for cid, c in self.containers.items()})
+        self.save(container)
+
+    def save(self, container: Container) -> None:
+        try:
+            write_json(container.clog.directory / CONTEXT_FILE, container.context.fields())
+        except OSError as e:
+            log.warning("could not save the context of %s: %s", container.container_id[:12], e)
+
+    def context_of(self, container_id: str) -> ContainerContext:
+        """The live context of an attached container, else the one saved with its logs (else
+        just its ID). Reads a file for a stopped container: call it off the loop then."""
+        container = self.containers.get(container_id)
+        if container is not None:
+            return container.context
+        return self.stored_context(container_id)
+
+    def stored_context(self, container_id: str) -> ContainerContext:
+        try:
+            text = (self.store_root / container_id / CONTEXT_FILE).read_text()
+            return context_from_fields(json.loads(text))
+        except (OSError, ValueError, KeyError, TypeError):
+            return ContainerContext(container_id=container_id, name="", image_name="",
+                                    image_id="", tag=container_id[:12], host_name="")
+
+    def resolve_attached(self, ref: str) -> str | None:
+        """An attached container's ID by name, or None (the stored ones: :meth:`resolve`)."""
+        ref = ref.lstrip("/")
+        return next((cid for cid, c in self.containers.items() if c.name == ref), None)
+
+    def resolve(self, ref: str, attached: list[str]) -> str:
+        """A container ID from a full or unique partial ID or a name, stored ones included
+        (reads their saved contexts: a worker's job). ``attached``: the attached IDs."""
+        ref = ref.lstrip("/")
+        stored = sorted(n for n in _listdir(self.store_root) if CONTAINER_ID_RE.match(n))
+        for cid in stored:
+            if self.stored_context(cid).name == ref:
+                return cid
+        matches = {cid for cid in [*attached, *stored] if cid.startswith(ref)}
+        if len(matches) == 1 and ref:
+            return matches.pop()
+        if len(matches) > 1:
+            raise UnknownContainerError(f"{ref!r} matches more than one container")
+        raise UnknownContainerError(f"no container {ref!r} is attached or stored")
+
+    def close(self) -> None:
+        self.registry.close()
+
+
+def _listdir(path: Path) -> list[str]:
+    try:
+        return [p.name for p in path.iterdir()]
+    except OSError:
+        return []
+
