@@ -31,8 +31,6 @@ ALLOWED: dict[str, str] = {
         "284 lines when issue 13 was filed; not part of the rebuild, no split planned yet",
     "pylog.sinks.elasticsearch:ElasticsearchSink._bulk":
         "complexity 18 when issue 13 was filed; not part of the rebuild, no split planned yet",
-    "pylog.namespaces:find_container_namespaces":
-        "complexity 18; made to give up (issue 13's third task) and split then",
     "pylog.logreader:_follow": "complexity 17; logreader.py is being reworked on another branch",
 }
 
