@@ -1,5 +1,6 @@
 """Test-wide settings: hypothesis profiles (a bounded run by default, a long one on request),
-and the fixtures several test modules share."""
+asyncio's debug mode with slow callbacks failing the test (tests/slow_callbacks.py), and the
+fixtures several test modules share."""
 
 import os
 from collections.abc import AsyncIterator, Iterator
@@ -13,12 +14,21 @@ from hypothesis import HealthCheck, settings
 from pylog.api import make_app
 from pylog.driver import Driver
 from pylog.store import Store
+from tests import slow_callbacks
 
 settings.register_profile("ci", max_examples=300, deadline=None)
 # The longer fuzz run: HYPOTHESIS_PROFILE=long bash scripts/test.sh tests/test_fuzz.py
 settings.register_profile("long", max_examples=50_000, deadline=None,
                           suppress_health_check=[HealthCheck.too_slow])
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    slow_callbacks.pytest_configure(config)
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    slow_callbacks.pytest_unconfigure(config)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

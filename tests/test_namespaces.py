@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import functools
+import json
 import os
 import re
 import shutil
@@ -20,6 +22,7 @@ from pathlib import Path
 import pytest
 
 from pylog import cgroup
+from pylog import driver as driver_module
 from pylog.namespaces import (
     NS_TYPES,
     FinderSchedule,
@@ -31,6 +34,7 @@ from pylog.namespaces import (
     host_namespaces,
     pick_init,
 )
+from tests.test_api import start_body
 
 PRESENT = [t for t in NS_TYPES if os.path.exists(f"/proc/self/ns/{t}")]
 CID = "c0ffee" + "0123456789abcdef" * 3 + "0123456789"
@@ -626,6 +630,93 @@ async def test_scanning_proc_finds_a_custom_cgroup_parent(tmp_path, proc, polls)
     held.close()
     assert held.pid == 4242
     assert polls.scans >= 1
+
+
+def _custom_parent_root(tmp_path: Path) -> Path:
+    """A cgroup v2 root where Docker's layouts have nothing: only a /proc scan can find it."""
+    root = tmp_path / "cgroup"
+    root.mkdir()
+    (root / "cgroup.controllers").write_text("pids\n")
+    return root
+
+
+GIVE_UP = FinderSchedule(fast=0.001, fast_for=60, scan_after=0, scan_every=0.05,
+                         give_up_after=0.5)
+
+
+async def test_never_found_it_gives_up_after_a_bounded_number_of_scans(tmp_path, proc, polls,
+                                                                      caplog):
+    root = _custom_parent_root(tmp_path)
+    proc.add(1, "systemd", 0, cgroup_text="0::/init.scope\n")  # nothing of the container
+    caplog.set_level("INFO", logger="pylog.namespaces")
+    result = await asyncio.wait_for(
+        find_container_namespaces(CID, {}, proc.root, root, GIVE_UP), TIMEOUT)
+    assert result is None
+    # One scan at most every scan_every until give_up_after: 10, and the one at the start.
+    assert 1 <= polls.scans <= 11
+    given_up = [r for r in caplog.records if "were not found" in r.getMessage()]
+    assert len(given_up) == 1 and given_up[0].levelname == "INFO"
+    assert CID[:12] in given_up[0].getMessage()
+
+
+async def test_a_runc_init_that_never_starts_is_watched_until_give_up(tmp_path, proc, polls):
+    cg = FakeCgroup(tmp_path / "cgroup", "v2", "cgroupfs")
+    proc.add(4242, "runc:[2:INIT]", SHIM)  # `start` never comes
+    cg.put(4242)
+    updates: list[HeldNamespaces] = []
+    before = ns_fds()
+    held = await asyncio.wait_for(
+        find_container_namespaces(CID, {}, proc.root, cg.root, GIVE_UP, on_update=updates.append),
+        TIMEOUT)
+    assert held is not None and updates == [held]  # the init's view stands
+    assert held.pid == 4242
+    assert polls.scans == 0  # found in its cgroup: no /proc scan
+    assert ns_fds() - before == set(held.fds)
+    held.close()
+
+
+async def test_found_by_a_scan_it_returns_without_scanning_again(tmp_path, proc, polls):
+    root = _custom_parent_root(tmp_path)
+    proc.add(4242, "sh", SHIM, cgroup_text=f"0::/my-parent/{CID}\n")
+    schedule = FinderSchedule(fast=0.001, fast_for=60, scan_after=0, scan_every=0.001,
+                              give_up_after=60)
+    held = await asyncio.wait_for(
+        find_container_namespaces(CID, {}, proc.root, root, schedule), TIMEOUT)
+    assert held is not None
+    held.close()
+    assert held.pid == 4242
+    assert polls.scans == 1
+
+
+async def test_driver_counts_a_container_given_up_on_once(env, tmp_path, proc, polls,
+                                                          monkeypatch, caplog):
+    client, driver, fifo_dir = env
+    root = _custom_parent_root(tmp_path)
+    driver.proc = proc.root
+    monkeypatch.setattr(driver_module, "find_container_namespaces",
+                        functools.partial(find_container_namespaces, root=root,
+                                          schedule=GIVE_UP))
+    caplog.set_level("INFO")
+    body = start_body("/longline")
+    fifo = fifo_dir / "given-up"
+    os.mkfifo(fifo)
+    wfd = os.open(fifo, os.O_RDWR)
+    body["File"] = str(fifo)
+    try:
+        r = await client.post("/LogDriver.StartLogging", data=json.dumps(body))
+        assert (await r.json()) == {"Err": ""}
+        container = driver.containers[body["Info"]["ContainerID"]]
+        assert container.finder is not None
+        await asyncio.wait_for(asyncio.shield(container.finder), TIMEOUT)
+        assert driver.lookups_failed == 1
+        r = await client.post("/LogDriver.StopLogging", data=json.dumps({"File": str(fifo)}))
+        assert (await r.json()) == {"Err": ""}
+    finally:
+        os.close(wfd)
+    assert driver.lookups_failed == 1  # not once more at StopLogging
+    assert polls.scans >= 1
+    given_up = [r for r in caplog.records if "were not found" in r.getMessage()]
+    assert len(given_up) == 1
 
 
 async def test_awaited_inside_an_except_block_the_result_is_still_open(tmp_path, proc):

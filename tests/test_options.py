@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from pylog.errors import OptionError
-from pylog.sinks import SINK_TYPES
 from pylog.options import allowed_options, parse_log_options, parse_size
+from pylog.sinks import SINK_TYPES
 from pylog.tag import parse_tag_template, render_tag
 
 VECTORS = Path(__file__).parent / "vectors"

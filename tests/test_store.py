@@ -850,7 +850,6 @@ _BUG_NEW_FRAME_SWALLOWED = pytest.mark.xfail(strict=True, reason=(
 def _abandoned_cases() -> list:
     out = []
     for torn, cuts in _TORN_CUTS:
-        line_at = torn.index(b"000099 ")
         for cut in cuts:
             marks = ()  # the new writer's StartLogging abandons the half frame first
             out.append(pytest.param(torn, cut, marks=marks,

@@ -75,8 +75,8 @@ class Enrichment:
                      " ".join(f"{t}:{i.inode}" for t, i in sorted(held.identities.items())))
 
         try:
-            await find_container_namespaces(container.container_id, self.host_ns,
-                                            proc=self.proc, on_update=update)
+            found = await find_container_namespaces(container.container_id, self.host_ns,
+                                                    proc=self.proc, on_update=update)
         except asyncio.CancelledError:
             if container.attachments and not any(a.stopping for a in container.attachments):
                 self.lookups_failed += 1
@@ -84,6 +84,9 @@ class Enrichment:
         except Exception:
             self.lookups_failed += 1
             log.exception("finding the namespaces of %s failed", container.container_id[:12])
+        else:
+            if found is None:
+                self.lookups_failed += 1  # given up on (the finder logged it): no more looks
 
     def refresh(self, container_id: str) -> None:
         """Rebuild a container's context after what it says changed; keep it for later reads."""

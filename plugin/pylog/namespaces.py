@@ -126,7 +126,9 @@ def pick_init(pids: list[int], proc: Path = PROC) -> int | None:
 
 @dataclass
 class FinderSchedule:
-    """How often to look: fast while a container is being created, slower later."""
+    """How often to look: fast while a container is being created, slower later, and not after
+    ``give_up_after`` (a container whose process never shows up, or whose runc init never
+    starts its program, is not looked for forever)."""
 
     fast: float = 0.001
     fast_for: float = 2.0
@@ -135,88 +137,132 @@ class FinderSchedule:
     slow: float = 0.1
     scan_after: float = 1.0  # then also scan /proc, for custom --cgroup-parent layouts
     scan_every: float = 1.0
+    give_up_after: float = 60.0
+
+    def delay(self, elapsed: float) -> float:
+        return (self.fast if elapsed < self.fast_for
+                else self.medium if elapsed < self.medium_for else self.slow)
+
+    def scan_due(self, elapsed: float, since_scan: float) -> bool:
+        return elapsed >= self.scan_after and since_scan >= self.scan_every
 
 
 async def find_container_namespaces(
         container_id: str, host: dict[str, NamespaceIdentity], proc: Path = PROC,
         root: Path = cgroup.CGROUP_ROOT, schedule: FinderSchedule | None = None,
-        on_update: Callable[[HeldNamespaces], None] | None = None) -> HeldNamespaces:
-    """Wait for the container's init and hold its namespaces. Runs until found or cancelled.
+        on_update: Callable[[HeldNamespaces], None] | None = None) -> HeldNamespaces | None:
+    """Wait for the container's init and hold its namespaces. Runs until found, cancelled, or
+    ``schedule.give_up_after`` has passed.
 
     runc's init sits in the container's final namespaces waiting for ``start``; a view seen the
     same on two looks in a row is handed to ``on_update`` at once (so even the first line of a
     container gets it), and again if it changes before the container's program runs. Each view
     handed to ``on_update`` belongs to the callee from then on; the return value is the last
-    one handed out (or, without ``on_update``, the caller's to close).
+    one handed out (or, without ``on_update``, the caller's to close). On giving up that is
+    runc's init's view if one was seen, else None (logged once).
     """
-    schedule = schedule or FinderSchedule()
-    files = cgroup.procs_files(container_id, root)
-    start = last_scan = time.monotonic()
-    published: HeldNamespaces | None = None
-    seen: HeldNamespaces | None = None  # ours: looked at, not handed out
-    returned = False
-
-    def publish() -> None:
-        nonlocal published, seen
-        assert seen is not None
-        if published is not None and published.identities == seen.identities:
-            seen.close()  # nothing new
-        else:
-            published = seen
-            if on_update is not None:
-                on_update(published)
-        seen = None
-
+    finder = _Finder(container_id, host, proc, cgroup.procs_files(container_id, root),
+                     schedule or FinderSchedule(), on_update)
     try:
+        return await finder.run()
+    finally:
+        finder.close()
+
+
+class _Finder:
+    """find_container_namespaces's state: the views it holds, and when it last scanned /proc."""
+
+    def __init__(self, container_id: str, host: dict[str, NamespaceIdentity], proc: Path,
+                 files: list[Path], schedule: FinderSchedule,
+                 on_update: Callable[[HeldNamespaces], None] | None) -> None:
+        self.container_id = container_id
+        self.host = host
+        self.proc = proc
+        self.files = files
+        self.schedule = schedule
+        self.on_update = on_update
+        self.start = self.last_scan = time.monotonic()
+        self.published: HeldNamespaces | None = None
+        self.seen: HeldNamespaces | None = None  # ours: looked at, not handed out
+        self.returned = False
+
+    async def run(self) -> HeldNamespaces | None:
         while True:
             now = time.monotonic()
-            pids = cgroup.read_procs(files)
-            if not pids and now - start >= schedule.scan_after and \
-                    now - last_scan >= schedule.scan_every:
-                last_scan = now
-                pids = await asyncio.to_thread(cgroup.scan_proc, container_id, proc)
-            last = seen or published
-            if not pids and last is not None and (proc / str(last.pid)).exists():
-                pids = [last.pid]  # found by a /proc scan, and no scan is due: still there
-            init = pick_init(pids, proc) if pids else None
-            candidate: HeldNamespaces | None = None
-            if init is not None:
-                try:
-                    candidate = hold_namespaces(init, proc)
-                except OSError:
-                    pass  # gone already, or not ours to read; look again
-                if candidate is not None and not _is_container_view(candidate, host):
-                    candidate.close()
-                    candidate = None
+            elapsed = now - self.start
+            if elapsed >= self.schedule.give_up_after:
+                return self._give_up(elapsed)
+            init, candidate = await self._look(now, elapsed)
             if candidate is not None:
-                final = _read(proc / str(candidate.pid) / "comm") != _RUNC_INIT_COMM
-                same = seen is not None and seen.pid == candidate.pid and \
-                    seen.identities == candidate.identities
-                if seen is not None:
-                    seen.close()
-                seen = candidate
-                if final or same:
-                    publish()
-                if final:
-                    assert published is not None
-                    returned = True
-                    return published
-            elif init is None and (published is not None or seen is not None):
-                # It ran and exited between two looks: the last view is the answer.
-                if seen is not None:
-                    publish()
-                assert published is not None
-                returned = True
-                return published
-            elapsed = now - start
-            delay = (schedule.fast if elapsed < schedule.fast_for
-                     else schedule.medium if elapsed < schedule.medium_for else schedule.slow)
-            await asyncio.sleep(delay)  # polling the cgroup: there is no event to wait on
-    finally:
-        if seen is not None:
-            seen.close()
-        if published is not None and on_update is None and not returned:
-            published.close()  # cancelled: nobody else will
+                if self._take(candidate):
+                    return self._result()
+            elif init is None and (self.published is not None or self.seen is not None):
+                return self._result()  # it ran and exited between two looks: the last view
+            await asyncio.sleep(self.schedule.delay(elapsed))  # there is no event to wait on
+
+    async def _look(self, now: float, elapsed: float) -> tuple[int | None, HeldNamespaces | None]:
+        """The container's init, and its namespaces if they are the container's."""
+        pids = cgroup.read_procs(self.files)
+        if not pids and self.schedule.scan_due(elapsed, now - self.last_scan):
+            self.last_scan = now
+            pids = await asyncio.to_thread(cgroup.scan_proc, self.container_id, self.proc)
+        last = self.seen or self.published
+        if not pids and last is not None and (self.proc / str(last.pid)).exists():
+            pids = [last.pid]  # found by a /proc scan, and no scan is due: still there
+        init = pick_init(pids, self.proc) if pids else None
+        if init is None:
+            return None, None
+        try:
+            held = hold_namespaces(init, self.proc)
+        except OSError:
+            return init, None  # gone already, or not ours to read; look again
+        if not _is_container_view(held, self.host):
+            held.close()
+            return init, None
+        return init, held
+
+    def _take(self, candidate: HeldNamespaces) -> bool:
+        """Keep the newest view, hand it out once seen twice; True if it is final."""
+        final = _read(self.proc / str(candidate.pid) / "comm") != _RUNC_INIT_COMM
+        same = self.seen is not None and self.seen.pid == candidate.pid and \
+            self.seen.identities == candidate.identities
+        if self.seen is not None:
+            self.seen.close()
+        self.seen = candidate
+        if final or same:
+            self._publish()
+        return final
+
+    def _publish(self) -> None:
+        assert self.seen is not None
+        if self.published is not None and self.published.identities == self.seen.identities:
+            self.seen.close()  # nothing new
+        else:
+            self.published = self.seen
+            if self.on_update is not None:
+                self.on_update(self.published)
+        self.seen = None
+
+    def _result(self) -> HeldNamespaces:
+        if self.seen is not None:
+            self._publish()
+        assert self.published is not None
+        self.returned = True
+        return self.published
+
+    def _give_up(self, elapsed: float) -> HeldNamespaces | None:
+        if self.published is not None or self.seen is not None:
+            return self._result()  # runc's init never started the program: its view stands
+        log.info("the namespaces of container %s were not found in %.0f s: its records carry "
+                 "none", self.container_id[:12], elapsed)
+        self.returned = True
+        return None
+
+    def close(self) -> None:
+        if self.seen is not None:
+            self.seen.close()
+        if self.published is not None and self.on_update is None and not self.returned:
+            self.published.close()  # cancelled: nobody else will
 
 
 def _is_container_view(held: HeldNamespaces, host: dict[str, NamespaceIdentity]) -> bool:

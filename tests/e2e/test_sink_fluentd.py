@@ -53,7 +53,7 @@ def test_same_records_as_dockers_fluentd_driver(pylog: PylogServer, containers: 
     docker_events = receiver.wait_for(59, f"docker.{docker[:12]}")
     our_events = receiver.wait_for(57, f"pylog.{ours[:12]}")
     assert len(our_events) == 57 and len(docker_events) == 59
-    d, p = by_stream(docker_events), by_stream(our_events)
+    p = by_stream(our_events)
 
     def joined(records: list[Received]) -> list[str]:
         """Docker's records with the partial_* chunks of one line joined back together."""

@@ -168,7 +168,7 @@ async def _wait_arrival(peer: FluentdReceiver) -> None:
     peer.arrived.clear()
     try:
         await asyncio.wait_for(peer.arrived.wait(), 1.0)
-    except asyncio.TimeoutError:
+    except TimeoutError:
         pass  # re-check the count; the caller's deadline bounds the loop
 
 

@@ -1,0 +1,122 @@
+"""A pytest plugin: every event loop the tests make runs in asyncio's debug mode, and a callback
+that holds its loop longer than ``SLOW_CALLBACK`` seconds fails the test phase it ran in,
+naming the callback and how long it took.
+
+Tests under a directory whose conftest marks them report-only (:func:`report_only`, the e2e
+tests: a loaded 2-core machine can delay any callback there) are not failed; their slow
+callbacks are listed in the terminal summary instead.
+
+tests/conftest.py registers it; ``pytest -p tests.slow_callbacks`` loads it on its own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Generator
+from dataclasses import dataclass
+
+import pytest
+
+SLOW_CALLBACK = 0.1  # seconds
+_SLOW_MSG = "Executing %s took %.3f seconds"  # asyncio/base_events.py, _run_once
+_REPORT_ONLY = pytest.StashKey[bool]()
+
+
+def report_only(request: pytest.FixtureRequest) -> None:
+    """Slow callbacks of this test are listed in the summary, not failed (call from a fixture)."""
+    request.node.stash[_REPORT_ONLY] = True
+
+
+@dataclass(frozen=True)
+class Slow:
+    callback: str
+    seconds: float
+
+    def __str__(self) -> str:
+        # A debug-mode repr carries every "created at" on the way; its head names the callback.
+        head = self.callback if len(self.callback) <= 300 else self.callback[:300] + " ..."
+        return f"{head} took {self.seconds:.3f} s"
+
+
+class _DebugLoopPolicy(asyncio.DefaultEventLoopPolicy):
+    """Loops made outside pytest-asyncio (``asyncio.run`` in a plain test) are debugged too."""
+
+    def new_event_loop(self) -> asyncio.AbstractEventLoop:
+        loop = super().new_event_loop()
+        loop.set_debug(True)
+        loop.slow_callback_duration = SLOW_CALLBACK
+        return loop
+
+
+class _Recorder(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.seen: list[Slow] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.msg == _SLOW_MSG and isinstance(record.args, tuple) and len(record.args) == 2:
+            self.seen.append(Slow(str(record.args[0]), float(record.args[1])))
+
+
+class SlowCallbacks:
+    def __init__(self, config: pytest.Config) -> None:
+        self.recorder = _Recorder()
+        self.reported: list[tuple[str, str, Slow]] = []  # (test, phase, callback), not failed
+        # pytest-asyncio (1.2 and later) makes its loops with debug set from this option.
+        config.option.asyncio_debug = True
+        self._old_policy = asyncio.get_event_loop_policy()
+        asyncio.set_event_loop_policy(_DebugLoopPolicy())
+        logging.getLogger("asyncio").addHandler(self.recorder)
+
+    def unconfigure(self) -> None:
+        logging.getLogger("asyncio").removeHandler(self.recorder)
+        asyncio.set_event_loop_policy(self._old_policy)
+
+    @pytest.hookimpl(wrapper=True)
+    def pytest_runtest_makereport(self, item: pytest.Item,
+                                  call: pytest.CallInfo[None]) -> Generator[None, pytest.TestReport,
+                                                                            pytest.TestReport]:
+        report = yield
+        slow, self.recorder.seen = self.recorder.seen, []
+        if not slow:
+            return report
+        if item.stash.get(_REPORT_ONLY, False):
+            self.reported += [(item.nodeid, call.when, s) for s in slow]
+            return report
+        text = "\n".join(f"  {s}" for s in slow)
+        report.sections.append((f"slow callbacks ({call.when})", text))
+        if report.passed:
+            report.outcome = "failed"
+            report.longrepr = (f"{len(slow)} callback(s) held the event loop over "
+                               f"{SLOW_CALLBACK} s (asyncio debug mode) during {call.when}:\n"
+                               f"{text}")
+        return report
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_runtest_setup(self, item: pytest.Item) -> None:
+        # Those between tests (a loop of a session fixture, a thread's own loop) are no test's.
+        self.reported += [("(between tests)", "-", s) for s in self.recorder.seen]
+        self.recorder.seen = []
+
+    def pytest_terminal_summary(self, terminalreporter: pytest.TerminalReporter) -> None:
+        self.reported += [("(after the last test)", "-", s) for s in self.recorder.seen]
+        if not self.reported:
+            return
+        terminalreporter.section(f"slow callbacks over {SLOW_CALLBACK} s (reported, not failed)")
+        for test, phase, slow in self.reported:
+            terminalreporter.write_line(f"{test} [{phase}]: {slow}")
+
+
+_KEY = "slow-callbacks"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if not config.pluginmanager.has_plugin(_KEY):
+        config.pluginmanager.register(SlowCallbacks(config), _KEY)
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    plugin = config.pluginmanager.get_plugin(_KEY)
+    if isinstance(plugin, SlowCallbacks):
+        plugin.unconfigure()
