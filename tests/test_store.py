@@ -1289,7 +1289,7 @@ def test_a_rotation_whose_seq_cannot_be_saved_keeps_its_rotated_file(tmp_path, m
     with ThreadPoolExecutor(1) as ex:
         store = Store(tmp_path, ex)
         clog = store.open(CID, StoreOptions(max_size=FRAME_LEN * 10, max_file=1, compress=False))
-        monkeypatch.setattr(ContainerLog, "_save_seq", refuse)
+        monkeypatch.setattr(pylog.store, "save_seq", refuse)
         for i in range(25):
             append(clog, [frame(i)])
         assert clog.next_seq == 3

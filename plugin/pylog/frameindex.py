@@ -9,9 +9,11 @@ again if the file is still the very same, so reopening a log costs nothing.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 from bisect import bisect_left, bisect_right
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from itertools import accumulate, repeat
 from operator import add
@@ -147,6 +149,30 @@ def walk_file(fd: int, state: WalkState, size: int, piece: int = WALK_PIECE) -> 
         walk(state, buf, 0, None)
         carry = buf[state.scan - before:]
     return state
+
+
+class BackgroundWalk:
+    """:func:`walk_file` in a worker thread; ``on_done(self, state)`` runs on the loop with the
+    walked state (None if reading failed), then ``done`` is set."""
+
+    def __init__(self, fd: int, state: WalkState, size: int,
+                 on_done: Callable[[BackgroundWalk, WalkState | None], None]) -> None:
+        self.size = size  # the file's size when the walk began
+        self.done = asyncio.Event()
+        self._on_done = on_done
+        future = asyncio.get_running_loop().run_in_executor(None, walk_file, fd, state, size)
+        future.add_done_callback(self._finished)
+
+    def _finished(self, future: asyncio.Future[WalkState]) -> None:
+        try:
+            state: WalkState | None = future.result()
+        except (OSError, asyncio.CancelledError) as e:
+            log.error("walking a stored log failed: %s", e)
+            state = None
+        try:
+            self._on_done(self, state)
+        finally:
+            self.done.set()
 
 
 def _walk_key(fd: int, max_size: int) -> list[int]:
