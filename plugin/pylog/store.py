@@ -439,6 +439,10 @@ class ContainerLog:
                                 seq - keep if saved else seq - keep - 1)
         return True
 
+    def rotated_seqs(self) -> list[int]:
+        """The seqs of the rotated files on disk now, ascending."""
+        return [seq for seq, _ in self._rotated_files()]
+
     def _rotated_files(self) -> list[tuple[int, Path]]:
         found = []
         for name in os.listdir(self.directory):
