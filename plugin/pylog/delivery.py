@@ -216,6 +216,7 @@ class Delivery:
         logging and all is sent (or, closing, until the end of what is stored)."""
         if self._reader is not None:  # a restart: what the last reader lost stays counted
             self._dropped_before += self._reader.dropped_bytes
+            self._reader = None
         reader = self._reader = LogReader(self.clog, await asyncio.to_thread(self.cursor.load))
         self.acked = reader.pos
         reassembler = Reassembler(self.max_line)

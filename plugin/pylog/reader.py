@@ -163,8 +163,9 @@ class LogReader:
     """Reads a container's stored frames from a position on, across rotations.
 
     ``LogReader(clog, pos)`` reads the log as it grows (``pos`` None: from the oldest stored
-    frame); with ``snapshot``, only what the snapshot holds (the reader then owns it and
-    closes it). One read at a time; the position changes only on the event loop.
+    frame). With ``snapshot``, it reads only what the snapshot holds, from its oldest file
+    (positions then number the snapshot's files, not seqs), and owns and closes it. One read
+    at a time; the position changes only on the event loop.
     """
 
     def __init__(self, clog: ContainerLog, pos: Position | None,
