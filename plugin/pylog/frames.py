@@ -332,6 +332,11 @@ def _split_frames(data: bytes, max_frame: int) -> Split | None:
     return Split(segs, declared, tail, only)
 
 
+def frames_size(lengths: Sequence[int]) -> int:
+    """The bytes that frames of these body lengths take, length fields included."""
+    return 4 * len(lengths) + sum(lengths)
+
+
 def frame_lengths(data: bytes, max_frame: int = DEFAULT_MAX_FRAME) -> tuple[int, ...] | None:
     """The length (after its 4-byte length field) of each whole frame at the start of ``data``,
     found in C (see :func:`_split_frames`); None if the bytes are not plainly good frames from

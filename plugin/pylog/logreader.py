@@ -19,7 +19,7 @@ from typing import Any
 
 from .entry import LogEntry
 from .errors import RequestError
-from .frames import Columns, decode_batch, frame_lengths, join_frames
+from .frames import Columns, decode_batch, frame_lengths, frames_size, join_frames
 from .reader import LogReader, Position
 from .store import MAX_STORED_FRAME, ContainerLog, file_pieces
 from .timefmt import parse_rfc3339_ns
@@ -149,7 +149,7 @@ def _last_entries(fd: int, is_gzip: bool, size: int | None, n: int,
         lengths = frame_lengths(data, MAX_STORED_FRAME)
         if lengths is None:  # damage, or a frame not like dockerd's: decode them all
             return _last_entries_decoded(fd, is_gzip, size, n, start)
-        whole = 4 * len(lengths) + sum(lengths)
+        whole = frames_size(lengths)
         carry = data[whole:]
         kept.append((data[:whole], len(lengths)))
         in_kept += len(lengths)
@@ -159,7 +159,7 @@ def _last_entries(fd: int, is_gzip: bool, size: int | None, n: int,
     skip = in_kept - n  # whole frames before the last n: not decoded (their lengths are known)
     if skip > 0:
         before: Sequence[int] = (frame_lengths(data, MAX_STORED_FRAME) or ())[:skip]
-        data = data[4 * len(before) + sum(before):]
+        data = data[frames_size(before):]
     return list(decode_batch(data + carry, MAX_STORED_FRAME, final=True).entries)[-n:]
 
 
