@@ -12,8 +12,14 @@ current context, sends them, and moves the cursor on only when the sink took the
 - the spool's limit is the store's (``max-size`` x ``max-file`` per container): a sink that falls
   further behind than that loses the oldest lines, which are counted (``dropped_bytes``).
 
-Each delivery keeps plain counters (lines delivered, retries, the batch in flight, the time of
-the last line delivered) that :mod:`pylog.metrics` reads at scrape time.
+- a failure nobody expected (a bug in a sink or in pylog) does not end it: it is logged with its
+  traceback once per streak, counted, and the delivery starts again from its saved cursor
+  after a backoff;
+- it reads through :class:`pylog.reader.LogReader` and saves its cursor durably, both in worker
+  threads; a cursor found damaged at start is reported and the log is read from its oldest line.
+
+Each delivery keeps plain counters (lines delivered, retries, restarts, the batch in flight, the
+time of the last line delivered) that :mod:`pylog.metrics` reads at scrape time.
 """
 
 from __future__ import annotations
