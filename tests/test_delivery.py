@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, ClassVar
@@ -14,6 +14,7 @@ from typing import Any, ClassVar
 import pytest
 
 import pylog.delivery
+import pylog.frames
 import pylog.logreader
 import pylog.reader
 from pylog.delivery import Delivery
@@ -56,7 +57,7 @@ class BuggySink(Sink):
     def retry_wait(self) -> float:
         return 0.01
 
-    async def send(self, lines: list[Line], ctx: ContainerContext) -> None:
+    async def send(self, lines: Sequence[Line], ctx: ContainerContext) -> None:
         self.calls += 1
         self.got += [line.line for line in lines]
         self.changed.set()
@@ -137,7 +138,7 @@ async def test_a_new_failure_streak_is_logged_again(tmp_path: Path,
 async def test_a_reader_that_fails_once_loses_nothing(tmp_path: Path,
                                                       caplog: pytest.LogCaptureFixture,
                                                       monkeypatch: pytest.MonkeyPatch) -> None:
-    real = pylog.reader.decode_batch
+    real = pylog.frames.decode_batch
     calls = 0
 
     def fails_once(*args: Any, **kwargs: Any) -> Decoded:
@@ -162,7 +163,7 @@ async def test_a_reader_that_fails_once_loses_nothing(tmp_path: Path,
 
 async def test_cancelling_a_delivery_still_stops_it(tmp_path: Path) -> None:
     class Stuck(BuggySink):
-        async def send(self, lines: list[Line], ctx: ContainerContext) -> None:
+        async def send(self, lines: Sequence[Line], ctx: ContainerContext) -> None:
             self.changed.set()
             await asyncio.Event().wait()
 
