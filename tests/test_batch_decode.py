@@ -10,7 +10,10 @@ from hypothesis import strategies as st
 
 from pylog.entry import LogEntry
 from pylog.frames import (
+    Columns,
     FrameDecoder,
+    decode_all,
+    decode_batch,
     decode_columns,
     decode_frames,
     encode_frame,
@@ -174,3 +177,39 @@ def test_frame_lengths_are_the_frames_or_nothing(entries: list[LogEntry], cut: i
         walk.append(e - p - 4)
         p = e
     assert list(got) == walk
+
+
+@given(entries_st, st.binary(max_size=12), st.integers(0, 10**6), st.booleans(), st.booleans())
+def test_decode_batch_gives_what_the_frame_decoder_gives(entries: list[LogEntry], junk: bytes,
+                                                         where: int, columns: bool,
+                                                         final: bool) -> None:
+    """Whichever decoder decode_batch picks: the frame decoder's entries (all of them when
+    ``final``, torn frames and damage skipped), the offset after each, and where to go on."""
+    data = b"".join(encode_frame(e) for e in entries)
+    at = where % (len(data) + 1)
+    data = data[:at] + junk + data[at:]
+    got = decode_batch(data, columns=columns, final=final)
+    if final:
+        assert list(got.entries) == decode_all(data) and got.consumed == len(data)
+        return
+    dec = FrameDecoder()
+    chunk = dec.feed(data)
+    assert list(got.entries) == chunk.entries
+    ends = [end for _, end in chunk.spans()]
+    if isinstance(got.entries, Columns):
+        assert got.ends == ends[-1:] and got.consumed == ends[-1]
+    else:
+        assert got.ends == ends
+        assert got.consumed in (len(data) - dec.pending_bytes, ends[-1] if ends else -1)
+
+
+def test_decode_batch_picks_columns_only_when_asked_and_whole_lines() -> None:
+    whole = b"".join(encode_frame(LogEntry(source="stdout", time_nano=T0 + i, line=b"l%d" % i))
+                     for i in range(3))
+    partial = encode_frame(LogEntry(source="stdout", time_nano=T0, line=b"p", partial=True))
+    assert isinstance(decode_batch(whole, columns=True).entries, Columns)
+    assert isinstance(decode_batch(whole).entries, list)
+    assert isinstance(decode_batch(whole + partial, columns=True).entries, list)
+    torn = decode_batch(whole + partial[:-1], columns=True, final=True)
+    assert len(torn.entries) == 3 and torn.consumed == len(whole) + len(partial) - 1
+    assert torn.damage == len(partial) - 1

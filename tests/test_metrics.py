@@ -26,7 +26,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import CollectorRegistry
 
 from pylog.cli import JsonFormatter, format_sinks, setup_logging
-from pylog.delivery import READ_BYTES, Delivery, _Inflated
+from pylog.delivery import READ_BYTES, Delivery
 from pylog.driver import Driver
 from pylog.entry import LogEntry
 from pylog.frames import encode_frame
@@ -38,6 +38,7 @@ from pylog.metrics import (
     readiness,
     sink_report,
 )
+from pylog.reader import _Inflated
 from pylog.reassembly import Line
 from pylog.record import ContainerContext
 from pylog.sinks.base import Sink, SinkConfig, SinkError

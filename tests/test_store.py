@@ -1237,19 +1237,18 @@ def test_a_saved_walk_keeps_a_half_frame_at_the_end_waiting(tmp_path, executor):
 
 
 @pytest.mark.parametrize("max_file", [1, 2])
-def test_a_sinks_cursor_stays_right_across_a_restart_whatever_max_file(tmp_path, max_file):
+async def test_a_sinks_cursor_stays_right_across_a_restart_whatever_max_file(tmp_path,
+                                                                              max_file):
     """A cursor is (seq, offset): the seq of the current file must never be taken again, also
     when no rotated file is kept to say it (max-file=1), or a delivery reading on from its
     cursor after a restart would read the wrong file from the old offset (30 of 45 lines were
     skipped, uncounted, before seq.json)."""
-    from pylog.delivery import StoreTail
+    from pylog.reader import LogReader
 
-    def drain(tail: StoreTail) -> list[int]:
+    async def drain(tail: LogReader) -> list[int]:
         out: list[int] = []
-        at_end = False
-        while not at_end:
-            entries, _, at_end = tail.read()
-            out += [int(e.line[:6]) for e in entries]
+        while not (batch := await tail.read(1 << 18)).at_end:
+            out += [int(e.line[:6]) for e in batch.entries]
         return out
 
     opts = StoreOptions(max_size=FRAME_LEN * 10, max_file=max_file, compress=False)
@@ -1257,10 +1256,10 @@ def test_a_sinks_cursor_stays_right_across_a_restart_whatever_max_file(tmp_path,
     with ThreadPoolExecutor(1) as ex:
         store = Store(tmp_path, ex)
         clog = store.open(CID, opts)
-        tail = StoreTail(clog, None)
+        tail = LogReader(clog, None)
         for i in range(35):  # three rotations, the delivery keeping up
             append(clog, [frame(i)])
-            got += drain(tail)
+            got += await drain(tail)
         cursor, seq = tail.pos, clog.next_seq
         tail.close()
         store.close()
@@ -1269,11 +1268,11 @@ def test_a_sinks_cursor_stays_right_across_a_restart_whatever_max_file(tmp_path,
         store = Store(tmp_path, ex)
         clog = store.open(CID, opts)
         assert clog.next_seq == seq  # not 1 again
-        tail = StoreTail(clog, cursor)
+        tail = LogReader(clog, cursor)
         got = []
         for i in range(35, 80):  # more rotations after the restart
             append(clog, [frame(i)])
-            got += drain(tail)
+            got += await drain(tail)
         assert got == list(range(35, 80))
         assert tail.dropped_bytes == 0
         tail.close()

@@ -12,27 +12,31 @@ current context, sends them, and moves the cursor on only when the sink took the
 - the spool's limit is the store's (``max-size`` x ``max-file`` per container): a sink that falls
   further behind than that loses the oldest lines, which are counted (``dropped_bytes``).
 
-Each delivery keeps plain counters (lines delivered, retries, the batch in flight, the time of
-the last line delivered) that :mod:`pylog.metrics` reads at scrape time.
+- a failure nobody expected (a bug in a sink or in pylog) does not end it: it is logged with its
+  traceback once per streak, counted, and the delivery starts again from its saved cursor
+  after a backoff;
+- it reads through :class:`pylog.reader.LogReader` and saves its cursor durably, both in worker
+  threads; a cursor found damaged at start is reported and the log is read from its oldest line.
+
+Each delivery keeps plain counters (lines delivered, retries, restarts, the batch in flight, the
+time of the last line delivered) that :mod:`pylog.metrics` reads at scrape time.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
-import os
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
-from .entry import LogEntry
-from .frames import Columns, FrameDecoder, decode_columns, decode_frames
+from .durable import StateError, read_json, write_json
+from .frames import Columns
+from .reader import Batch, LogReader, Position
 from .reassembly import Line, Reassembler
 from .record import ContainerContext
 from .sinks.base import Sink, SinkError
-from .store import CURRENT, MAX_STORED_FRAME, ContainerLog, file_pieces, write_json_atomic
+from .store import ContainerLog
 
 log = logging.getLogger(__name__)
 
@@ -40,163 +44,59 @@ READ_BYTES = 256 << 10  # one batch: up to 256 KiB of stored frames (~10,000 sho
 # also what a crash can make a sink receive twice
 
 
-@dataclass(frozen=True, slots=True)
-class Position:
-    """A place in a container's log: file ``seq`` (a rotated file, or the current file, which
-    will get seq ``next_seq`` when rotated) and a byte offset into its (uncompressed) content."""
-
-    seq: int
-    offset: int
-
-
-class _Inflated:
-    """A compressed rotated file, read forward by uncompressed offset a piece at a time (the
-    positions a delivery reads at only grow): at most a piece and a batch of it in memory, not
-    the whole inflated file (max-size, 20 MB by default and as much as the user sets, per
-    container catching up)."""
-
-    def __init__(self, fd: int) -> None:
-        self.fd = fd
-        self._pieces = file_pieces(fd, True)
-        self._buf = b""
-        self._start = 0  # the uncompressed offset of _buf[0]
-
-    def read(self, off: int, n: int) -> bytes:
-        if off < self._start:  # backwards: never in a delivery, but start again to be right
-            self._pieces, self._buf, self._start = file_pieces(self.fd, True), b"", 0
-        while True:
-            if off > self._start:  # drop what is behind the position
-                cut = min(off - self._start, len(self._buf))
-                self._buf, self._start = self._buf[cut:], self._start + cut
-            if self._start + len(self._buf) >= off + n:
-                break
-            piece = next(self._pieces, None)
-            if piece is None:
-                break  # the end of the file (or of what is not damaged)
-            self._buf += piece
-        return self._buf[off - self._start:off - self._start + n] if off >= self._start else b""
-
-
-class StoreTail:
-    """Reads a container's stored frames from a position onwards, across rotations."""
-
-    def __init__(self, clog: ContainerLog, pos: Position | None) -> None:
-        self.clog = clog
-        if pos is None:
-            rotated = [s for s, _ in clog._rotated_files()]
-            pos = Position(min(rotated, default=clog.next_seq), 0)
-        self.pos = pos
-        self.dropped_bytes = 0  # pruned before it was read (uncompressed bytes)
-        self.fell_behind = 0  # times that happened
-        self._fd: int | None = None
-        self._gz: _Inflated | None = None  # set when the open file is compressed
-        self._open_seq = -1
-
-    def close(self) -> None:
-        if self._fd is not None:
-            os.close(self._fd)
-        self._fd, self._gz, self._open_seq = None, None, -1
-
-    def _open(self) -> bool:
-        """Open the file at self.pos.seq; False if there is none (yet)."""
-        if self._open_seq == self.pos.seq:
-            return True
-        self.close()
-        seq = self.pos.seq
-        if seq < self.clog.next_seq:
-            opened = self.clog.open_rotated(seq)
-            if opened is None:  # pruned: the oldest file still there is next
-                later = [s for s, _ in self.clog._rotated_files() if s > seq]
-                nxt = min(later, default=self.clog.next_seq)
-                sizes = self.clog.rotated_sizes
-                lost = max(0, sizes.get(seq, 0) - self.pos.offset) + sum(
-                    sizes.get(s, 0) for s in range(seq + 1, nxt))
-                log.warning("%s: a sink fell behind the store's retention; files %d..%d "
-                            "(%d bytes) were deleted before it read them",
-                            self.clog.directory.name, seq, nxt - 1, lost)
-                self.dropped_bytes += lost
-                self.fell_behind += 1
-                self.pos = Position(nxt, 0)
-                return self._open()
-            fd, is_gz = opened
-            self._fd = fd
-            if is_gz:
-                self._gz = _Inflated(fd)
-        else:
-            try:
-                self._fd = os.open(self.clog.directory / CURRENT, os.O_RDONLY)
-            except FileNotFoundError:
-                return False
-        self._open_seq = seq
-        return True
-
-    def read(self, max_bytes: int = READ_BYTES, columns: bool = False,
-             ) -> tuple[list[LogEntry] | Columns, list[int], bool]:
-        """Whole entries from the position on; the offset after each in the file
-        ``self.pos.seq``; and whether the end of what is stored was reached. With ``columns``,
-        whole lines may come as :class:`Columns`, with only the offset after the last."""
-        while True:
-            if not self._open():
-                return [], [], True
-            off = self.pos.offset
-            finished = self.pos.seq < self.clog.next_seq  # nothing more is written to this file
-            if self._gz is not None:
-                data = self._gz.read(off, max_bytes)
-            else:
-                assert self._fd is not None
-                # Of the current file, only whole frames are ours to read.
-                want = max_bytes if finished else min(max_bytes, self.clog.frame_end - off)
-                data = os.pread(self._fd, want, off) if want > 0 else b""
-            # One protobuf parse for the batch; frame by frame (skipping damage) only if needed.
-            if columns and data:
-                cols = decode_columns(data, MAX_STORED_FRAME)
-                if cols is not None:
-                    self.pos = Position(self.pos.seq, off + cols[1])
-                    return cols[0], [off + cols[1]], False
-            fast = decode_frames(data, MAX_STORED_FRAME) if data else None
-            if fast is not None and fast[0]:
-                entries, ends = fast
-                ends = [off + e for e in ends]
-                self.pos = Position(self.pos.seq, ends[-1])
-                return entries, ends, False
-            chunk = FrameDecoder(MAX_STORED_FRAME).feed(data)
-            if chunk.runs:
-                ends = [off + end for _, end in chunk.spans()]
-                self.pos = Position(self.pos.seq, ends[-1])
-                return chunk.entries, ends, False
-            if data and len(data) == max_bytes:
-                # No whole frame in a full read: damage; skip what the decoder skipped.
-                self.pos = Position(self.pos.seq, off + max(1, len(data) - 8))
-                continue
-            if finished:
-                self.pos = Position(self.pos.seq + 1, 0)  # done with it (a torn tail is skipped)
-                continue
-            return [], [], True
-
-
 class Cursor:
     """Where a sink has got to in one container's log, kept in the container's store dir."""
 
     def __init__(self, directory: Path, sink_key: str) -> None:
         self.path = directory / f"cursor-{sink_key}.json"
+        self._warned = False
 
     def load(self) -> Position | None:
+        """The saved position; None if there is none, or if the file cannot be used (said once,
+        with the file's name): the delivery then reads again from the oldest stored line."""
         try:
-            d = json.loads(self.path.read_text())
-            return Position(int(d["seq"]), int(d["offset"]))
-        except (OSError, ValueError, KeyError, TypeError):
+            d = read_json(self.path)
+            return None if d is None else Position(int(d["seq"]), int(d["offset"]))
+        except (OSError, StateError, KeyError, TypeError, ValueError) as e:
+            if not self._warned:
+                self._warned = True
+                log.warning("sink cursor %s cannot be used (%s); re-reading the container's "
+                            "stored log from its oldest line (the sink may get lines twice)",
+                            self.path, e)
             return None
 
     def save(self, pos: Position) -> None:
+        """Save durably (a fsync: call it in a worker thread)."""
         try:
-            write_json_atomic(self.path, {"seq": pos.seq, "offset": pos.offset})
+            write_json(self.path, {"seq": pos.seq, "offset": pos.offset})
         except OSError as e:
             log.warning("could not save a sink cursor in %s: %s", self.path.parent.name, e)
 
 
+def _lines_of(batch: Batch, reassembler: Reassembler) -> tuple[Sequence[Line], int | None]:
+    """A batch's lines for the sink, and the offset the cursor may move to after them (only
+    where no line is half-read; None: nowhere in this batch)."""
+    entries, ends = batch.entries, batch.ends
+    if isinstance(entries, Columns):
+        return entries, ends[-1]  # whole lines, as columns
+    if not reassembler.pending and not any([e.partial for e in entries]):  # noqa: C419
+        return entries, ends[-1]  # whole lines already: the common case
+    lines: list[Line] = []
+    safe = None
+    for entry, end in zip(entries, ends):
+        line = reassembler.push(entry)
+        if line is not None:
+            lines.append(line)
+        if not reassembler.pending:
+            safe = end
+    return lines, safe
+
+
 class Delivery:
     """Sends one container's lines to one sink, from the store, until the container stops
-    logging and everything is delivered (or until pylog shuts down)."""
+    logging and everything is delivered (or until pylog shuts down). A failure it does not
+    expect (a bug in a sink or here) does not end it: it is logged, counted, and the delivery
+    starts again from its saved cursor after a backoff."""
 
     def __init__(self, clog: ContainerLog, sink: Sink, context: Callable[[], ContainerContext],
                  max_line: int = 1 << 20) -> None:
@@ -211,13 +111,15 @@ class Delivery:
         # Counters for the metrics, read at scrape time (never touched per line).
         self.lines = 0  # lines the sink took
         self.retries = 0  # failed sends of a batch (each retried after a backoff)
+        self.restarts = 0  # unexpected failures, each followed by a start from the cursor
         self.in_flight = 0  # lines of the batch being sent; 0 between batches
         self.last_delivered_ns = 0  # time of the newest line the sink took
         self.first_unsent_ns = 0  # time of the oldest line read but not yet taken
         self.last_success = 0.0  # wall time the sink last took a batch
         self.acked: Position | None = None  # where the saved cursor is
         self.done = False
-        self._tail: StoreTail | None = None
+        self._reader: LogReader | None = None
+        self._failure = ""  # the unexpected failure of the current streak ("" if none)
         self._rejected_final = 0
         self._dropped_before = 0  # carried over from an earlier delivery (see carry_over)
         self._rejected_before = 0
@@ -240,6 +142,7 @@ class Delivery:
         (its metrics still showed it), so the counters never go backwards."""
         self.lines += old.lines
         self.retries += old.retries
+        self.restarts += old.restarts
         self._dropped_before += old.dropped_bytes
         self._rejected_before += old.rejected
 
@@ -255,7 +158,7 @@ class Delivery:
     @property
     def dropped_bytes(self) -> int:
         """Bytes the store deleted (retention) before this delivery read them."""
-        return self._dropped_before + (self._tail.dropped_bytes if self._tail else 0)
+        return self._dropped_before + (self._reader.dropped_bytes if self._reader else 0)
 
     @property
     def rejected(self) -> int:
@@ -278,57 +181,86 @@ class Delivery:
     # ----------------------------------------------------------------- the loop
 
     async def run(self) -> None:
+        """Deliver until done; after an unexpected failure, start again from the saved cursor
+        after a backoff (doubling, capped). Cancelling it stops it."""
+        attempt = 0
+        try:
+            while True:
+                try:
+                    await self._deliver()
+                    return
+                except Exception as e:  # any bug: retried, never silently dead
+                    if self.closing:
+                        raise
+                    attempt = 0 if not self._failure else attempt
+                    self._restarted(e)
+                delay = min(self.sink.retry_wait * 2 ** attempt, self.sink.MAX_RETRY_WAIT)
+                attempt += 1
+                await asyncio.sleep(delay)  # outside the except block: see _send
+        finally:
+            self.clog.drop_waiter(self._waiter)
+            self.in_flight = 0
+            self._rejected_final = self.sink.rejected.pop(self.container_id, 0)
+            self.done = True
+
+    def _restarted(self, error: Exception) -> None:
+        """Count an unexpected failure; log it with its traceback once per streak (until a
+        batch gets through again), or again if it is another failure."""
+        self.restarts += 1
+        what = f"{type(error).__name__}: {error}"
+        if what != self._failure:
+            log.error("delivery to sink %s for %s failed unexpectedly; starting it again from "
+                      "its saved cursor", self.sink.key, self.container_id[:12], exc_info=error,
+                      extra={"event": "delivery_restart", "sink": self.sink.key})
+        else:
+            log.debug("delivery to sink %s for %s failed again: %s", self.sink.key,
+                      self.container_id[:12], what)
+        self._failure = what
+
+    async def _deliver(self) -> None:
+        """Read from the saved cursor and send, batch by batch, until the container stopped
+        logging and all is sent (or, closing, until the end of what is stored)."""
+        if self._reader is not None:  # a restart: what the last reader lost stays counted
+            self._dropped_before += self._reader.dropped_bytes
+            self._reader = None
         await self.clog.ready()  # a log opened again is walked first (in a worker)
-        tail = self._tail = StoreTail(self.clog, self.cursor.load())
-        self.acked = tail.pos
+        reader = self._reader = LogReader(self.clog, await asyncio.to_thread(self.cursor.load))
+        self.acked = reader.pos
         reassembler = Reassembler(self.max_line)
         waiter = self._waiter
         try:
             while True:
-                waiter.clear()
-                entries, ends, at_end = tail.read(
-                    columns=self.sink.COLUMNS and not reassembler.pending)
-                if len(entries):
+                waiter.clear()  # before the read takes frame_end: no write is missed
+                batch = await reader.read(
+                    READ_BYTES, columns=self.sink.COLUMNS and not reassembler.pending)
+                if batch.entries:
                     if not self.first_unsent_ns:
-                        self.first_unsent_ns = entries[0].time_nano
-                    safe = None  # the cursor may move only to where no line is half-read
-                    if isinstance(entries, Columns):
-                        lines: Sequence[Line] = entries  # whole lines, as columns
-                        safe = ends[-1]
-                    elif not reassembler.pending and not any([e.partial for e in entries]):  # noqa: C419
-                        lines = entries  # whole lines already: the common case
-                        safe = ends[-1]
-                    else:
-                        pieces: list[Line] = []
-                        lines = pieces
-                        for entry, end in zip(entries, ends):
-                            line = reassembler.push(entry)
-                            if line is not None:
-                                pieces.append(line)
-                            if not reassembler.pending:
-                                safe = end
+                        self.first_unsent_ns = batch.entries[0].time_nano
+                    lines, safe = _lines_of(batch, reassembler)
                     if lines:
                         await self._send(lines)
                     if safe is not None:
-                        self.acked = Position(tail.pos.seq, safe)
-                        self.cursor.save(self.acked)
+                        await self._ack(Position(batch.seq, safe))
                     continue
-                if at_end and self.closing:
+                if waiter.is_set():
+                    continue  # written (or stopped) while the worker read: look again
+                if self.closing:
                     return  # shutting down: a half-read line is read again at the next start
-                if at_end and self.clog.writers == 0:
+                if self.clog.writers == 0:
                     rest = reassembler.flush()
                     if rest:
                         await self._send(rest)
-                    self.cursor.save(tail.pos)
-                    self.acked = tail.pos
+                    await self._ack(reader.pos)
                     return
                 await waiter.wait()
         finally:
-            tail.close()
-            self.clog.drop_waiter(waiter)
-            self.in_flight = 0
-            self._rejected_final = self.sink.rejected.pop(self.container_id, 0)
-            self.done = True
+            reader.close()
+
+    async def _ack(self, pos: Position) -> None:
+        """The sink has everything before ``pos``: save the cursor (durably, off the loop)."""
+        await asyncio.to_thread(self.cursor.save, pos)
+        self.acked = pos
+        self._failure = ""
 
     async def _send(self, lines: Sequence[Line]) -> None:
         """Send one batch until the sink takes it. An outage is logged once when it starts

@@ -10,7 +10,7 @@ not a LogEntry is skipped and counted, and the decoder resyncs on the next plaus
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from itertools import repeat
 from operator import add, itemgetter
@@ -199,6 +199,15 @@ def encode_frame(entry: LogEntry) -> bytes:
     return _LEN.pack(len(body)) + body
 
 
+def join_frames(bodies: Iterable[bytes]) -> bytes:
+    """Serialized LogEntry bodies as one byte string of frames (each with its length)."""
+    out: list[bytes] = []
+    pack = _LEN.pack
+    for body in bodies:
+        out += (pack(len(body)), body)
+    return b"".join(out)
+
+
 def _field1_header(n: int) -> bytes:
     """Tag of field 1 (length-delimited) and the varint ``n``: how LogBatch holds an entry."""
     out = bytearray(b"\x0a")
@@ -323,6 +332,11 @@ def _split_frames(data: bytes, max_frame: int) -> Split | None:
     return Split(segs, declared, tail, only)
 
 
+def frames_size(lengths: Sequence[int]) -> int:
+    """The bytes that frames of these body lengths take, length fields included."""
+    return 4 * len(lengths) + sum(lengths)
+
+
 def frame_lengths(data: bytes, max_frame: int = DEFAULT_MAX_FRAME) -> tuple[int, ...] | None:
     """The length (after its 4-byte length field) of each whole frame at the start of ``data``,
     found in C (see :func:`_split_frames`); None if the bytes are not plainly good frames from
@@ -394,3 +408,37 @@ def decode_columns(data: bytes, max_frame: int = DEFAULT_MAX_FRAME) -> tuple[Col
         if not set(sources) <= _SOURCE_SET:
             return None
     return Columns(sources, list(cols.time_nano), list(cols.line)), 4 * n + sum(split.declared)
+
+
+@dataclass(slots=True)
+class Decoded:
+    """What :func:`decode_batch` found at the start of a byte string."""
+
+    entries: Sequence[LogEntry]  # a list of LogEntry, or Columns (whole lines)
+    ends: list[int]  # the offset after each entry (Columns: after the last one only)
+    consumed: int  # where the next read starts: past the last frame, and past damage
+    damage: int = 0  # bytes skipped as no frame
+
+
+def decode_batch(data: bytes, max_frame: int = DEFAULT_MAX_FRAME, columns: bool = False,
+                 final: bool = False) -> Decoded:
+    """The whole frames at the start of ``data``: the one place that picks a decoder. As
+    :class:`Columns` if ``columns`` and the bytes are plainly whole lines, else by one
+    protobuf parse (:func:`decode_frames`), else frame by frame, skipping and counting damage.
+    ``final``: nothing follows ``data`` (the end of a finished file), so an unfinished frame is
+    damage, and the good frames behind it are found too."""
+    if columns and data:
+        cols = decode_columns(data, max_frame)
+        if cols is not None and (not final or cols[1] == len(data)):
+            return Decoded(cols[0], [cols[1]], cols[1])
+    fast = decode_frames(data, max_frame) if data else None
+    if fast is not None and (not final or fast[1][-1] == len(data)):
+        return Decoded(fast[0], fast[1], fast[1][-1])
+    dec = FrameDecoder(max_frame)
+    chunks = [dec.feed(data)]
+    if final:
+        chunks += dec.finish()
+    entries = [e for c in chunks for e in c.entries]
+    ends = [c.base + end for c in chunks for _, end in c.spans()]
+    consumed = len(data) if final else len(data) - dec.pending_bytes
+    return Decoded(entries, ends, consumed, dec.stats.skipped_bytes)

@@ -11,26 +11,23 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
-import struct
 from bisect import bisect_right
 from collections import deque
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any
 
 from .entry import LogEntry
 from .errors import RequestError
-from .frames import Columns, FrameDecoder, decode_all, decode_columns, frame_lengths
-from .store import CURRENT, MAX_STORED_FRAME, ContainerLog, file_pieces
+from .frames import Columns, decode_batch, frame_lengths, frames_size, join_frames
+from .reader import LogReader, Position
+from .store import MAX_STORED_FRAME, ContainerLog, file_pieces
 from .timefmt import parse_rfc3339_ns
 
 log = logging.getLogger(__name__)
 
-_LEN = struct.Struct(">I")
-_READ_CHUNK = 4 << 20  # what a follower reads at once
 _PIECE = 1 << 20  # history is read, decoded, selected and encoded a MiB of frames at a time
-_T = TypeVar("_T")
+_FOLLOW_BYTES = 4 << 20  # what a follower reads at once
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,48 +57,18 @@ class ReadConfig:
 def _file_entries(fd: int, is_gzip: bool, size: int | None,
                   start: int = 0) -> Iterator[Sequence[LogEntry]]:
     """The entries of a stored file (from ``start``, a frame start), a piece at a time
-    (damaged regions skipped): as Columns where the piece is plainly whole lines
-    (:func:`decode_columns`, no Python step per frame), else decoded frame by frame."""
+    (damaged regions skipped), for a worker thread."""
     carry = b""  # the start of a frame that goes on in the next piece
     for piece in file_pieces(fd, is_gzip, size, _PIECE, start):
         data = carry + piece if carry else piece
-        decoded = decode_columns(data, MAX_STORED_FRAME)
-        if decoded is not None:
-            columns, end = decoded
-            carry = data[end:]
-            yield columns
-            continue
-        decoder = FrameDecoder(MAX_STORED_FRAME)
-        entries = decoder.feed(data).entries
-        carry = data[len(data) - decoder.pending_bytes:] if decoder.pending_bytes else b""
-        if entries:
-            yield entries
+        decoded = decode_batch(data, MAX_STORED_FRAME, columns=True)
+        carry = data[decoded.consumed:]
+        if decoded.entries:
+            yield decoded.entries
     if carry:  # a frame never finished (a torn write), with good frames behind it perhaps
-        entries = decode_all(carry, MAX_STORED_FRAME)
-        if entries:
-            yield entries
-
-
-def _selected(fd: int, is_gzip: bool, size: int | None,
-              cfg: ReadConfig) -> Iterator[tuple[Sequence[LogEntry], bool]]:
-    """What ReadConfig's Since/Until select of a stored file, a piece at a time; True as
-    second value once past Until (the caller stops)."""
-    for entries in _file_entries(fd, is_gzip, size):
-        out, stop = select_entries(entries, cfg)
-        yield out, stop
-        if stop:
-            return
-
-
-async def _in_thread(items: Iterator[_T]) -> AsyncIterator[_T]:
-    """Each step of ``items`` in a worker thread, so that reading and decoding a big file never
-    holds up the event loop (the FIFOs, the sinks)."""
-    end = object()
-    while True:
-        item = await asyncio.to_thread(next, items, end)
-        if item is end:
-            return
-        yield item  # type: ignore[misc]
+        decoded = decode_batch(carry, MAX_STORED_FRAME, final=True)
+        if decoded.entries:
+            yield decoded.entries
 
 
 def select_entries(entries: Sequence[LogEntry],
@@ -144,30 +111,21 @@ def encode_for_docker(entries: Sequence[LogEntry]) -> bytes:
     """Frames as dockerd's ReadLogs decoder wants them."""
     if isinstance(entries, Columns):
         return _encode_columns(entries)
-    out: list[bytes] = []
-    pack = _LEN.pack
-    for entry in entries:
-        # As json-file: a newline ends every line and every line's last chunk; a partial chunk
-        # that is not the last (or output that ended without a newline) gets none.
-        whole = not entry.partial or entry.partial_log_metadata.last
-        reply = LogEntry(source=entry.source, time_nano=entry.time_nano,
-                         line=entry.line + b"\n" if whole else entry.line)
-        encoded = reply.SerializeToString()
-        out.append(pack(len(encoded)))
-        out.append(encoded)
-    return b"".join(out)
+    # As json-file: a newline ends every line and every line's last chunk; a partial chunk
+    # that is not the last (or output that ended without a newline) gets none.
+    return join_frames(LogEntry(
+        source=entry.source, time_nano=entry.time_nano,
+        line=entry.line + b"\n" if not entry.partial or entry.partial_log_metadata.last
+        else entry.line).SerializeToString() for entry in entries)
 
 
 def _encode_columns(columns: Columns) -> bytes:
     """encode_for_docker for Columns (whole lines only: each gets its newline back). What it
     buys, with the pieces decoded as Columns: 2.7 -> 1.8 us per line (35,000 short lines)."""
-    out: list[bytes] = []
-    pack = _LEN.pack
-    for source, time_nano, line in zip(columns.sources, columns.times, columns.lines):
-        encoded = LogEntry(source=source, time_nano=time_nano,
-                           line=line + b"\n").SerializeToString()
-        out += (pack(len(encoded)), encoded)
-    return b"".join(out)
+    return join_frames(LogEntry(source=source, time_nano=time_nano,
+                                line=line + b"\n").SerializeToString()
+                       for source, time_nano, line in zip(columns.sources, columns.times,
+                                                          columns.lines))
 
 
 def render(entries: Sequence[LogEntry], cfg: ReadConfig) -> tuple[bytes, bool]:
@@ -191,7 +149,7 @@ def _last_entries(fd: int, is_gzip: bool, size: int | None, n: int,
         lengths = frame_lengths(data, MAX_STORED_FRAME)
         if lengths is None:  # damage, or a frame not like dockerd's: decode them all
             return _last_entries_decoded(fd, is_gzip, size, n, start)
-        whole = 4 * len(lengths) + sum(lengths)
+        whole = frames_size(lengths)
         carry = data[whole:]
         kept.append((data[:whole], len(lengths)))
         in_kept += len(lengths)
@@ -201,8 +159,8 @@ def _last_entries(fd: int, is_gzip: bool, size: int | None, n: int,
     skip = in_kept - n  # whole frames before the last n: not decoded (their lengths are known)
     if skip > 0:
         before: Sequence[int] = (frame_lengths(data, MAX_STORED_FRAME) or ())[:skip]
-        data = data[4 * len(before) + sum(before):]
-    return decode_all(data + carry, MAX_STORED_FRAME)[-n:]
+        data = data[frames_size(before):]
+    return list(decode_batch(data + carry, MAX_STORED_FRAME, final=True).entries)[-n:]
 
 
 def _last_entries_decoded(fd: int, is_gzip: bool, size: int | None, n: int,
@@ -265,98 +223,82 @@ async def read_entries(clog: ContainerLog,
     stops logging."""
     await clog.ready()  # a log opened again is walked first (in a worker)
     snap = clog.snapshot()
+    history = LogReader(clog, None, snapshot=snap)  # closes the snapshot
     waiter = clog.waiter() if cfg.follow and clog.writers > 0 else None
     try:
-        cur = snap.current
-        end = snap.current_end
         if cfg.tail < 0:
-            files: list[tuple[int, bool, int | None]] = [
-                (fd, is_gz, None) for _seq, fd, is_gz in snap.rotated]
-            if cur is not None:
-                files.append((cur, False, end))
-            for fd, is_gz, size in files:
-                async for out, stop in _in_thread(_selected(fd, is_gz, size, cfg)):
-                    if out:
-                        yield out
-                    if stop:
-                        return
+            batches = _history(history, cfg)
         elif cfg.tail > 0:
-            rotated = [(fd, gz) for _s, fd, gz in snap.rotated]
-            current = (cur, end, snap.current_marks) if cur is not None else None
-            picked = await asyncio.to_thread(_tail_entries, current, rotated, cfg.tail)
-            out, stop = select_entries(picked, cfg)
+            batches = _tail(history, snap.rotated, snap.current, snap.current_end,
+                            snap.current_marks, cfg)
+        else:
+            batches = _nothing()
+        async for out, stop in batches:
             if out:
                 yield out
             if stop:
                 return
         if waiter is None:
             return
-        async for out in _follow(clog, cfg, waiter, snap.current_seq, cur, end):
+        async for out in _follow(clog, cfg, waiter, Position(snap.current_seq,
+                                                             snap.current_end)):
             yield out
     finally:
         if waiter is not None:
             clog.drop_waiter(waiter)
-        snap.close()
+        history.close()
 
 
-async def _follow(clog: ContainerLog, cfg: ReadConfig, waiter: asyncio.Event, seq: int,
-                  fd: int | None, offset: int) -> AsyncIterator[Sequence[LogEntry]]:
-    """New entries as they are written, across rotations, until no stream writes any more.
+async def _nothing() -> AsyncIterator[tuple[Sequence[LogEntry], bool]]:
+    return
+    yield  # an async generator of nothing
 
-    Runs on the event loop thread, where the store writes too: between two awaits nothing is
-    written, so "read to the end, then wait" cannot miss an entry. Of the current file only
-    whole frames are read (up to ``clog.frame_end``); a rotated one is read to its end.
+
+async def _history(reader: LogReader,
+                   cfg: ReadConfig) -> AsyncIterator[tuple[Sequence[LogEntry], bool]]:
+    """What the snapshot holds, as Since/Until select it, a piece at a time; True as second
+    value once past Until (the caller stops)."""
+    while True:
+        batch = await reader.read(_PIECE, columns=True)
+        if batch.at_end:
+            return
+        yield select_entries(batch.entries, cfg)
+
+
+async def _tail(reader: LogReader, rotated: list[tuple[int, int, bool]], current: int | None,
+                end: int, marks: list[int],
+                cfg: ReadConfig) -> AsyncIterator[tuple[Sequence[LogEntry], bool]]:
+    """The last ``cfg.tail`` entries of the snapshot (in a worker), then Since/Until."""
+    files = [(fd, gz) for _s, fd, gz in rotated]
+    last = (current, end, marks) if current is not None else None
+    picked = await reader.in_worker(_tail_entries, last, files, cfg.tail)
+    yield select_entries(picked, cfg)
+
+
+async def _follow(clog: ContainerLog, cfg: ReadConfig, waiter: asyncio.Event,
+                  start: Position) -> AsyncIterator[Sequence[LogEntry]]:
+    """New entries as they are written, from ``start`` across rotations, until no stream
+    writes any more; read and decoded in a worker, as every reader does (:class:`LogReader`).
+
+    The waiter is cleared before each read takes what may be read: a write during the read
+    sets it, so "read to the end, then wait" cannot miss an entry.
     """
-    own_fds: list[int] = []
-    decoder = FrameDecoder(MAX_STORED_FRAME)
+    reader = LogReader(clog, start)
     try:
         while True:
             waiter.clear()
-            if fd is not None:
-                current = seq == clog.next_seq
-                want = min(_READ_CHUNK, clog.frame_end - offset) if current else _READ_CHUNK
-                chunk = os.pread(fd, want, offset) if want > 0 else b""
-                if chunk:
-                    offset += len(chunk)
-                    out, stop = select_entries(decoder.feed(chunk).entries, cfg)
-                    if out:
-                        yield out
-                    if stop:
-                        return
-                    continue
-            if clog.next_seq > seq:
-                # Our file was rotated away and is drained; the next one is seq+1.
-                seq += 1
-                decoder = FrameDecoder(MAX_STORED_FRAME)
-                offset = 0
-                fd = None
-                if seq < clog.next_seq:
-                    opened = clog.open_rotated(seq)
-                    if opened is None:
-                        log.warning("follow fell behind: rotated file %d of %s was pruned",
-                                    seq, clog.directory.name)
-                        continue
-                    rfd, is_gz = opened
-                    own_fds.append(rfd)
-                    if is_gz:
-                        async for out, stop in _in_thread(_selected(rfd, True, None, cfg)):
-                            if out:
-                                yield out
-                            if stop:
-                                return
-                        continue
-                    fd = rfd
+            batch = await reader.read(_FOLLOW_BYTES, columns=True)
+            if not batch.at_end:
+                out, stop = select_entries(batch.entries, cfg)
+                if out:
+                    yield out
+                if stop:
+                    return
                 continue
-            if fd is None:
-                try:
-                    fd = os.open(clog.directory / CURRENT, os.O_RDONLY)
-                    own_fds.append(fd)
-                    continue
-                except FileNotFoundError:
-                    pass
+            if waiter.is_set():
+                continue  # written (or stopped) while the worker read: look again
             if clog.writers == 0:
                 return
             await waiter.wait()
     finally:
-        for f in own_fds:
-            os.close(f)
+        reader.close()

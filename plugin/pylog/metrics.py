@@ -252,6 +252,9 @@ class PylogCollector(Collector):
                        DELIVERY_LABELS)
         retries = _counter("pylog_delivery_retries", "Failed sends of a batch, each retried "
                            "after a backoff", DELIVERY_LABELS)
+        restarts = _counter("pylog_delivery_restarts", "Unexpected failures of the delivery (a "
+                            "bug in a sink or in pylog), each logged and followed by a start "
+                            "again from the saved cursor after a backoff", DELIVERY_LABELS)
         lag = _gauge("pylog_delivery_lag_seconds", "Time of the newest stored line minus time "
                      "of the last line the sink took; 0 when caught up", DELIVERY_LABELS)
         last_ok = _gauge("pylog_last_success_timestamp_seconds", "When the sink last took a "
@@ -263,6 +266,7 @@ class PylogCollector(Collector):
             spool.add_metric(labels, d.spool_bytes)
             queue.add_metric(labels, d.in_flight)
             retries.add_metric(labels, d.retries)
+            restarts.add_metric(labels, d.restarts)
             seconds = d.lag_seconds()
             if seconds is not None:
                 lag.add_metric(labels, seconds)
@@ -272,7 +276,7 @@ class PylogCollector(Collector):
             dropped_lines.add_metric([*labels, "rejected_by_sink"], d.rejected)
 
         yield from (lines_in, bytes_in, reads, corrupt, rotations, attachments, dropped_bytes,
-                    dropped_lines, delivered, spool, queue, retries, lag, last_ok)
+                    dropped_lines, delivered, spool, queue, retries, restarts, lag, last_ok)
 
         # Per sink.
         sink_info = _gauge("pylog_sink_info", "A sink in use and where it sends (always 1)",

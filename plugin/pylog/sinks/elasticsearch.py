@@ -813,9 +813,9 @@ class ElasticsearchSink(Sink):
                 a, why_a = await self._bulk(t, chunk[:half], settled, container_id)
                 b, why_b = await self._bulk(t, chunk[half:], settled, container_id)
                 return Docs.concat([a, b]), why_a or why_b
-            self._dead_letter(chunk, [(0, status, {"type": "request_entity_too_large",
-                                                   "reason": _reason(body)})], settled,
-                              container_id)
+            await self._dead_letter(chunk, [(0, status, {"type": "request_entity_too_large",
+                                                         "reason": _reason(body)})], settled,
+                                    container_id)
             return chunk[:0], ""
         if status == 429 or status >= 500:
             return chunk, f"{status} {_reason(body)}"
@@ -861,7 +861,7 @@ class ElasticsearchSink(Sink):
             else:
                 rejected.append((i, st, result.get("error")))
         if rejected:
-            self._dead_letter(chunk, rejected, settled, container_id)
+            await self._dead_letter(chunk, rejected, settled, container_id)
         if blocked is not None:
             if blocked[0] == 401:
                 raise self._auth_failed(*blocked)
@@ -869,8 +869,8 @@ class ElasticsearchSink(Sink):
                             f"{_reason(blocked[1])}")
         return chunk.pick(retry), why
 
-    def _dead_letter(self, chunk: Docs, rejected: list[tuple[int, int, Any]],
-                     settled: set[bytes], container_id: str = "") -> None:
+    async def _dead_letter(self, chunk: Docs, rejected: list[tuple[int, int, Any]],
+                           settled: set[bytes], container_id: str = "") -> None:
         """Append rejected documents (their places in ``chunk``) with their errors; only then
         are they settled."""
         now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
@@ -886,14 +886,7 @@ class ElasticsearchSink(Sink):
                                    "document": document}, ensure_ascii=False) + "\n")
         data = "".join(out).encode("utf-8", "replace")
         try:
-            self.dead_letter_path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-            fd = os.open(self.dead_letter_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-            try:
-                view = memoryview(data)
-                while view:
-                    view = view[os.write(fd, view):]
-            finally:
-                os.close(fd)
+            await asyncio.to_thread(_append, self.dead_letter_path, data)  # disk I/O: off the loop
         except OSError as e:
             raise SinkError(f"{len(rejected)} documents were rejected and could not be kept "
                             f"in {self.dead_letter_path}: {e.strerror or e}") from None
@@ -913,6 +906,18 @@ class ElasticsearchSink(Sink):
                 await transport.close()
             except Exception as e:  # noqa: BLE001 - closing must not fail shutdown
                 log.debug("sink %s: closing the transport: %s", self.key, e)
+
+
+def _append(path: Path, data: bytes) -> None:
+    """Append ``data`` to ``path`` (created 0600, its directory 0700)."""
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+    finally:
+        os.close(fd)
 
 
 __all__ = ["Credentials", "CredentialsError", "ElasticsearchSink", "bulk_documents", "chunks",

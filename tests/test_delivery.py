@@ -1,0 +1,266 @@
+"""Deliveries that fail in ways nobody expected (a bug in a sink, in the reader), cursors found
+damaged at start, and the read path kept off the event loop."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from collections.abc import Collection, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, ClassVar
+
+import pytest
+
+import pylog.delivery
+import pylog.frames
+import pylog.logreader
+import pylog.reader
+from pylog.delivery import Delivery
+from pylog.durable import read_json
+from pylog.frames import Decoded
+from pylog.logreader import ReadConfig, read_entries
+from pylog.reassembly import Line
+from pylog.record import ContainerContext
+from pylog.sinks.base import Sink, SinkConfig
+from pylog.store import ContainerLog, StoreOptions
+from tests.test_metrics import CID, T0, context, driver_with, entry_frame, scrape, value
+
+TIMEOUT = 20  # seconds; only so that a broken delivery fails instead of hanging the run
+
+
+def lines(start: int, stop: int) -> list[bytes]:
+    return [b"line %06d\n" % i for i in range(start, stop)]
+
+
+def frames(start: int, stop: int) -> bytes:
+    return b"".join(entry_frame(i, T0) for i in range(start, stop))
+
+
+class BuggySink(Sink):
+    """Takes every batch (recording it), then raises ZeroDivisionError on the calls in
+    ``bug_on``: a batch the sink may have sent before it failed."""
+
+    KIND = "buggy"
+    ADDRESS_OPTION = "buggy-address"
+    OPTIONS: ClassVar[dict[str, Any]] = {"buggy-address": (str, None)}
+
+    def __init__(self, state_dir: Path, bug_on: Collection[int] = ()) -> None:
+        super().__init__(SinkConfig("buggy", (("buggy-address", "x"),)), state_dir)
+        self.bug_on = bug_on
+        self.calls = 0
+        self.got: list[bytes] = []
+        self.changed = asyncio.Event()
+
+    @property
+    def retry_wait(self) -> float:
+        return 0.01
+
+    async def send(self, lines: Sequence[Line], ctx: ContainerContext) -> None:
+        self.calls += 1
+        self.got += [line.line for line in lines]
+        self.changed.set()
+        if self.calls in self.bug_on:
+            raise ZeroDivisionError("division by zero")  # as a bug in a sink would
+
+    async def wait_for(self, n: int) -> None:
+        async def wait() -> None:
+            while len(self.got) < n:
+                self.changed.clear()
+                await self.changed.wait()
+        await asyncio.wait_for(wait(), TIMEOUT)
+
+
+def bug_records(caplog: pytest.LogCaptureFixture, kind: type[BaseException]) -> list[Any]:
+    return [r for r in caplog.records if r.exc_info and r.exc_info[0] is kind]
+
+
+async def test_a_bug_in_a_sink_restarts_the_delivery_from_its_cursor(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """The sink raises ZeroDivisionError twice after taking a batch: the delivery does not
+    die; it starts again from its saved cursor, so every line arrives, in order, and only the
+    batch in flight is sent again; the failure is logged once with its traceback and counted."""
+    caplog.set_level(logging.DEBUG, logger="pylog.delivery")
+    with ThreadPoolExecutor(1) as ex:
+        clog = ContainerLog(tmp_path / CID, StoreOptions(), ex)
+        clog.writers = 1
+        sink = BuggySink(tmp_path, bug_on={2, 3})
+        delivery = Delivery(clog, sink, context)
+        driver = driver_with(tmp_path, clog, delivery)
+        clog.append(frames(0, 10))
+        delivery.start()
+        await sink.wait_for(10)  # the first batch went through
+        clog.append(frames(10, 20))  # the next batch: taken, then the sink fails, twice
+        await sink.wait_for(40)
+        clog.writers = 0
+        clog.wake()
+        assert delivery.task is not None
+        await asyncio.wait_for(delivery.task, TIMEOUT)
+        assert sink.got == lines(0, 10) + lines(10, 20) * 3
+        assert delivery.restarts == 2 and delivery.lines == 20
+        s = scrape(driver)
+        labels = {"container_id": CID[:12], "sink": sink.key}
+        assert value(s, "pylog_delivery_restarts_total", **labels) == 2
+        assert value(s, "pylog_delivered_lines_total", **labels) == 20
+        (logged,) = bug_records(caplog, ZeroDivisionError)
+        assert logged.levelno == logging.ERROR and sink.key in logged.getMessage()
+        again = [r for r in caplog.records if "failed again" in r.getMessage()]
+        assert len(again) == 1 and again[0].levelno == logging.DEBUG
+        assert read_json(delivery.cursor.path) == {"seq": 1, "offset": len(frames(0, 20))}
+        clog.close()
+        await driver.close()
+
+
+async def test_a_new_failure_streak_is_logged_again(tmp_path: Path,
+                                                    caplog: pytest.LogCaptureFixture) -> None:
+    """Once a batch got through after a failure, the next failure is news: logged again."""
+    with ThreadPoolExecutor(1) as ex:
+        clog = ContainerLog(tmp_path / CID, StoreOptions(), ex)
+        clog.writers = 1
+        sink = BuggySink(tmp_path, bug_on={1, 3})
+        delivery = Delivery(clog, sink, context)
+        clog.append(frames(0, 5))
+        delivery.start()
+        await sink.wait_for(10)  # failed once, then taken
+        clog.append(frames(5, 10))
+        await sink.wait_for(20)  # failed once more, then taken
+        clog.writers = 0
+        clog.wake()
+        assert delivery.task is not None
+        await asyncio.wait_for(delivery.task, TIMEOUT)
+        assert sink.got == lines(0, 5) * 2 + lines(5, 10) * 2
+        assert delivery.restarts == 2
+        assert len(bug_records(caplog, ZeroDivisionError)) == 2
+        clog.close()
+
+
+async def test_a_reader_that_fails_once_loses_nothing(tmp_path: Path,
+                                                      caplog: pytest.LogCaptureFixture,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    real = pylog.frames.decode_batch
+    calls = 0
+
+    def fails_once(*args: Any, **kwargs: Any) -> Decoded:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise RuntimeError("a bug in the reader")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(pylog.reader, "decode_batch", fails_once)
+    with ThreadPoolExecutor(1) as ex:
+        clog = ContainerLog(tmp_path / CID, StoreOptions(), ex)
+        clog.append(frames(0, 50))
+        sink = BuggySink(tmp_path)
+        delivery = Delivery(clog, sink, context)
+        await asyncio.wait_for(delivery.start(), TIMEOUT)  # no writer: ends when all is sent
+        assert sink.got == lines(0, 50)
+        assert delivery.restarts == 1
+        assert len(bug_records(caplog, RuntimeError)) == 1
+        clog.close()
+
+
+async def test_cancelling_a_delivery_still_stops_it(tmp_path: Path) -> None:
+    class Stuck(BuggySink):
+        async def send(self, lines: Sequence[Line], ctx: ContainerContext) -> None:
+            self.changed.set()
+            await asyncio.Event().wait()
+
+    with ThreadPoolExecutor(1) as ex:
+        clog = ContainerLog(tmp_path / CID, StoreOptions(), ex)
+        clog.append(frames(0, 5))
+        sink = Stuck(tmp_path)
+        delivery = Delivery(clog, sink, context)
+        task = delivery.start()
+        await asyncio.wait_for(sink.changed.wait(), TIMEOUT)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert delivery.done and delivery.restarts == 0 and delivery.in_flight == 0
+        clog.close()
+
+
+@pytest.mark.parametrize("saved", [b"", b'{"seq": 1, "off', b"[1, 2]", b'{"seq": "x"}'],
+                         ids=["empty", "torn", "wrong-shape", "not-a-number"])
+async def test_a_damaged_cursor_means_reading_again_from_the_oldest_line(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture, saved: bytes) -> None:
+    """Never skip: a cursor that cannot be used is reported once, by name, and the sink gets
+    everything stored (rotated files included), then a good cursor is saved."""
+    frame_len = len(entry_frame(0, T0))
+    with ThreadPoolExecutor(1) as ex:
+        clog = ContainerLog(tmp_path / CID, StoreOptions(max_size=10 * frame_len, max_file=5,
+                                                         compress=True), ex)
+        clog.append(frames(0, 35))  # three rotated files and the current one
+        ex.submit(lambda: None).result()  # compressed
+        sink = BuggySink(tmp_path)
+        delivery = Delivery(clog, sink, context)
+        delivery.cursor.path.write_bytes(saved)
+        await asyncio.wait_for(delivery.start(), TIMEOUT)
+        assert sink.got == lines(0, 35)
+        warned = [r for r in caplog.records if r.levelno == logging.WARNING
+                  and str(delivery.cursor.path) in r.getMessage()]
+        assert len(warned) == 1, [r.getMessage() for r in caplog.records]
+        assert read_json(delivery.cursor.path) == {"seq": 4, "offset": 5 * frame_len}
+        clog.close()
+
+
+class OffLoop:
+    """Records the thread of every read of stored bytes and every decode."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.on_loop: list[str] = []
+        self.calls = 0
+        loop_thread = threading.get_ident()
+
+        def watch(module: Any, name: str) -> None:
+            real = getattr(module, name)
+
+            def watched(*args: Any, **kwargs: Any) -> Any:
+                self.calls += 1
+                if threading.get_ident() == loop_thread:
+                    self.on_loop.append(name)
+                return real(*args, **kwargs)
+
+            monkeypatch.setattr(module, name, watched)
+
+        watch(pylog.reader._File, "read")
+        watch(pylog.reader, "decode_batch")
+        watch(pylog.logreader, "file_pieces")
+        watch(pylog.logreader, "decode_batch")
+        watch(pylog.delivery.Cursor, "save")
+
+
+async def test_deliveries_and_docker_logs_read_and_decode_off_the_event_loop(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    frame_len = len(entry_frame(0, T0))
+    watch = OffLoop(monkeypatch)
+    with ThreadPoolExecutor(1) as ex:
+        clog = ContainerLog(tmp_path / CID, StoreOptions(max_size=10 * frame_len, max_file=10),
+                            ex)
+        clog.writers = 1
+        clog.append(frames(0, 25))
+        ex.submit(lambda: None).result()
+
+        async def collect(cfg: ReadConfig) -> list[int]:
+            got: list[int] = []
+            async for batch in read_entries(clog, cfg):
+                got += [int(e.line[5:11]) for e in batch]
+                if cfg.follow and len(got) == 30:
+                    clog.writers = 0
+                    clog.wake()
+            return got
+
+        follower = asyncio.create_task(collect(ReadConfig(follow=True)))
+        assert await collect(ReadConfig()) == list(range(25))
+        assert await collect(ReadConfig(tail=7)) == list(range(18, 25))
+        sink = BuggySink(tmp_path)
+        delivery = Delivery(clog, sink, context)
+        delivery.start()
+        clog.append(frames(25, 30))
+        assert await asyncio.wait_for(follower, TIMEOUT) == list(range(30))
+        assert delivery.task is not None
+        await asyncio.wait_for(delivery.task, TIMEOUT)
+        assert sink.got == lines(0, 30)
+        assert watch.calls > 0 and watch.on_loop == []
+        clog.close()
