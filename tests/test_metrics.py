@@ -245,7 +245,7 @@ async def until(cond: Any, timeout: float = 10) -> None:
 def driver_with(tmp_path: Path, clog: ContainerLog, delivery: Delivery) -> Driver:
     driver = Driver(tmp_path / "state", fifo_dir=str(tmp_path))
     driver.deliveries[(CID, delivery.sink.key)] = delivery
-    driver.sinks.sinks[delivery.sink.key] = delivery.sink
+    driver.supervisor.sinks.sinks[delivery.sink.key] = delivery.sink
     return driver
 
 

@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 
 from pylog import cgroup
-from pylog import driver as driver_module
+from pylog import enrichment as enrichment_module
 from pylog.namespaces import (
     NS_TYPES,
     FinderSchedule,
@@ -692,8 +692,8 @@ async def test_driver_counts_a_container_given_up_on_once(env, tmp_path, proc, p
                                                           monkeypatch, caplog):
     client, driver, fifo_dir = env
     root = _custom_parent_root(tmp_path)
-    driver.proc = proc.root
-    monkeypatch.setattr(driver_module, "find_container_namespaces",
+    driver.enrichment.proc = proc.root
+    monkeypatch.setattr(enrichment_module, "find_container_namespaces",
                         functools.partial(find_container_namespaces, root=root,
                                           schedule=GIVE_UP))
     caplog.set_level("INFO")
@@ -708,12 +708,12 @@ async def test_driver_counts_a_container_given_up_on_once(env, tmp_path, proc, p
         container = driver.containers[body["Info"]["ContainerID"]]
         assert container.finder is not None
         await asyncio.wait_for(asyncio.shield(container.finder), TIMEOUT)
-        assert driver.lookups_failed == 1
+        assert driver.enrichment.lookups_failed == 1
         r = await client.post("/LogDriver.StopLogging", data=json.dumps({"File": str(fifo)}))
         assert (await r.json()) == {"Err": ""}
     finally:
         os.close(wfd)
-    assert driver.lookups_failed == 1  # not once more at StopLogging
+    assert driver.enrichment.lookups_failed == 1  # not once more at StopLogging
     assert polls.scans >= 1
     given_up = [r for r in caplog.records if "were not found" in r.getMessage()]
     assert len(given_up) == 1

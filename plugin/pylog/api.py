@@ -188,7 +188,7 @@ async def runtime_stats(request: web.Request) -> web.Response:
         "containers": len(driver.containers),
         "deliveries": len(driver.deliveries),
         "open_logs": driver.store.open_count,
-        "namespace_holders": driver.registry.count,
+        "namespace_holders": driver.enrichment.registry.count,
     })
 
 

@@ -9,7 +9,7 @@ import logging
 import os
 import re
 import stat
-from collections.abc import Iterator, Mapping
+from collections.abc import Coroutine, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -62,6 +62,30 @@ class Attachment:
     @property
     def context(self) -> ContainerContext:
         return self.container.context
+
+
+def in_background(att: Attachment, work: Coroutine[Any, Any, None]) -> None:
+    """Run ``work`` for the attachment, keeping a reference until it ends."""
+    task = asyncio.create_task(work)
+    att.tasks.add(task)
+    task.add_done_callback(att.tasks.discard)
+
+
+async def watch_when_walked(att: Attachment) -> None:
+    """Start reading the FIFO once the log opened again is walked (and a half frame cut)."""
+    await att.container.clog.ready()
+    assert att.stream is not None
+    att.stream.watch()
+
+
+async def close_after_grace(att: Attachment, grace: float) -> None:
+    """After StopLogging: the stream's end, or after ``grace`` seconds closing it anyway."""
+    assert att.stream is not None
+    try:
+        await asyncio.wait_for(att.stream.done.wait(), grace)
+    except TimeoutError:
+        log.warning("no end of stream on %s %.0fs after StopLogging; closing it", att.file, grace)
+        att.stream.close()
 
 
 def check_fifo(fifo_dir: str, file: Any) -> str:

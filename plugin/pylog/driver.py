@@ -16,19 +16,27 @@ import asyncio
 import logging
 import os
 import time
-from collections.abc import AsyncIterator, Coroutine, Sequence
+from collections.abc import AsyncIterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from .attachments import Attachment, AttachmentRecords, Container, check_fifo
+from .attachments import (
+    Attachment,
+    AttachmentRecords,
+    Container,
+    check_fifo,
+    close_after_grace,
+    in_background,
+    watch_when_walked,
+)
 from .cleanup import Cleanup
 from .delivery import Delivery
 from .docker_api import DockerAPI
 from .enrichment import Enrichment
 from .entry import LogEntry
-from .errors import PylogError, RequestError, UnknownContainerError
-from .logreader import ReadConfig, read_entries, read_logs
+from .errors import PylogError, RequestError
+from .logreader import ReadConfig, read_entries, read_logs, read_request
 from .options import parse_log_options
 from .record import ContainerContext, build_context
 from .store import CONTAINER_ID_RE, ContainerLog, Store, StoreOptions
@@ -73,18 +81,6 @@ class Driver:
     @property
     def retired_deliveries(self) -> dict[tuple[str, str], tuple[float, Delivery]]:
         return self.supervisor.retired
-
-    @property
-    def sinks(self) -> Any:
-        return self.supervisor.sinks
-
-    @property
-    def registry(self) -> Any:
-        return self.enrichment.registry
-
-    @property
-    def lookups_failed(self) -> int:
-        return self.enrichment.lookups_failed
 
     @property
     def metrics_linger(self) -> float:
@@ -168,7 +164,7 @@ class Driver:
             raise RequestError(f"StartLogging: cannot open {fifo}: {e.strerror}") from None
         att.stream = stream
         if hold:
-            self._in_background(att, self._watch_when_walked(att))
+            in_background(att, watch_when_walked(att))
         container.clog.writers += 1
         container.attachments.add(att)
         self.attachments[fifo] = att
@@ -205,66 +201,22 @@ class Driver:
             log.warning("StopLogging for %s, which is not attached: nothing to stop", file)
             return
         att.stopping = True
-        self._in_background(att, self._close_after_grace(att))
-
-    @staticmethod
-    def _in_background(att: Attachment, work: Coroutine[Any, Any, None]) -> None:
-        task = asyncio.create_task(work)
-        att.tasks.add(task)
-        task.add_done_callback(att.tasks.discard)
-
-    @staticmethod
-    async def _watch_when_walked(att: Attachment) -> None:
-        await att.container.clog.ready()
-        assert att.stream is not None
-        att.stream.watch()
-
-    @staticmethod
-    async def _close_after_grace(att: Attachment) -> None:
-        assert att.stream is not None
-        try:
-            await asyncio.wait_for(att.stream.done.wait(), STOP_GRACE)
-        except TimeoutError:
-            log.warning("no end of stream on %s %.0fs after StopLogging; closing it",
-                        att.file, STOP_GRACE)
-            att.stream.close()
+        in_background(att, close_after_grace(att, STOP_GRACE))
 
     def read_logs(self, info: Any, config: Any) -> AsyncIterator[bytes]:
-        if not isinstance(info, dict):
-            raise RequestError("ReadLogs: Info must be an object")
-        container_id = info.get("ContainerID")
-        if not isinstance(container_id, str) or not CONTAINER_ID_RE.match(container_id):
-            raise RequestError(f"ReadLogs: Info.ContainerID must be 64 hex characters, "
-                               f"got {container_id!r}")
-        if config is not None and not isinstance(config, dict):
-            raise RequestError("ReadLogs: Config must be an object")
-        cfg = ReadConfig.from_request(config)
-        clog = self._stored(container_id)
+        container_id, cfg = read_request(info, config)
+        clog = self.store.stored(container_id)
         # What dockerd has written to the FIFOs so far goes into the store first: `docker logs`
         # right after `docker wait` must show the last line, as with json-file.
         container = self.containers.get(container_id)
         for att in list(container.attachments) if container else ():
             if att.stream is not None:
                 att.stream.drain()
-        return self._released_after(container_id, read_logs(clog, cfg))
+        return self.store.reading(container_id, read_logs(clog, cfg))
 
     def read_entries(self, container_id: str, cfg: ReadConfig) -> AsyncIterator[Sequence[LogEntry]]:
-        return self._released_after(container_id, read_entries(self._stored(container_id), cfg))
-
-    def _stored(self, container_id: str) -> ContainerLog:
-        clog = self.store.get(container_id)
-        if clog is None:
-            raise UnknownContainerError(f"no logs stored for container {container_id[:12]}")
-        return clog
-
-    async def _released_after(self, container_id: str, items: AsyncIterator[Any]
-                              ) -> AsyncIterator[Any]:
-        try:
-            async for item in items:
-                yield item
-        finally:
-            await items.aclose()  # type: ignore[attr-defined]
-            self.store.release(container_id)
+        clog = self.store.stored(container_id)
+        return self.store.reading(container_id, read_entries(clog, cfg))
 
     # ----------------------------------------------------------------- end of a stream
 

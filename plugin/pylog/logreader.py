@@ -21,7 +21,7 @@ from .entry import LogEntry
 from .errors import RequestError
 from .frames import Columns, decode_batch, frame_lengths, frames_size, join_frames
 from .reader import LogReader, Position
-from .store import MAX_STORED_FRAME, ContainerLog, file_pieces
+from .store import CONTAINER_ID_RE, MAX_STORED_FRAME, ContainerLog, file_pieces
 from .timefmt import parse_rfc3339_ns
 
 log = logging.getLogger(__name__)
@@ -52,6 +52,19 @@ class ReadConfig:
             tail=tail,
             follow=follow,
         )
+
+
+def read_request(info: Any, config: Any) -> tuple[str, ReadConfig]:
+    """ReadLogs' container ID and configuration; RequestError naming a wrong field."""
+    if not isinstance(info, dict):
+        raise RequestError("ReadLogs: Info must be an object")
+    container_id = info.get("ContainerID")
+    if not isinstance(container_id, str) or not CONTAINER_ID_RE.match(container_id):
+        raise RequestError(f"ReadLogs: Info.ContainerID must be 64 hex characters, "
+                           f"got {container_id!r}")
+    if config is not None and not isinstance(config, dict):
+        raise RequestError("ReadLogs: Config must be an object")
+    return container_id, ReadConfig.from_request(config)
 
 
 def _file_entries(fd: int, is_gzip: bool, size: int | None,

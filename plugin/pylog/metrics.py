@@ -109,7 +109,7 @@ def sink_report(driver: Driver) -> list[dict[str, Any]]:
         by_key.setdefault(d.sink.key, []).append(d)
     now = time.time()
     out = []
-    for key, sink in sorted(driver.sinks.sinks.items()):
+    for key, sink in sorted(driver.supervisor.sinks.sinks.items()):
         ds = by_key.get(key, [])
         lags = [lag for lag in (d.lag_seconds() for d in ds) if lag is not None]
         st = sink.status
@@ -198,7 +198,7 @@ class PylogCollector(Collector):
         yield g
         c = _counter("pylog_namespace_lookups_failed", "Containers whose namespaces could not be "
                      "found while they were attached", [])
-        c.add_metric([], driver.lookups_failed)
+        c.add_metric([], driver.enrichment.lookups_failed)
         yield c
         ready = _gauge("pylog_ready", "1 when /readyz answers 200 (every sink up or retrying "
                        "within limits), else 0", [])
@@ -377,7 +377,7 @@ async def readyz(request: web.Request) -> web.Response:
         reasons.insert(0, "the plugin socket is not listening")
     if reasons:
         return web.Response(status=503, text="not ready\n" + "".join(f"- {r}\n" for r in reasons))
-    sinks = len(request.app[DRIVER].sinks.sinks)
+    sinks = len(request.app[DRIVER].supervisor.sinks.sinks)
     return web.Response(text=f"ready\n{sinks} sinks in use, all up or retrying within limits\n")
 
 

@@ -24,12 +24,14 @@ import os
 import re
 import shutil
 import struct
+from collections.abc import AsyncIterator
 from concurrent.futures import Executor
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from .durable import StateError, read_json, write_json
+from .errors import UnknownContainerError
 from .frameindex import (
     MARK_EVERY,
     WALK_PIECE,
@@ -55,6 +57,7 @@ MAX_STORED_FRAME = MAX_FRAME  # the store holds what the FIFO carried, under the
 OPTIONS = "store-options.json"  # the container's retention, saved with its log
 SPLICE_MIN = 64 << 10  # least bytes one splice may move, also past max-size
 _LEN = struct.Struct(">I")
+_T = TypeVar("_T")
 CONTAINER_ID_RE = re.compile(r"^[0-9a-f]{64}$")
 write_json_atomic = write_json
 
@@ -350,6 +353,22 @@ class Store:
             clog = self._open[container_id] = ContainerLog(
                 self.root / container_id, None, self._worker)
         return clog
+
+    def stored(self, container_id: str) -> ContainerLog:
+        """:meth:`get`, or UnknownContainerError if nothing is stored for the container."""
+        clog = self.get(container_id)
+        if clog is None:
+            raise UnknownContainerError(f"no logs stored for container {container_id[:12]}")
+        return clog
+
+    async def reading(self, container_id: str, items: AsyncIterator[_T]) -> AsyncIterator[_T]:
+        """``items`` read from the container's log, which is released when they end."""
+        try:
+            async for item in items:
+                yield item
+        finally:
+            await items.aclose()  # type: ignore[attr-defined]
+            self.release(container_id)
 
     def release(self, container_id: str) -> None:
         """Close the container's files when nothing writes or reads them any more."""
