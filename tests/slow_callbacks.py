@@ -12,11 +12,14 @@ tests/conftest.py registers it; ``pytest -p tests.slow_callbacks`` loads it on i
 from __future__ import annotations
 
 import asyncio
+import linecache
 import logging
 from collections.abc import Generator
 from dataclasses import dataclass
 
 import pytest
+
+from pylog.workers import warm_executor
 
 SLOW_CALLBACK = 0.1  # seconds
 _SLOW_MSG = "Executing %s took %.3f seconds"  # asyncio/base_events.py, _run_once
@@ -39,11 +42,16 @@ class Slow:
         return f"{head} took {self.seconds:.3f} s"
 
 
+def _no_check(filename: str | None = None) -> None:
+    pass
+
+
 class _DebugLoopPolicy(asyncio.DefaultEventLoopPolicy):
     """Loops made outside pytest-asyncio (``asyncio.run`` in a plain test) are debugged too."""
 
     def new_event_loop(self) -> asyncio.AbstractEventLoop:
         loop = super().new_event_loop()
+        warm_executor(loop)  # as pylog serve does: no thread is started while a step runs
         loop.set_debug(True)
         loop.slow_callback_duration = SLOW_CALLBACK
         return loop
@@ -65,12 +73,19 @@ class SlowCallbacks:
         self.reported: list[tuple[str, str, Slow]] = []  # (test, phase, callback), not failed
         # pytest-asyncio (1.2 and later) makes its loops with debug set from this option.
         config.option.asyncio_debug = True
+        # Debug mode records where each future and handle was made, and that stats every file
+        # of the stack (linecache.checkcache); a stat gives up the GIL, and with a worker busy
+        # each takes up to the switch interval to get it back: a step making a few futures
+        # then "took" 0.7 s of waits that are the debug mode's own. The files do not change.
+        self._old_checkcache = linecache.checkcache
+        linecache.checkcache = _no_check
         self._old_policy = asyncio.get_event_loop_policy()
         asyncio.set_event_loop_policy(_DebugLoopPolicy())
         logging.getLogger("asyncio").addHandler(self.recorder)
 
     def unconfigure(self) -> None:
         logging.getLogger("asyncio").removeHandler(self.recorder)
+        linecache.checkcache = self._old_checkcache
         asyncio.set_event_loop_policy(self._old_policy)
 
     @pytest.hookimpl(wrapper=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import gzip
 import os
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -66,12 +67,39 @@ def numbers(entries: list[LogEntry]) -> list[int]:
     return [e.time_nano - T0 for e in entries]
 
 
+async def read_numbers(clog: ContainerLog, **cfg) -> list[int]:
+    """:func:`read_all`'s numbers, the test's own work on them done off the loop too."""
+    out = await read_output(clog, **cfg)
+    return await asyncio.to_thread(lambda: numbers(decode_batches(out)))
+
+
 async def read_all(clog: ContainerLog, **cfg) -> list[LogEntry]:
+    out = await read_output(clog, **cfg)
+    # The test's own decoding of what dockerd would get, off the loop the reader runs on.
+    return await asyncio.to_thread(decode_batches, out)
+
+
+async def read_output(clog: ContainerLog, **cfg) -> list[bytes]:
     out = []
     async for batch in read_logs(clog, ReadConfig(**cfg)):
         assert batch
         out.append(batch)
-    return decode_output(b"".join(out))
+    return out
+
+
+def decode_batches(out: list[bytes]) -> list[LogEntry]:
+    """A batch per call: one decode call holds the GIL, and the loop waits for it."""
+    return [e for batch in out for e in decode_output(batch)]
+
+
+async def write_off_loop(clog: ContainerLog, batches: Callable[[], Iterator[list[bytes]]]
+                         ) -> None:
+    """The test's setup (megabytes of frames) made and written in a thread, so the slow-callback
+    check sees the reader's steps, not the setup's; nothing else uses the log meanwhile."""
+    def write() -> None:
+        for frames in batches():
+            append(clog, frames)
+    await asyncio.to_thread(write)
 
 
 def drain(executor: ThreadPoolExecutor) -> None:
@@ -159,8 +187,7 @@ async def test_files_bigger_than_a_read_piece(store, executor, compress):
     that begin pieces back, across a rotated (compressed or not) and the current file."""
     total = 150_000  # ~6.6 MB of frames: two rotated files and the current one, each > 1 MiB
     clog = store.open(CID, StoreOptions(max_size=2_500_000, max_file=5, compress=compress))
-    for start in range(0, total, 10_000):
-        append(clog, sized_frames(start, 10_000))
+    await write_off_loop(clog, lambda: (sized_frames(i, 10_000) for i in range(0, total, 10_000)))
     drain(executor)
     names = files(clog.directory)
     assert len(names) == 3 and all(os.path.getsize(clog.directory / f) > 1 << 20 or
@@ -170,7 +197,7 @@ async def test_files_bigger_than_a_read_piece(store, executor, compress):
     assert [e.line[:-1] for e in entries[::997]] == [
         (b"%06d " % i).ljust(1 + i % 45, b"x")[:1 + i % 45] for i in range(0, total, 997)]
     for n in [1, 7, 40_000, 60_000, 100_000, total, total + 5]:
-        assert numbers(await read_all(clog, tail=n)) == list(range(max(0, total - n), total)), n
+        assert await read_numbers(clog, tail=n) == list(range(max(0, total - n), total)), n
     since, until = 30_000, 120_000  # pieces in the middle of files
     got = await read_all(clog, since=T0 + since, until=T0 + until)
     assert numbers(got) == list(range(since, until + 1))
@@ -180,8 +207,8 @@ async def test_a_long_tail_past_damage_in_a_big_file(store):
     """Damage in a file of several pieces: the tail falls back to decoding every frame, and
     still gives exactly the last entries."""
     clog = store.open(CID, StoreOptions(max_size=50 << 20))
-    clog.append(b"".join(sized_frames(0, 40_000)) + b"garbage bytes"
-                + b"".join(sized_frames(40_000, 40_000)))
+    await asyncio.to_thread(lambda: clog.append(b"".join(sized_frames(0, 40_000)) + b"garbage bytes"
+                                                + b"".join(sized_frames(40_000, 40_000))))
     assert clog.stats.corrupt == 1
     assert numbers(await read_all(clog, tail=50_000)) == list(range(30_000, 80_000))
     assert numbers(await read_all(clog, tail=3)) == [79_997, 79_998, 79_999]
@@ -194,12 +221,13 @@ async def test_tail_reads_the_current_file_from_its_last_marks(store, monkeypatc
     reading it all gives; the same for a file opened again (marks made by the first walk)."""
     total = 450_000  # ~19.6 MB of frames in the current file, appended as a stream would
     clog = store.open(CID, StoreOptions(max_size=50 << 20))
-    for start in range(0, total, 3_000):  # ~130 KiB at a time, as a splice brings
-        append(clog, sized_frames(start, 3_000))
+    # ~130 KiB at a time, as a splice brings
+    await write_off_loop(clog, lambda: (sized_frames(i, 3_000) for i in range(0, total, 3_000)))
     if reopen:
         clog.close()
         store.release(CID)
         clog = store.open(CID, StoreOptions(max_size=50 << 20))
+        await clog.ready()
     size = clog.frame_end
     assert size > 19 << 20 and clog.marks[0] == 0
     gaps = [b - a for a, b in zip(clog.marks, clog.marks[1:] + [size])]
@@ -217,14 +245,15 @@ async def test_tail_reads_the_current_file_from_its_last_marks(store, monkeypatc
     for n, most in [(1, 3 << 20), (1000, 3 << 20), (30_000, 4 << 20), (100_000, 12 << 20),
                     (total, 40 << 20), (total + 1, 40 << 20)]:
         read = 0
-        assert numbers(await read_all(clog, tail=n)) == list(range(max(0, total - n), total)), n
+        assert await read_numbers(clog, tail=n) == list(range(max(0, total - n), total)), n
         assert read <= most, (n, read)
 
 
 @pytest.mark.parametrize("damage", ["garbled", "truncated"])
 async def test_a_compressed_file_damaged_in_the_middle_gives_what_came_before(store, damage):
     clog = store.open(CID, StoreOptions())
-    packed = bytearray(gzip.compress(b"".join(sized_frames(0, 100_000)), compresslevel=1))
+    packed = bytearray(await asyncio.to_thread(
+        lambda: gzip.compress(b"".join(sized_frames(0, 100_000)), compresslevel=1)))
     if damage == "garbled":
         packed[len(packed) // 2:len(packed) // 2 + 64] = b"\xff" * 64
     else:
@@ -239,9 +268,9 @@ async def test_a_compressed_file_damaged_in_the_middle_gives_what_came_before(st
 
 async def test_a_compressed_file_of_two_gzip_members(store):
     clog = store.open(CID, StoreOptions())
-    (clog.directory / "container.log.1.gz").write_bytes(
-        gzip.compress(stored(sized_frames(0, 30_000))) + gzip.compress(stored(sized_frames(
-            30_000, 30_000))))
+    (clog.directory / "container.log.1.gz").write_bytes(await asyncio.to_thread(
+        lambda: gzip.compress(stored(sized_frames(0, 30_000))) + gzip.compress(stored(
+            sized_frames(30_000, 30_000)))))
     append(clog, [frame(60_000)])
     assert numbers(await read_all(clog)) == list(range(60_001))
     assert numbers(await read_all(clog, tail=40_000)) == list(range(20_001, 60_001))

@@ -505,10 +505,13 @@ async def test_a_sink_catching_up_reads_compressed_files_a_piece_at_a_time(
         clog.writers = 1
         sink = GateSink(SinkConfig("gate", (("gate-address", "x"),)), tmp_path)
         total = 3 * per_file + 100
-        for start in range(0, total, 5000):  # as a stream would, rotating on the way
-            clog.append(b"".join(entry_frame(i, T0) for i in range(start,
-                                                                   min(total, start + 5000))))
-        ex.submit(lambda: None).result()  # the worker has compressed the rotated files
+        def fill() -> None:  # the test's setup, off the loop: as a stream would, rotating
+            for start in range(0, total, 5000):
+                clog.append(b"".join(entry_frame(i, T0) for i in range(start,
+                                                                       min(total, start + 5000))))
+            ex.submit(lambda: None).result()  # the worker has compressed the rotated files
+
+        await asyncio.to_thread(fill)
         assert len(list((tmp_path / CID).glob("*.gz"))) == 3
         delivery = Delivery(clog, sink, context)
         held: list[int] = []

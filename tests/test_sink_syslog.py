@@ -633,23 +633,24 @@ async def test_client_certificate(rsyslogd: Rsyslogd) -> None:
 async def test_rsyslog_restart_between_batches_loses_nothing(
         tmp_path: Path, tls_files: TlsFiles) -> None:
     server = Rsyslogd(tmp_path / "rs", tls_files)
-    server.start()
+    await asyncio.to_thread(server.start)
     try:
         senders = {name: sink(server.address(name), **_tls_opts(server, name))
                    for name in ("tcp", "tls", "unix")}
         for name, s in senders.items():
             await s.send([entry("before")], context(tag=f"restart-{name}"))
-        server.wait_for(3, lambda r: r.app.startswith("restart-"))
-        server.stop()
+        # The peer's own waits and restarts block: in a thread, off the sinks' loop.
+        await asyncio.to_thread(server.wait_for, 3, lambda r: r.app.startswith("restart-"))
+        await asyncio.to_thread(server.stop)
         for name, s in senders.items():
             await until(lambda s=s: s._peer_closed)  # each noticed its connection close
             with pytest.raises(SinkError):
                 await s.send([entry("while down")], context(tag=f"restart-{name}"))
-        server.start()
+        await asyncio.to_thread(server.start)
         for name, s in senders.items():  # what delivery does: the same batch again
             await s.send([entry("while down")], context(tag=f"restart-{name}"))
             await s.close()
-        got = server.wait_for(6, lambda r: r.app.startswith("restart-"))
+        got = await asyncio.to_thread(server.wait_for, 6, lambda r: r.app.startswith("restart-"))
         assert sorted((r.app, r.msg) for r in got) == sorted(
             (f"restart-{n}", m) for n in senders for m in (b"before", b"while down"))
     finally:

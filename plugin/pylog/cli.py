@@ -31,6 +31,7 @@ from .docker_api import DEFAULT_DOCKER_SOCKET, DockerAPI
 from .driver import DEFAULT_FIFO_DIR, Driver
 from .malloc import keep_freed_memory
 from .metrics import READY_MAX_FAILING, OpsState, parse_address, start_metrics
+from .workers import warm_executor
 
 log = logging.getLogger("pylog")
 
@@ -97,6 +98,7 @@ async def serve(args: argparse.Namespace) -> int:
     # `kill -USR1 <pid>` writes every thread's stack to stderr (the plugin's log), for a
     # pylog that seems stuck; it does not stop anything.
     faulthandler.register(signal.SIGUSR1, all_threads=True)
+    warm_executor(asyncio.get_running_loop())
     sock = os.path.abspath(args.socket)
     if os.path.exists(sock):
         if _socket_in_use(sock):

@@ -337,6 +337,24 @@ def frames_size(lengths: Sequence[int]) -> int:
     return 4 * len(lengths) + sum(lengths)
 
 
+def frame_runs(data: bytes, size: int, max_frame: int = DEFAULT_MAX_FRAME) -> list[bytes]:
+    """``data`` (whole frames) cut at frame boundaries into runs of about ``size`` bytes, or
+    whole if it is not plainly good frames: a worker decodes a run per call, since one decode
+    call holds the GIL and the event loop waits for it."""
+    lengths = frame_lengths(data, max_frame) if len(data) > size else None
+    if lengths is None:
+        return [data]
+    runs, start, end = [], 0, 0
+    for n in lengths:
+        end += 4 + n
+        if end - start >= size:
+            runs.append(data[start:end])
+            start = end
+    if start < len(data):
+        runs.append(data[start:])
+    return runs
+
+
 def frame_lengths(data: bytes, max_frame: int = DEFAULT_MAX_FRAME) -> tuple[int, ...] | None:
     """The length (after its 4-byte length field) of each whole frame at the start of ``data``,
     found in C (see :func:`_split_frames`); None if the bytes are not plainly good frames from

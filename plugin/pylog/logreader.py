@@ -19,14 +19,16 @@ from typing import Any
 
 from .entry import LogEntry
 from .errors import RequestError
-from .frames import Columns, decode_batch, frame_lengths, frames_size, join_frames
+from .frames import Columns, decode_batch, frame_lengths, frame_runs, frames_size, join_frames
 from .reader import LogReader, Position
 from .store import CONTAINER_ID_RE, MAX_STORED_FRAME, ContainerLog, file_pieces
 from .timefmt import parse_rfc3339_ns
 
 log = logging.getLogger(__name__)
 
-_PIECE = 1 << 20  # history is read, decoded, selected and encoded a MiB of frames at a time
+_PIECE = 1 << 20
+_DECODE_RUN = 128 << 10  # bytes decoded per call: one call holds the GIL (~5 ms for this)
+_TAIL_BATCH = 20_000  # entries of a tail handed on at once (~ a piece of short lines)
 _FOLLOW_BYTES = 4 << 20  # what a follower reads at once
 
 
@@ -168,12 +170,15 @@ def _last_entries(fd: int, is_gzip: bool, size: int | None, n: int,
         in_kept += len(lengths)
         while in_kept - kept[0][1] >= n:
             in_kept -= kept.popleft()[1]
-    data = b"".join([frames for frames, _ in kept])
+    pieces = [frames for frames, _ in kept]
     skip = in_kept - n  # whole frames before the last n: not decoded (their lengths are known)
-    if skip > 0:
-        before: Sequence[int] = (frame_lengths(data, MAX_STORED_FRAME) or ())[:skip]
-        data = data[frames_size(before):]
-    return list(decode_batch(data + carry, MAX_STORED_FRAME, final=True).entries)[-n:]
+    if skip > 0:  # all in the first piece (the loop above dropped every piece before it)
+        before: Sequence[int] = (frame_lengths(pieces[0], MAX_STORED_FRAME) or ())[:skip]
+        pieces[0] = pieces[0][frames_size(before):]
+    out: list[LogEntry] = []
+    for data in [run for piece in pieces for run in frame_runs(piece, _DECODE_RUN)] + [carry]:
+        out += decode_batch(data, MAX_STORED_FRAME, final=True).entries
+    return out[-n:]
 
 
 def _last_entries_decoded(fd: int, is_gzip: bool, size: int | None, n: int,
@@ -284,8 +289,17 @@ async def _tail(reader: LogReader, rotated: list[tuple[int, int, bool]], current
     """The last ``cfg.tail`` entries of the snapshot (in a worker), then Since/Until."""
     files = [(fd, gz) for _s, fd, gz in rotated]
     last = (current, end, marks) if current is not None else None
-    picked = await reader.in_worker(_tail_entries, last, files, cfg.tail)
-    yield select_entries(picked, cfg)
+    picked, stop = await reader.in_worker(_tail_selected, last, files, cfg)
+    # In batches of a history piece's size: what the loop does with each stays bounded.
+    for i in range(0, len(picked), _TAIL_BATCH):
+        yield picked[i:i + _TAIL_BATCH], stop and i + _TAIL_BATCH >= len(picked)
+    if not picked and stop:
+        yield picked, stop
+
+
+def _tail_selected(current: tuple[int, int, list[int]] | None, rotated: list[tuple[int, bool]],
+                   cfg: ReadConfig) -> tuple[Sequence[LogEntry], bool]:
+    return select_entries(_tail_entries(current, rotated, cfg.tail), cfg)
 
 
 async def _follow(clog: ContainerLog, cfg: ReadConfig, waiter: asyncio.Event,
