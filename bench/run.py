@@ -38,7 +38,7 @@ import threading
 import time
 import urllib.parse
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Self
@@ -116,6 +116,7 @@ class Config:
     down: bool = False  # the fluentd sink points at a closed port
     store: bool = True  # `docker logs` counts the lines
     only: tuple[str, ...] = ()  # runs only in these scenarios (empty: in every scenario)
+    src: str = ""  # pylog runs from this source tree (--baseline), else from this checkout
 
 
 CONFIGS: dict[str, Config] = {c.key: c for c in (
@@ -134,6 +135,21 @@ CONFIGS: dict[str, Config] = {c.key: c for c in (
            sinks=("forward", "es", "syslog"), fluentd=True, store=False),
     Config("pylog-fluentd-down", "pylog +fluentd DOWN", pylog=True, fluentd=True, down=True),
 )}
+
+
+def baseline_configs(ref: str, configs: list[Config]) -> list[Config]:
+    """The same pylog drivers run from commit ``ref`` (exported next to the bench's state
+    dirs), registered as ``<key>@base``: the previous commit and this one in one invocation."""
+    dest = Path(tempfile.mkdtemp(prefix="pylog-baseline-"))
+    subprocess.run(f"git -C {ROOT} archive {ref} | tar -x -C {dest}", shell=True, check=True)
+    commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", ref],
+                            capture_output=True, text=True, check=True).stdout.strip()
+    out = []
+    for c in configs:
+        base = replace(c, key=f"{c.key}@base", label=f"{c.label} @{commit}", src=str(dest))
+        CONFIGS[base.key] = base
+        out.append(base)
+    return out
 
 
 def runs_in(sc: Scenario, config: Config) -> bool:
@@ -309,7 +325,8 @@ def busy_cores(seconds: float = 1.0) -> float:
 class PylogServe:
     """A fresh ``pylog serve``: its own driver name, socket and state dir."""
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, src: Path = ROOT) -> None:
+        self.src = src  # the source tree pylog runs from (another commit's, side by side)
         self.name = f"pylogbench-{secrets.token_hex(3)}"
         self.dir = workdir / self.name
         self.state_dir = self.dir / "state"
@@ -328,7 +345,8 @@ class PylogServe:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "pylog", "serve", "--socket", str(self.socket),
                  "--state-dir", str(self.state_dir), "--gc-interval", "0", "--log-level",
-                 "info"], stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
+                 "info"], stdout=log, stderr=subprocess.STDOUT, cwd=self.src,
+                env={**os.environ, "PYTHONPATH": str(self.src / "plugin")})
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -614,7 +632,7 @@ class Bench:
         profiler: subprocess.Popen[bytes] | None = None
         try:
             if config.pylog:
-                pylog = PylogServe(self.workdir)
+                pylog = PylogServe(self.workdir, Path(config.src) if config.src else ROOT)
                 pylog.start()
                 self.warm_up(pylog, config)
                 for kind in config.sinks:
@@ -1213,6 +1231,9 @@ def main() -> int:
     ap.add_argument("--profile", default="",
                     help="record every pylog run with py-spy (raw collapsed stacks) into this "
                          "directory; timings of a profiled invocation are not comparable")
+    ap.add_argument("--baseline", default="", metavar="REF",
+                    help="also run each pylog driver asked for from this git commit (HEAD~1, "
+                         "a tag...), in the same rounds: rows '<driver>@base'")
     ap.add_argument("--json", default="", help="write every run's numbers to this file")
     ap.add_argument("--markdown", default="", help="write the report to this file as well")
     ap.add_argument("--report-from", default="", metavar="JSON",
@@ -1240,6 +1261,8 @@ def main() -> int:
     # the drivers with a row in some scenario asked for (pylog-es-osmem only in E1)
     configs = [c for c in map(CONFIGS.__getitem__, keys)
                if any(runs_in(sc, c) for sc in scs.values())]
+    if args.baseline:
+        configs += baseline_configs(args.baseline, [c for c in configs if c.pylog])
     if not configs:
         sys.exit(f"none of the drivers {keys} runs in the scenarios {list(scs)}")
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import time
 from bisect import bisect_left, bisect_right
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -156,9 +157,13 @@ class BackgroundWalk:
     walked state (None if reading failed), then ``done`` is set."""
 
     def __init__(self, fd: int, state: WalkState, size: int,
-                 on_done: Callable[[BackgroundWalk, WalkState | None], None]) -> None:
+                 on_done: Callable[[BackgroundWalk, WalkState | None], None],
+                 name: str = "") -> None:
         self.size = size  # the file's size when the walk began
+        self.name = name
         self.done = asyncio.Event()
+        self._from = state.scan
+        self._started = time.monotonic()
         self._on_done = on_done
         future = asyncio.get_running_loop().run_in_executor(None, walk_file, fd, state, size)
         future.add_done_callback(self._finished)
@@ -166,8 +171,12 @@ class BackgroundWalk:
     def _finished(self, future: asyncio.Future[WalkState]) -> None:
         try:
             state: WalkState | None = future.result()
+            log.info("%s: walked %.1f MiB of its current file in %.2f s (in a worker)",
+                     self.name, (self.size - self._from) / (1 << 20),
+                     time.monotonic() - self._started,
+                     extra={"event": "walked", "seconds": time.monotonic() - self._started})
         except (OSError, asyncio.CancelledError) as e:
-            log.error("walking a stored log failed: %s", e)
+            log.error("%s: walking the stored log failed: %s", self.name, e)
             state = None
         try:
             self._on_done(self, state)

@@ -152,7 +152,8 @@ class ContainerLog(StoredLog):
         except RuntimeError:  # a tool or a test without a loop
             self._walked(walk_file(self._fd, state, self._size))
             return
-        self._walk = BackgroundWalk(self._fd, state, self._size, self._on_walked)
+        self._walk = BackgroundWalk(self._fd, state, self._size, self._on_walked,
+                                    self.directory.name[:12])
 
     def _on_walked(self, walk: BackgroundWalk, state: WalkState | None) -> None:
         self._walk = None
