@@ -25,8 +25,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from run import (IMAGE, LABEL, Peer, PylogServe, api, ensure_image,  # noqa: E402
-                 parse_ts, remove_containers)
+from run import IMAGE, LABEL, Peer, PylogServe, api, ensure_image, parse_ts, remove_containers  # noqa: E402
 
 from pylog.entry import LogEntry  # noqa: E402
 from pylog.frames import encode_frame  # noqa: E402
