@@ -9,6 +9,7 @@ not a LogEntry is skipped and counted, and the decoder resyncs on the next plaus
 
 from __future__ import annotations
 
+import os
 import struct
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -192,6 +193,23 @@ def decode_all(data: bytes, max_frame: int = DEFAULT_MAX_FRAME) -> list[LogEntry
     for chunk in dec.finish():
         entries += chunk.entries
     return entries
+
+
+def entry_at(fd: int, offset: int) -> LogEntry | None:
+    """The entry of the whole frame that starts at ``offset`` in a stored file (two preads),
+    or None if there is none there."""
+    head = os.pread(fd, 4, offset)
+    if len(head) < 4:
+        return None
+    (n,) = _LEN.unpack(head)
+    body = os.pread(fd, n, offset + 4)
+    if len(body) < n:
+        return None
+    try:
+        entry: LogEntry = LogEntry.FromString(body)
+    except DecodeError:
+        return None
+    return entry
 
 
 def encode_frame(entry: LogEntry) -> bytes:

@@ -23,7 +23,6 @@ import logging
 import os
 import re
 import shutil
-import struct
 from collections.abc import AsyncIterator
 from concurrent.futures import Executor
 from dataclasses import dataclass, replace
@@ -56,7 +55,6 @@ log = logging.getLogger(__name__)
 MAX_STORED_FRAME = MAX_FRAME  # the store holds what the FIFO carried, under the same cap
 OPTIONS = "store-options.json"  # the container's retention, saved with its log
 SPLICE_MIN = 64 << 10  # least bytes one splice may move, also past max-size
-_LEN = struct.Struct(">I")
 _T = TypeVar("_T")
 CONTAINER_ID_RE = re.compile(r"^[0-9a-f]{64}$")
 write_json_atomic = write_json

@@ -6,22 +6,18 @@ from __future__ import annotations
 
 import asyncio
 import os
-import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .entry import DecodeError, LogEntry
 from .fds import close_all
 from .frameindex import WalkState
+from .frames import entry_at
 from .storefiles import CURRENT, rotated_files
 
 if TYPE_CHECKING:
     from .frameindex import BackgroundWalk
     from .store import StoreOptions
-
-_LEN = struct.Struct(">I")
-
 
 @dataclass(slots=True)
 class StoreStats:
@@ -127,12 +123,12 @@ class StoredLog:
         if last < 0 or key == self._newest[:2] or self.closed:
             return self._newest[2] or None
         try:
-            head = os.pread(self._fd, 4, last)
-            (n,) = _LEN.unpack(head)
-            body = os.pread(self._fd, n, last + 4)
-            t = int(LogEntry.FromString(body).time_nano)
-        except (OSError, struct.error, DecodeError):
+            entry = entry_at(self._fd, last)
+        except OSError:
+            entry = None
+        if entry is None:
             return self._newest[2] or None
+        t = int(entry.time_nano)
         self._newest = (key[0], key[1], t)
         return t or None
 
