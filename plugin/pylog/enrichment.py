@@ -8,6 +8,7 @@ import asyncio
 import json
 import logging
 import time
+from collections import OrderedDict
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -27,6 +28,7 @@ from .store import CONTAINER_ID_RE
 log = logging.getLogger(__name__)
 
 CONTEXT_FILE = "context.json"
+STORED_CONTEXTS = 256  # stopped containers' contexts kept in memory
 
 
 class Enrichment:
@@ -41,6 +43,7 @@ class Enrichment:
         self.host_ns: dict[str, NamespaceIdentity] = host_namespaces(proc)
         self.registry = NamespaceRegistry()
         self.lookups_failed = 0
+        self._stored: OrderedDict[str, ContainerContext] = OrderedDict()  # read lately
 
     def start(self, container: Container) -> None:
         """A newly attached container: keep its context with its log, look for its namespaces."""
@@ -99,6 +102,7 @@ class Enrichment:
         self.save(container)
 
     def save(self, container: Container) -> None:
+        self._stored.pop(container.container_id, None)
         try:
             write_json(container.clog.directory / CONTEXT_FILE, container.context.fields())
         except OSError as e:
@@ -113,12 +117,22 @@ class Enrichment:
         return self.stored_context(container_id)
 
     def stored_context(self, container_id: str) -> ContainerContext:
+        """The context saved with a stopped container's log (kept in memory once read: a
+        delivery asks for it at every batch, and only an attached container changes it)."""
+        ctx = self._stored.get(container_id)
+        if ctx is not None:
+            self._stored.move_to_end(container_id)
+            return ctx
         try:
             text = (self.store_root / container_id / CONTEXT_FILE).read_text()
-            return context_from_fields(json.loads(text))
+            ctx = context_from_fields(json.loads(text))
         except (OSError, ValueError, KeyError, TypeError):
             return ContainerContext(container_id=container_id, name="", image_name="",
                                     image_id="", tag=container_id[:12], host_name="")
+        self._stored[container_id] = ctx
+        if len(self._stored) > STORED_CONTEXTS:
+            self._stored.popitem(last=False)
+        return ctx
 
     def resolve_attached(self, ref: str) -> str | None:
         """An attached container's ID by name, or None (the stored ones: :meth:`resolve`)."""
