@@ -147,8 +147,10 @@ def test_docker_logs_again_and_restart_neither_duplicate_nor_lose(
 
     def stored_files() -> list[str]:
         # walked.json (store.WALKED) is there only while nobody holds the log open: dockerd's
-        # ReadLogs lets go of it after `docker logs` has returned, so it may come and go here.
-        return sorted(p.name for p in pylog.container_dir(pl).iterdir() if p.name != WALKED)
+        # ReadLogs lets go of it after `docker logs` has returned, so it (and the temp file it
+        # is written through) may come and go here.
+        return sorted(p.name for p in pylog.container_dir(pl).iterdir()
+                      if p.name not in (WALKED, WALKED + ".tmp"))
 
     files_before = stored_files()
     for cid in (jf, pl):
