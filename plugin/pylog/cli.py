@@ -29,6 +29,7 @@ from . import __version__
 from .api import make_app
 from .docker_api import DEFAULT_DOCKER_SOCKET, DockerAPI
 from .driver import DEFAULT_FIFO_DIR, Driver
+from .looplag import watch_loop
 from .malloc import keep_freed_memory
 from .metrics import READY_MAX_FAILING, OpsState, parse_address, start_metrics
 from .workers import warm_executor
@@ -139,12 +140,14 @@ async def serve(args: argparse.Namespace) -> int:
             # The plugin itself works: dockerd must not lose its log driver over the metrics.
             log.error("cannot serve metrics on %s: %s; going on without them",
                       args.metrics_address, e, extra={"event": "metrics_failed"})
+    watcher = asyncio.create_task(watch_loop(driver.loop_lag), name="pylog-loop-lag")
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
     log.info("shutting down", extra={"event": "shutdown"})
+    watcher.cancel()
     ops.serving = False
     await runner.cleanup()
     await driver.close()

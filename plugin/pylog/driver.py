@@ -37,6 +37,7 @@ from .enrichment import Enrichment
 from .entry import LogEntry
 from .errors import PylogError, RequestError
 from .logreader import ReadConfig, read_entries, read_logs, read_request
+from .looplag import LoopLag
 from .options import parse_log_options
 from .record import ContainerContext, build_context
 from .store import CONTAINER_ID_RE, ContainerLog, Store, StoreOptions
@@ -70,6 +71,7 @@ class Driver:
                         if docker is not None else None)
         self._closing = False
         self.host_name = os.uname().nodename
+        self.loop_lag = LoopLag()  # filled by looplag.watch_loop in `pylog serve`
         # Containers that finished, kept `metrics_linger` seconds for a scrape's final counts.
         self.retired_logs: dict[str, tuple[float, str, ContainerLog]] = {}
 

@@ -200,6 +200,14 @@ class PylogCollector(Collector):
                      "found while they were attached", [])
         c.add_metric([], driver.enrichment.lookups_failed)
         yield c
+        c = _counter("pylog_event_loop_held", "Times the event loop was held over 0.1 s (no "
+                     "FIFO read, no request answered meanwhile)", [])
+        c.add_metric([], driver.loop_lag.held)
+        yield c
+        c = _counter("pylog_event_loop_held_seconds", "Seconds the event loop was held, in "
+                     "holds over 0.1 s", [])
+        c.add_metric([], driver.loop_lag.held_seconds)
+        yield c
         ready = _gauge("pylog_ready", "1 when /readyz answers 200 (every sink up or retrying "
                        "within limits), else 0", [])
         ready.add_metric([], 0 if readiness(driver, self.max_failing) else 1)

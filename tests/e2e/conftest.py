@@ -28,6 +28,7 @@ from .health import diagnostics, docker_problem, host_problem
 BUSYBOX_IMAGE = "pylog-busybox:test"
 PLUGIN_DIR = Path("/run/docker/plugins")
 RUNNING: list[PylogServer] = []  # the test servers now running, for the diagnostics
+STARTED: dict[Path, str] = {}  # every test server's log, for the loop holds it reported
 _busybox_ready = False
 _unfit: list[str] = []  # why the host cannot run e2e tests any more (see health.py)
 
@@ -53,6 +54,22 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
             if terminal is not None:
                 terminal.write_line(f"\nHOST UNFIT FOR E2E TESTS: {_unfit[0]}\n{state}\n")
     return report
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """The test servers' own event loop holds over 0.1 s (pylog logs them: looplag.py), listed
+    and not failed: a loaded 2-core machine can delay any callback here."""
+    held = []
+    for path, name in STARTED.items():
+        try:
+            lines = path.read_text(errors="replace").splitlines()
+        except OSError:
+            continue
+        held += [f"{name}: {line}" for line in lines if '"event": "loop_held"' in line]
+    if held:
+        terminalreporter.section("pylog serve: event loop held over 0.1 s (reported, not failed)")
+        for line in held:
+            terminalreporter.write_line(line)
 
 
 @pytest.hookimpl(tryfirst=True)
@@ -113,6 +130,7 @@ class PylogServer:
              "--state-dir", str(self.state_dir), "--log-level", "debug", *self.extra_args],
             stdout=log, stderr=subprocess.STDOUT)
         RUNNING.append(self)
+        STARTED[self.log_path] = self.name
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
