@@ -339,7 +339,7 @@ class PylogServe:
         return PLUGIN_DIR / f"{self.name}.sock"
 
     def start(self) -> None:
-        self.dir.mkdir(parents=True)
+        self.dir.mkdir(parents=True, exist_ok=True)  # a state dir may be laid out before
         PLUGIN_DIR.mkdir(parents=True, exist_ok=True)
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(

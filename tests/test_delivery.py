@@ -14,6 +14,7 @@ from typing import Any, ClassVar
 import pytest
 
 import pylog.delivery
+import pylog.frameindex
 import pylog.frames
 import pylog.logreader
 import pylog.reader
@@ -263,4 +264,38 @@ async def test_deliveries_and_docker_logs_read_and_decode_off_the_event_loop(
         await asyncio.wait_for(delivery.task, TIMEOUT)
         assert sink.got == lines(0, 30)
         assert watch.calls > 0 and watch.on_loop == []
+        clog.close()
+
+
+async def test_a_log_opened_again_is_delivered_whole_while_and_after_it_is_walked(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A stopped container's log opened again after a crash (no saved walk): its sink starts on
+    the rotated file at once, waits for the walk of the current file (in a worker) and delivers
+    it all, instead of ending at the part not walked yet."""
+    d = tmp_path / CID
+    d.mkdir()
+    (d / "container.log.1").write_bytes(frames(0, 100))
+    (d / "container.log").write_bytes(frames(100, 5000))
+    (d / "seq.json").write_text('{"next": 2}')
+    walking = threading.Event()
+    go_on = threading.Event()
+    real_walk = pylog.frameindex.walk_file
+
+    def slow_walk(*args: Any) -> Any:
+        walking.set()
+        assert go_on.wait(TIMEOUT)  # held until the rotated file was delivered
+        return real_walk(*args)
+
+    monkeypatch.setattr(pylog.frameindex, "walk_file", slow_walk)
+    with ThreadPoolExecutor(1) as ex:
+        clog = ContainerLog(d, None, ex)
+        assert clog.walking
+        sink = BuggySink(tmp_path)
+        delivery = Delivery(clog, sink, context)
+        task = delivery.start()
+        await sink.wait_for(100)  # the rotated file, while the walk is held
+        assert not task.done() and clog.walking
+        go_on.set()
+        await asyncio.wait_for(task, TIMEOUT)
+        assert sink.got == lines(0, 5000)
         clog.close()

@@ -223,7 +223,6 @@ class Delivery:
         if self._reader is not None:  # a restart: what the last reader lost stays counted
             self._dropped_before += self._reader.dropped_bytes
             self._reader = None
-        await self.clog.ready()  # a log opened again is walked first (in a worker)
         reader = self._reader = LogReader(self.clog, await asyncio.to_thread(self.cursor.load))
         self.acked = reader.pos
         reassembler = Reassembler(self.max_line)
@@ -246,7 +245,9 @@ class Delivery:
                     continue  # written (or stopped) while the worker read: look again
                 if self.closing:
                     return  # shutting down: a half-read line is read again at the next start
-                if self.clog.writers == 0:
+                # A log opened again is readable up to where its walk (in a worker) got:
+                # the rest is not delivered until the walk is done (it wakes the waiter).
+                if self.clog.writers == 0 and not self.clog.walking:
                     rest = reassembler.flush()
                     if rest:
                         await self._send(rest)
