@@ -59,15 +59,15 @@ from .es_settings import (
     template_mappings,
 )
 from .es_transport import (
-    _CREATED,
     AllCreated,
     ElasticTransport,
+    ItemOutcomes,
     Transport,
     _is_unsupported,
-    _item_outcome,
     _reason,
     _serializers,
     all_created,
+    bulk_items,
 )
 
 log = logging.getLogger(__name__)
@@ -251,67 +251,51 @@ class ElasticsearchSink(Sink):
         why."""
         path = f"/{self.index}/_bulk?filter_path=errors,items.*.status,items.*.error"
         status, body = await t.request("POST", path, chunk.body(), ndjson=True)
-        if status == 413:  # too big for the server (or a proxy in front of it): halve it
-            if len(chunk) > 1:
-                half = len(chunk) // 2
-                a, why_a = await self._bulk(t, chunk[:half], settled, container_id)
-                b, why_b = await self._bulk(t, chunk[half:], settled, container_id)
-                return Docs.concat([a, b]), why_a or why_b
-            await self._dead_letter(chunk, [(0, status, {"type": "request_entity_too_large",
-                                                         "reason": _reason(body)})], settled,
-                                    container_id)
-            return chunk[:0], ""
+        if status == 413:  # too big for the server (or a proxy in front of it)
+            return await self._too_large(t, chunk, body, settled, container_id)
         if status == 429 or status >= 500:
             return chunk, f"{status} {_reason(body)}"
         if status == 401:
             raise self._auth_failed(status, body)
         if not 200 <= status < 300:
             raise SinkError(f"bulk request refused: {status} {_reason(body)}")
-        items: Any = None  # AllCreated: the usual answer, already checked in its bytes
-        if isinstance(body, AllCreated):
-            n_items: int | None = int(body)
-        else:
-            items = body.get("items") if isinstance(body, dict) else None
-            n_items = len(items) if isinstance(items, list) else None
-        if n_items != len(chunk):
-            raise SinkError(f"bulk answer has {'no' if n_items is None else n_items} items for "
-                            f"{len(chunk)} documents")
-        # the usual answer, in its bytes or checked by one C call
-        if items is None or items.count(_CREATED) == len(chunk):
+        items = bulk_items(body, len(chunk))
+        if items is None:
             self.created += len(chunk)
             settled.update(chunk.ids)
             return chunk[:0], ""
-        retry: list[int] = []
-        rejected: list[tuple[int, int, Any]] = []
-        blocked: tuple[int, Any] | None = None
-        why = ""
-        for i, item in enumerate(items):
-            result = next(iter(item.values()), None) if isinstance(item, dict) else None
-            if not isinstance(result, dict) or not isinstance(result.get("status"), int):
-                raise SinkError(f"bulk answer item without a status: {str(item)[:200]}")
-            st: int = result["status"]
-            outcome = _item_outcome(st)
-            if outcome == "created":
-                self.created += 1
-                settled.add(chunk.ids[i])
-            elif outcome == "duplicate":
-                self.duplicates += 1
-                settled.add(chunk.ids[i])
-            elif outcome == "retry":
-                retry.append(i)
-                why = f"{st} {_reason(result)}"
-            elif outcome == "blocked":
-                blocked = blocked or (st, result)
-            else:
-                rejected.append((i, st, result.get("error")))
-        if rejected:
-            await self._dead_letter(chunk, rejected, settled, container_id)
-        if blocked is not None:
-            if blocked[0] == 401:
-                raise self._auth_failed(*blocked)
-            raise SinkError(f"Elasticsearch refused documents: {blocked[0]} "
-                            f"{_reason(blocked[1])}")
-        return chunk.pick(retry), why
+        return await self._settle(chunk, ItemOutcomes.of(items), settled, container_id)
+
+    async def _too_large(self, t: Transport, chunk: Docs, body: Any, settled: set[bytes],
+                         container_id: str) -> tuple[Docs, str]:
+        """A 413: each half sent on its own; a single document is dead-lettered."""
+        if len(chunk) > 1:
+            half = len(chunk) // 2
+            a, why_a = await self._bulk(t, chunk[:half], settled, container_id)
+            b, why_b = await self._bulk(t, chunk[half:], settled, container_id)
+            return Docs.concat([a, b]), why_a or why_b
+        await self._dead_letter(chunk, [(0, 413, {"type": "request_entity_too_large",
+                                                  "reason": _reason(body)})], settled,
+                                container_id)
+        return chunk[:0], ""
+
+    async def _settle(self, chunk: Docs, out: ItemOutcomes, settled: set[bytes],
+                      container_id: str) -> tuple[Docs, str]:
+        """Counts and settles what the server took, dead-letters what it rejected; returns the
+        documents to send again and why."""
+        self.created += len(out.created)
+        self.duplicates += len(out.duplicates)
+        settled.update(chunk.ids[i] for i in out.created + out.duplicates)
+        if out.malformed:
+            raise SinkError(out.malformed)
+        if out.rejected:
+            await self._dead_letter(chunk, out.rejected, settled, container_id)
+        if out.blocked is not None:
+            if out.blocked[0] == 401:
+                raise self._auth_failed(*out.blocked)
+            raise SinkError(f"Elasticsearch refused documents: {out.blocked[0]} "
+                            f"{_reason(out.blocked[1])}")
+        return chunk.pick(out.retry), out.why
 
     async def _dead_letter(self, chunk: Docs, rejected: list[tuple[int, int, Any]],
                            settled: set[bytes], container_id: str = "") -> None:

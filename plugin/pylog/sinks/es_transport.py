@@ -8,6 +8,7 @@ import asyncio
 import importlib
 import json
 import logging
+from dataclasses import dataclass, field
 from itertools import repeat
 from typing import Any, Protocol
 from urllib.parse import urlsplit
@@ -168,3 +169,58 @@ def _item_outcome(status: int) -> str:
     if status in (401, 403, 404):
         return "blocked"  # credentials, a cluster block, a missing index: not the document
     return "rejected"
+
+
+def bulk_items(body: Any, count: int) -> list[Any] | None:
+    """The items of a 2xx ``_bulk`` answer to ``count`` documents, or None when every one was
+    created; SinkError when the answer does not have an item per document."""
+    items: list[Any] | None = None  # AllCreated: the usual answer, checked in its bytes
+    if isinstance(body, AllCreated):
+        n_items: int | None = int(body)
+    else:
+        items = body.get("items") if isinstance(body, dict) else None
+        n_items = len(items) if isinstance(items, list) else None
+    if n_items != count:
+        raise SinkError(f"bulk answer has {'no' if n_items is None else n_items} items for "
+                        f"{count} documents")
+    # the usual answer, in its bytes or checked by one C call
+    if items is None or items.count(_CREATED) == count:
+        return None
+    return items
+
+
+@dataclass
+class ItemOutcomes:
+    """A ``_bulk`` answer's items sorted by what becomes of their documents (their places in the
+    request), in the answer's order up to the first item without a status, if any."""
+
+    created: list[int] = field(default_factory=list)
+    duplicates: list[int] = field(default_factory=list)
+    retry: list[int] = field(default_factory=list)
+    rejected: list[tuple[int, int, Any]] = field(default_factory=list)  # place, status, error
+    blocked: tuple[int, Any] | None = None  # the first one's status and item
+    why: str = ""  # the last item to send again: its status and error
+    malformed: str = ""  # an item without a status, where the sorting stopped
+
+    @classmethod
+    def of(cls, items: list[Any]) -> ItemOutcomes:
+        out = cls()
+        for i, item in enumerate(items):
+            result = next(iter(item.values()), None) if isinstance(item, dict) else None
+            if not isinstance(result, dict) or not isinstance(result.get("status"), int):
+                out.malformed = f"bulk answer item without a status: {str(item)[:200]}"
+                break
+            st: int = result["status"]
+            outcome = _item_outcome(st)
+            if outcome == "created":
+                out.created.append(i)
+            elif outcome == "duplicate":
+                out.duplicates.append(i)
+            elif outcome == "retry":
+                out.retry.append(i)
+                out.why = f"{st} {_reason(result)}"
+            elif outcome == "blocked":
+                out.blocked = out.blocked or (st, result)
+            else:
+                out.rejected.append((i, st, result.get("error")))
+        return out
