@@ -97,13 +97,13 @@ class ElasticsearchSink(Sink):
         self.ca_cert: str | None = config["elasticsearch-ca-cert"]
         self.verify = not config["elasticsearch-tls-skip-verify"]
         self.template_name = f"pylog-{self.index}"
-        self.dead_letter_path = state_dir / "dead-letter" / f"{self.key}.ndjson"
+        self.dead_letters = DeadLetterFile(state_dir / "dead-letter" / f"{self.key}.ndjson",
+                                           self.key, self.index)
         self.transport: Transport | None = None
         self.setup_done = False
         self.setup_notes: list[str] = []  # what the server did not support, for the status
         self.created = 0
         self.duplicates = 0
-        self.dead_lettered = 0
         self.item_retries = 0
         self._reload_credentials = False
         self._setup_lock = asyncio.Lock()
@@ -299,33 +299,19 @@ class ElasticsearchSink(Sink):
 
     async def _dead_letter(self, chunk: Docs, rejected: list[tuple[int, int, Any]],
                            settled: set[bytes], container_id: str = "") -> None:
-        """Append rejected documents (their places in ``chunk``) with their errors; only then
+        """Keep rejected documents (their places in ``chunk``) in the dead-letter file; only then
         are they settled."""
-        now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-        out = []
-        for i, status, error in rejected:
-            doc = chunk[i]
-            try:
-                document: Any = json.loads(doc.source)
-            except ValueError:
-                document = doc.source
-            out.append(json.dumps({"time": now, "sink": self.key, "index": self.index,
-                                   "_id": doc.id, "status": status, "error": error,
-                                   "document": document}, ensure_ascii=False) + "\n")
-        data = "".join(out).encode("utf-8", "replace")
-        try:
-            await asyncio.to_thread(_append, self.dead_letter_path, data)  # disk I/O: off the loop
-        except OSError as e:
-            raise SinkError(f"{len(rejected)} documents were rejected and could not be kept "
-                            f"in {self.dead_letter_path}: {e.strerror or e}") from None
+        await self.dead_letters.append(chunk, rejected)
         settled.update(chunk.ids[i] for i, _, _ in rejected)
-        self.dead_lettered += len(rejected)
         self.rejected[container_id] = self.rejected.get(container_id, 0) + len(rejected)
-        first_status, first_error = rejected[0][1], rejected[0][2]
-        log.warning("sink %s: Elasticsearch rejected %d documents (first: %d %s); appended to "
-                    "%s (%d so far)", self.key, len(rejected), first_status,
-                    _reason(first_error).split(":")[0], self.dead_letter_path,
-                    self.dead_lettered)
+
+    @property
+    def dead_letter_path(self) -> Path:
+        return self.dead_letters.path
+
+    @property
+    def dead_lettered(self) -> int:
+        return self.dead_letters.count
 
     async def close(self) -> None:
         transport, self.transport = self.transport, None
@@ -334,6 +320,42 @@ class ElasticsearchSink(Sink):
                 await transport.close()
             except Exception as e:  # noqa: BLE001 - closing must not fail shutdown
                 log.debug("sink %s: closing the transport: %s", self.key, e)
+
+
+class DeadLetterFile:
+    """Where a sink keeps the documents the server rejected for good, with its errors: appended
+    as NDJSON rows (0600), counted and logged."""
+
+    def __init__(self, path: Path, sink_key: str, index: str) -> None:
+        self.path = path
+        self.sink_key = sink_key
+        self.index = index
+        self.count = 0  # documents appended by this sink instance
+
+    async def append(self, chunk: Docs, rejected: list[tuple[int, int, Any]]) -> None:
+        """Append ``rejected`` (place in ``chunk``, status, error); SinkError if it cannot."""
+        now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        out = []
+        for i, status, error in rejected:
+            doc = chunk[i]
+            try:
+                document: Any = json.loads(doc.source)
+            except ValueError:
+                document = doc.source
+            out.append(json.dumps({"time": now, "sink": self.sink_key, "index": self.index,
+                                   "_id": doc.id, "status": status, "error": error,
+                                   "document": document}, ensure_ascii=False) + "\n")
+        data = "".join(out).encode("utf-8", "replace")
+        try:
+            await asyncio.to_thread(_append, self.path, data)  # disk I/O: off the loop
+        except OSError as e:
+            raise SinkError(f"{len(rejected)} documents were rejected and could not be kept "
+                            f"in {self.path}: {e.strerror or e}") from None
+        self.count += len(rejected)
+        first_status, first_error = rejected[0][1], rejected[0][2]
+        log.warning("sink %s: Elasticsearch rejected %d documents (first: %d %s); appended to "
+                    "%s (%d so far)", self.sink_key, len(rejected), first_status,
+                    _reason(first_error).split(":")[0], self.path, self.count)
 
 
 def _append(path: Path, data: bytes) -> None:
