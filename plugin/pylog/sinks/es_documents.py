@@ -1,0 +1,180 @@
+"""The documents of ``_bulk`` requests: deterministic ``_id``s, each line's ``create`` action
+and record as the parts of a request's bytes (:class:`Docs`), and requests of bounded size."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import struct
+from bisect import bisect_right
+from collections.abc import Sequence
+from itertools import accumulate, repeat
+from operator import add
+from typing import Any
+
+from ..frames import columns_of
+from ..reassembly import Line
+from ..record import ContainerContext, record_columns
+
+_ID_HEAD = struct.Struct(">q")
+_blake2b = hashlib.blake2b
+
+
+def document_ids(lines: Sequence[Line], container_id: str) -> list[bytes]:
+    """A deterministic ``_id`` per line (ASCII bytes): a hash of the container ID, the time, the
+    stream and the bytes (identical lines with the same nanosecond in one batch get ``.1``,
+    ``.2``...).
+
+    A column at a time, as the records are: the hashed bytes joined by a C call mapped over the
+    batch, the digests of a batch base64-encoded as one string, then cut every 20 characters
+    (15 bytes encode to 20 characters without padding). The hash itself is one comprehension
+    step a line: ``blake2b(key, digest_size=15)`` through ``functools.partial`` and ``digest``
+    through ``methodcaller`` were each slower (0.73 -> 0.64 us a line). It is still the
+    sink's biggest cost (half of its CPU in bench/RESULTS.md's profile): the price of ids
+    that make a batch sent again meet 409 whatever path it took."""
+    sources, times, texts = columns_of(lines)
+    stream = {s: s.encode() + b"\0" for s in set(sources)}
+    keys = map(b"".join, zip(repeat(container_id.encode()), map(_ID_HEAD.pack, times),
+                             map(stream.__getitem__, sources), texts))
+    text = base64.urlsafe_b64encode(b"".join([_blake2b(k, digest_size=15).digest()
+                                              for k in keys]))
+    # cut every 20 bytes by one struct call (its format cached by the struct module): 0.12 ->
+    # 0.02 us a line against a slice object and a getitem per id
+    ids = list(struct.unpack("20s" * len(sources), text))
+    if len(set(ids)) == len(ids):
+        return ids
+    seen: dict[bytes, int] = {}
+    for i, doc_id in enumerate(ids):
+        n = seen.get(doc_id)
+        if n is None:
+            seen[doc_id] = 0
+        else:
+            seen[doc_id] = n + 1
+            ids[i] = b"%s.%d" % (doc_id, n + 1)
+    return ids
+
+
+class Doc(tuple[str, str]):
+    """One document of a ``_bulk`` request, on its own: ``(id, payload)``, the payload being the
+    action line and the record line, each ending with ``\n``. For the rare paths (rejected
+    documents, tests); requests are made from :class:`Docs`' parts."""
+
+    __slots__ = ()
+
+    @property
+    def id(self) -> str:
+        return self[0]
+
+    @property
+    def payload(self) -> str:
+        return self[1]
+
+    @property
+    def source(self) -> str:
+        """The record alone (its JSON text)."""
+        return self[1][self[1].index("\n") + 1:-1]
+
+
+_ACTION = b'{"create":{"_id":"'
+_AFTER_ID = b'"}}\n'
+PARTS = 6  # of a document in Docs.parts: action, id, then the record's four columns
+
+
+class Docs(Sequence[Doc]):
+    """Documents of ``_bulk`` requests as the parts of their bytes, :data:`PARTS` per document:
+    ``{"create":{"_id":"``, the id, then the record's columns (:func:`record_columns`), the first
+    starting with ``"}}\n`` and the last ending with ``\n``. A request's body is one join of
+    its documents' parts, and the size of each document is known without making it (``ends``:
+    the running total), so no per-document string is ever made: see :func:`record_columns` for
+    what that buys. ``docs[i]`` is document i as a :class:`Doc`; a slice is a Docs."""
+
+    __slots__ = ("base", "ends", "ids", "parts")
+
+    def __init__(self, ids: list[bytes], parts: list[bytes], ends: list[int],
+                 base: int = 0) -> None:
+        self.ids = ids        # each document's _id
+        self.parts = parts    # PARTS per document
+        self.ends = ends      # bytes up to the end of each document, from ``base``
+        self.base = base
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __getitem__(self, i: Any) -> Any:
+        if isinstance(i, slice):
+            start, stop, step = i.indices(len(self.ids))
+            if step != 1:
+                raise ValueError("Docs slices are contiguous")
+            stop = max(start, stop)
+            return Docs(self.ids[start:stop], self.parts[PARTS * start:PARTS * stop],
+                        self.ends[start:stop], self.ends[start - 1] if start else self.base)
+        doc_id = self.ids[i]  # IndexError out of range, as a sequence does
+        i %= len(self.ids)
+        body = b"".join(self.parts[PARTS * i:PARTS * i + PARTS]).decode("utf-8", "replace")
+        return Doc((doc_id.decode(), body))
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Docs):
+            return NotImplemented
+        return self.ids == other.ids and self.body() == other.body()
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def sizes(self) -> list[int]:
+        """Each document's size in bytes."""
+        return [b - a for a, b in zip([self.base, *self.ends], self.ends)]
+
+    def body(self) -> bytes:
+        """The ``_bulk`` request body of these documents."""
+        return b"".join(self.parts)
+
+    def pick(self, indices: Sequence[int]) -> Docs:
+        """These documents, in this order."""
+        parts: list[bytes] = []
+        for i in indices:
+            parts += self.parts[PARTS * i:PARTS * i + PARTS]
+        sizes = self.sizes()
+        return Docs([self.ids[i] for i in indices], parts,
+                    list(accumulate(sizes[i] for i in indices)))
+
+    @classmethod
+    def concat(cls, many: Sequence[Docs]) -> Docs:
+        if len(many) == 1:
+            return many[0]
+        ids: list[bytes] = []
+        parts: list[bytes] = []
+        sizes: list[int] = []
+        for d in many:
+            ids += d.ids
+            parts += d.parts
+            sizes += d.sizes()
+        return cls(ids, parts, list(accumulate(sizes)))
+
+
+def bulk_documents(lines: Sequence[Line], ctx: ContainerContext) -> Docs:
+    """Each line as a ``create`` action plus its record, ready for ``_bulk``."""
+    ids = document_ids(lines, ctx.container_id)
+    cols = record_columns(lines, ctx, lead=_AFTER_ID, end=b"\n")
+    n = len(ids)
+    parts: list[bytes] = [b""] * (PARTS * n)
+    parts[0::PARTS] = repeat(_ACTION, n)
+    parts[1::PARTS] = ids
+    parts[2::PARTS] = cols.heads
+    parts[3::PARTS] = cols.fractions
+    parts[4::PARTS] = cols.messages
+    parts[5::PARTS] = cols.tails
+    sizes = map(add, map(len, ids), map(add, cols.sizes(), repeat(len(_ACTION))))
+    return Docs(ids, parts, list(accumulate(sizes)))
+
+
+def chunks(docs: Docs, max_bytes: int) -> list[Docs]:
+    """Bulk requests of at most ``max_bytes`` (a bigger document goes alone); each request's
+    end found by bisecting the running total of the sizes, not by a step per document."""
+    ends = docs.ends
+    out: list[Docs] = []
+    start, done = 0, docs.base  # first document of the request, bytes before it
+    while start < len(docs):
+        end = max(start + 1, bisect_right(ends, done + max_bytes, lo=start))
+        out.append(docs[start:end])
+        start, done = end, ends[end - 1]
+    return out
