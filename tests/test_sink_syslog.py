@@ -654,7 +654,7 @@ async def test_rsyslog_restart_between_batches_loses_nothing(
         assert sorted((r.app, r.msg) for r in got) == sorted(
             (f"restart-{n}", m) for n in senders for m in (b"before", b"while down"))
     finally:
-        server.stop()
+        await asyncio.to_thread(server.stop)
 
 
 def test_received_parses_what_rsyslog_wrote(rsyslogd: Rsyslogd) -> None:
