@@ -22,8 +22,16 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from run import (IMAGE, PylogServe, RssSampler, cpu_seconds, ensure_image,  # noqa: E402
-                 find_process, remove_containers)
+from run import (  # noqa: E402
+    IMAGE,
+    ROOT,
+    PylogServe,
+    RssSampler,
+    cpu_seconds,
+    ensure_image,
+    find_process,
+    remove_containers,
+)
 
 
 def read_logs(cid: str, args: list[str]) -> tuple[float, int]:
@@ -39,19 +47,34 @@ def read_logs(cid: str, args: list[str]) -> tuple[float, int]:
     return time.monotonic() - t0, lines
 
 
+def export(ref: str, where: Path) -> Path:
+    """The source tree of commit ``ref``, for a pylog run from it."""
+    dest = where / "baseline-src"
+    dest.mkdir()
+    subprocess.run(f"git -C {ROOT} archive {ref} | tar -x -C {dest}", shell=True, check=True)
+    return dest
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--lines", type=int, default=1_000_000)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--tail", type=int, default=1000)
+    ap.add_argument("--baseline", default="", metavar="REF",
+                    help="also read through a pylog running from this git commit (pylog@base)")
     args = ap.parse_args()
     ensure_image()
     dockerd = find_process("dockerd")
     with tempfile.TemporaryDirectory(prefix="pylog-bench-logs-") as tmp:
-        pylog = PylogServe(Path(tmp))
-        pylog.start()
-        assert pylog.ps is not None
-        drivers = {"json-file": "json-file", "local": "local", "pylog": pylog.name}
+        pylogs = {"pylog": PylogServe(Path(tmp))}
+        if args.baseline:
+            pylogs["pylog@base"] = PylogServe(Path(tmp), export(args.baseline, Path(tmp)))
+        for p in pylogs.values():
+            p.start()
+            assert p.ps is not None
+        pylog = pylogs["pylog"]
+        drivers = {"json-file": "json-file", "local": "local",
+                   **{name: p.name for name, p in pylogs.items()}}
         cids: dict[str, str] = {}
         try:
             for name, driver in drivers.items():
@@ -60,7 +83,7 @@ def main() -> int:
                                      capture_output=True, text=True, check=True).stdout.strip()
                 cids[name] = cid
                 subprocess.run(["docker", "wait", cid], capture_output=True, check=True)
-            idle_rss = pylog.ps.memory_info().rss
+            idle_rss = pylog.ps.memory_info().rss  # type: ignore[union-attr]
             reads = {"all": [], f"--tail {args.tail}": []}
             results: dict[tuple[str, str], list[tuple[float, int, float, int, float]]] = {}
             order = list(drivers)
@@ -68,16 +91,19 @@ def main() -> int:
                 for name in order if r % 2 == 0 else order[::-1]:
                     for what in reads:
                         extra = [] if what == "all" else ["--tail", str(args.tail)]
-                        c0, d0 = cpu_seconds(pylog.ps), cpu_seconds(dockerd)
-                        with RssSampler(pylog.ps) as rss:
+                        ps = pylogs.get(name, pylog).ps
+                        assert ps is not None
+                        c0, d0 = cpu_seconds(ps), cpu_seconds(dockerd)
+                        with RssSampler(ps) as rss:
                             took, lines = read_logs(cids[name], extra)
-                        cpu = cpu_seconds(pylog.ps) - c0 if name == "pylog" else 0.0
-                        peak = rss.peak if name == "pylog" else 0
+                        cpu = cpu_seconds(ps) - c0 if name in pylogs else 0.0
+                        peak = rss.peak if name in pylogs else 0
                         results.setdefault((name, what), []).append(
                             (took, lines, cpu, peak, cpu_seconds(dockerd) - d0))
         finally:
             remove_containers(list(cids.values()))
-            pylog.stop()
+            for p in pylogs.values():
+                p.stop()
     print(f"`docker logs` of a container that printed {args.lines:,} lines "
           f"({args.rounds} rounds, medians, min-max)")
     print(f"pylog's RSS before the reads (the containers stored): {idle_rss / 2**20:.0f} MB")
@@ -91,7 +117,7 @@ def main() -> int:
             lines = sorted({t[1] for t in runs})
             med = statistics.median(times)
             pylog_cols = (f"{statistics.median(t[2] for t in runs):>11.2f} "
-                          f"{max(t[3] for t in runs) / 2**20:>11.0f} MB") if name == "pylog" \
+                          f"{max(t[3] for t in runs) / 2**20:>11.0f} MB") if name in pylogs \
                 else f"{'':>11} {'':>14}"
             print(f"{what:<12} {name:<10} {med:>7.2f} ({min(times):.2f}-{max(times):.2f}) "
                   f"{med / base:>11.2f} {'/'.join(map(str, lines)):>9} "
