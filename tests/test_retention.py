@@ -204,3 +204,24 @@ def test_read_json_names_an_empty_or_torn_file(tmp_path: Path, data: bytes) -> N
     with pytest.raises(StateError, match="state.json"):
         read_json(tmp_path / "state.json")
     assert read_json(tmp_path / "absent.json") is None
+
+
+@pytest.mark.parametrize("torn", ["", '{"File": "/run/docker/logging/ab', "\x00" * 8])
+async def test_a_torn_attachment_record_is_reported_and_kept_aside(
+        tmp_path: Path, torn: str, caplog: pytest.LogCaptureFixture) -> None:
+    """An attachment record found empty or torn at start names a FIFO pylog cannot re-attach
+    to: a clear error, the record kept as .bad for the operator, the other records used."""
+    from pylog.driver import Driver
+
+    records = tmp_path / "state" / "attachments"
+    records.mkdir(parents=True)
+    (records / "torn.json").write_text(torn)
+    (records / "gone.json").write_text(json.dumps(
+        {"File": str(tmp_path / "no-such-fifo"), "Info": {"ContainerID": CID}}))
+    driver = Driver(tmp_path / "state", fifo_dir=str(tmp_path))
+    with caplog.at_level(logging.INFO):
+        await driver.start()
+    await driver.close()
+    assert (records / "torn.json.bad").read_text() == torn
+    assert not (records / "torn.json").exists() and not (records / "gone.json").exists()
+    assert "cannot re-attach" in caplog.text and "torn.json" in caplog.text
