@@ -235,6 +235,9 @@ class OffLoop:
 async def test_deliveries_and_docker_logs_read_and_decode_off_the_event_loop(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     frame_len = len(entry_frame(0, T0))
+    # The few bytes a follower finds just written are read on the loop (reader.INLINE_BYTES);
+    # without that allowance every read of these small files must go to a worker.
+    monkeypatch.setattr(pylog.reader, "INLINE_BYTES", 0)
     watch = OffLoop(monkeypatch)
     with ThreadPoolExecutor(1) as ex:
         clog = ContainerLog(tmp_path / CID, StoreOptions(max_size=10 * frame_len, max_file=10),
@@ -298,4 +301,39 @@ async def test_a_log_opened_again_is_delivered_whole_while_and_after_it_is_walke
         go_on.set()
         await asyncio.wait_for(task, TIMEOUT)
         assert sink.got == lines(0, 5000)
+        clog.close()
+
+
+async def test_on_the_loop_a_reader_reads_no_more_than_the_inline_allowance(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A backlog bigger than reader.INLINE_BYTES (a sink catching up, a burst) is read in a
+    worker; what is read on the loop is a few frames just written, never more than that."""
+    sizes: list[int] = []
+    loop_thread = threading.get_ident()
+    real = pylog.reader._File.read
+
+    def read(self: Any, off: int, n: int) -> bytes:
+        data = real(self, off, n)
+        if threading.get_ident() == loop_thread:
+            sizes.append(len(data))
+        return data
+
+    monkeypatch.setattr(pylog.reader._File, "read", read)
+    with ThreadPoolExecutor(1) as ex:
+        clog = ContainerLog(tmp_path / CID, StoreOptions(), ex)
+        clog.writers = 1
+        clog.append(frames(0, 20_000))  # ~600 KiB waiting: the worker's
+        sink = BuggySink(tmp_path)
+        delivery = Delivery(clog, sink, context)
+        delivery.start()
+        await sink.wait_for(20_000)
+        assert sizes == []
+        clog.append(frames(20_000, 20_010))  # a few lines while it follows: the loop's
+        await sink.wait_for(20_010)
+        assert sizes and max(sizes) <= pylog.reader.INLINE_BYTES
+        clog.writers = 0
+        clog.wake()
+        assert delivery.task is not None
+        await asyncio.wait_for(delivery.task, TIMEOUT)
+        assert sink.got == lines(0, 20_010)
         clog.close()

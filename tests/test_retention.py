@@ -9,6 +9,7 @@ import itertools
 import json
 import logging
 import os
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -225,3 +226,32 @@ async def test_a_torn_attachment_record_is_reported_and_kept_aside(
     assert (records / "torn.json.bad").read_text() == torn
     assert not (records / "torn.json").exists() and not (records / "gone.json").exists()
     assert "cannot re-attach" in caplog.text and "torn.json" in caplog.text
+
+
+def test_the_state_writer_writes_the_newest_value_of_each_file(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Values handed over while a write is under way become one write of the newest; flush
+    waits for all of them."""
+    from pylog.durable import LatestWriter
+
+    written: list[tuple[str, object]] = []
+    first_started, release = threading.Event(), threading.Event()
+    real = pylog.durable.write_json
+
+    def slow_write(path: Path, obj: object) -> None:
+        written.append((path.name, obj))
+        first_started.set()
+        assert release.wait(10)
+        real(path, obj)
+
+    monkeypatch.setattr(pylog.durable, "write_json", slow_write)
+    writer = LatestWriter()
+    writer.put(tmp_path / "a.json", 1)
+    assert first_started.wait(10)
+    for value in (2, 3, 4):  # while the first is being written
+        writer.put(tmp_path / "a.json", value)
+    writer.put(tmp_path / "b.json", "x")
+    release.set()
+    writer.flush()
+    assert written == [("a.json", 1), ("a.json", 4), ("b.json", "x")]
+    assert read_json(tmp_path / "a.json") == 4 and read_json(tmp_path / "b.json") == "x"

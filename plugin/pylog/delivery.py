@@ -30,7 +30,7 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from .durable import StateError, read_json, write_json
+from .durable import STATE, StateError, read_json, write_json
 from .frames import Columns
 from .reader import Batch, LogReader, Position
 from .reassembly import Line, Reassembler
@@ -71,6 +71,11 @@ class Cursor:
             write_json(self.path, {"seq": pos.seq, "offset": pos.offset})
         except OSError as e:
             log.warning("could not save a sink cursor in %s: %s", self.path.parent.name, e)
+
+    def save_soon(self, pos: Position) -> None:
+        """Hand the position to the state writer's thread (durably written, the newest of
+        several at once), without waiting: a save per batch cost the loop a worker's handoff."""
+        STATE.put(self.path, {"seq": pos.seq, "offset": pos.offset})
 
 
 def _lines_of(batch: Batch, reassembler: Reassembler) -> tuple[Sequence[Line], int | None]:
@@ -223,7 +228,7 @@ class Delivery:
         if self._reader is not None:  # a restart: what the last reader lost stays counted
             self._dropped_before += self._reader.dropped_bytes
             self._reader = None
-        reader = self._reader = LogReader(self.clog, await asyncio.to_thread(self.cursor.load))
+        reader = self._reader = LogReader(self.clog, await asyncio.to_thread(self._saved))
         self.acked = reader.pos
         reassembler = Reassembler(self.max_line)
         waiter = self._waiter
@@ -251,15 +256,22 @@ class Delivery:
                     rest = reassembler.flush()
                     if rest:
                         await self._send(rest)
-                    await self._ack(reader.pos)
+                    await self._ack(reader.pos, last=True)
                     return
                 await waiter.wait()
         finally:
             reader.close()
 
-    async def _ack(self, pos: Position) -> None:
-        """The sink has everything before ``pos``: save the cursor (durably, off the loop)."""
-        await asyncio.to_thread(self.cursor.save, pos)
+    def _saved(self) -> Position | None:
+        STATE.flush()  # a restart after a failure goes on from the newest cursor handed over
+        return self.cursor.load()
+
+    async def _ack(self, pos: Position, last: bool = False) -> None:
+        """The sink has everything before ``pos``: save the cursor (durably, off the loop; the
+        last one of a delivery is waited for)."""
+        self.cursor.save_soon(pos)
+        if last:
+            await asyncio.to_thread(STATE.flush)
         self.acked = pos
         self._failure = ""
 

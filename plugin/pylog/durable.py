@@ -10,9 +10,13 @@ each caller can log it once and fall back to re-reading rather than skipping.
 from __future__ import annotations
 
 import json
+import logging
 import os
+import threading
 from pathlib import Path
 from typing import Any
+
+log = logging.getLogger(__name__)
 
 
 class StateError(ValueError):
@@ -57,3 +61,49 @@ def read_json(path: Path) -> Any | None:
         return json.loads(data)
     except ValueError as e:
         raise StateError(f"{path} is not valid JSON ({e})") from None
+
+
+class LatestWriter:
+    """One thread that writes state files durably, the newest value of each: a caller hands a
+    value over without waiting for it (the event loop neither blocks on the fsyncs nor is woken
+    when they are done), and values of a file that come while one is being written become one
+    write. :meth:`flush` waits until everything handed over is written."""
+
+    def __init__(self) -> None:
+        self._pending: dict[Path, object] = {}
+        self._writing = False
+        self._cond = threading.Condition()
+        self._thread: threading.Thread | None = None
+
+    def put(self, path: Path, obj: object) -> None:
+        with self._cond:
+            self._pending[path] = obj
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="pylog-state",
+                                                daemon=True)
+                self._thread.start()
+            self._cond.notify_all()
+
+    def flush(self) -> None:
+        """Block until every value handed over is on disk (call it in a worker thread)."""
+        with self._cond:
+            while self._pending or self._writing:
+                self._cond.wait()
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._pending:
+                    self._cond.wait()
+                batch, self._pending, self._writing = self._pending, {}, True
+            for path, obj in batch.items():
+                try:
+                    write_json(path, obj)
+                except OSError as e:
+                    log.warning("could not save %s: %s", path, e)
+            with self._cond:
+                self._writing = False
+                self._cond.notify_all()
+
+
+STATE = LatestWriter()  # the sinks' cursors

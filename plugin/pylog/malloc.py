@@ -20,8 +20,12 @@ log = logging.getLogger(__name__)
 
 M_TRIM_THRESHOLD = -1  # from glibc's <malloc.h>
 M_MMAP_THRESHOLD = -3
+M_ARENA_MAX = -8
 TRIM_THRESHOLD = 64 << 20  # free memory at the top of the heap kept, not given back
 MMAP_THRESHOLD = 16 << 20  # smaller blocks come from the heap, not from their own mmap
+# One heap for every thread: the workers decode batches the event loop then frees, and an
+# arena of their own kept its own freed memory besides the main heap's.
+ARENA_MAX = 1
 
 
 def keep_freed_memory() -> bool:
@@ -36,4 +40,5 @@ def keep_freed_memory() -> bool:
     mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
     mallopt.restype = ctypes.c_int
     return bool(mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)
-                and mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD))
+                and mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD)
+                and mallopt(M_ARENA_MAX, ARENA_MAX))

@@ -28,6 +28,7 @@ from .store import CURRENT, MAX_STORED_FRAME, ContainerLog, Snapshot, file_piece
 log = logging.getLogger(__name__)
 
 _WHOLE_FRAME = MAX_STORED_FRAME + 4  # a read this long holds any frame that starts it
+INLINE_BYTES = 32 << 10  # at most this much of the current file is read on the loop (~0.3 ms)
 _P = ParamSpec("_P")
 _T = TypeVar("_T")
 
@@ -90,6 +91,10 @@ class _File:
         self.fd = fd
         self.owned = owned
         self._gz = _Inflated(fd) if is_gz else None
+
+    @property
+    def compressed(self) -> bool:
+        return self._gz is not None
 
     def read(self, off: int, n: int) -> bytes:
         return self._gz.read(off, n) if self._gz is not None else os.pread(self.fd, n, off)
@@ -195,7 +200,12 @@ class LogReader:
             room = None if seq < current_seq else frame_end - off
             if f is None or (room is not None and room <= 0):
                 return Batch(seq=seq, at_end=True, damage=damage)
-            dec, more = await self.in_worker(_read_step, f, off, max_bytes, room, columns)
+            if room is not None and room <= INLINE_BYTES and not f.compressed:
+                # The few frames just written (a reader following the writer): a worker's
+                # handoff and wakeups would cost more than decoding them here.
+                dec, more = _read_step(f, off, max_bytes, room, columns)
+            else:
+                dec, more = await self.in_worker(_read_step, f, off, max_bytes, room, columns)
             damage += dec.damage
             if dec.entries:
                 self.pos = Position(seq, off + dec.consumed)

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from .delivery import Delivery
-from .durable import StateError, read_json, write_json
+from .durable import STATE, StateError, read_json, write_json
 from .errors import PylogError
 from .options import LogOptions, parse_log_options
 from .record import ContainerContext
@@ -114,4 +114,5 @@ class Deliveries:
             for task in pending:
                 task.cancel()
             await asyncio.gather(*pending, return_exceptions=True)
+        await asyncio.to_thread(STATE.flush)  # every cursor handed over is on disk
         await self.sinks.close()
