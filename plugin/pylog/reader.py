@@ -28,7 +28,7 @@ from .store import CURRENT, MAX_STORED_FRAME, ContainerLog, Snapshot, file_piece
 log = logging.getLogger(__name__)
 
 _WHOLE_FRAME = MAX_STORED_FRAME + 4  # a read this long holds any frame that starts it
-INLINE_BYTES = 32 << 10  # at most this much of the current file is read on the loop (~0.3 ms)
+INLINE_BYTES = 256 << 10  # at most this much of the current file is read on the loop (~2 ms)
 _P = ParamSpec("_P")
 _T = TypeVar("_T")
 
