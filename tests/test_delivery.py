@@ -308,32 +308,32 @@ async def test_on_the_loop_a_reader_reads_no_more_than_the_inline_allowance(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A backlog bigger than reader.INLINE_BYTES (a sink catching up, a burst) is read in a
     worker; what is read on the loop is a few frames just written, never more than that."""
-    sizes: list[int] = []
+    sizes: list[int] = []  # read on the loop
+    in_workers: list[int] = []
     loop_thread = threading.get_ident()
     real = pylog.reader._File.read
 
     def read(self: Any, off: int, n: int) -> bytes:
         data = real(self, off, n)
-        if threading.get_ident() == loop_thread:
-            sizes.append(len(data))
+        (sizes if threading.get_ident() == loop_thread else in_workers).append(len(data))
         return data
 
     monkeypatch.setattr(pylog.reader._File, "read", read)
     with ThreadPoolExecutor(1) as ex:
         clog = ContainerLog(tmp_path / CID, StoreOptions(), ex)
         clog.writers = 1
-        clog.append(frames(0, 20_000))  # ~600 KiB waiting: the worker's
+        clog.append(frames(0, 40_000))  # ~1.2 MiB waiting: read in workers
         sink = BuggySink(tmp_path)
         delivery = Delivery(clog, sink, context)
         delivery.start()
-        await sink.wait_for(20_000)
-        assert sizes == []
-        clog.append(frames(20_000, 20_010))  # a few lines while it follows: the loop's
-        await sink.wait_for(20_010)
+        await sink.wait_for(40_000)
+        assert len(in_workers) >= 2  # each read of the backlog, while more than fits inline
+        clog.append(frames(40_000, 40_010))  # a few lines while it follows: the loop's
+        await sink.wait_for(40_010)
         assert sizes and max(sizes) <= pylog.reader.INLINE_BYTES
         clog.writers = 0
         clog.wake()
         assert delivery.task is not None
         await asyncio.wait_for(delivery.task, TIMEOUT)
-        assert sink.got == lines(0, 20_010)
+        assert sink.got == lines(0, 40_010)
         clog.close()
