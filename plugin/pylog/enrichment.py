@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import threading
 import time
 from collections import OrderedDict
 from collections.abc import Mapping
@@ -44,6 +45,7 @@ class Enrichment:
         self.registry = NamespaceRegistry()
         self.lookups_failed = 0
         self._stored: OrderedDict[str, ContainerContext] = OrderedDict()  # read lately
+        self._stored_lock = threading.Lock()
 
     def start(self, container: Container) -> None:
         """A newly attached container: keep its context with its log, look for its namespaces."""
@@ -102,7 +104,8 @@ class Enrichment:
         self.save(container)
 
     def save(self, container: Container) -> None:
-        self._stored.pop(container.container_id, None)
+        with self._stored_lock:
+            self._stored.pop(container.container_id, None)
         try:
             write_json(container.clog.directory / CONTEXT_FILE, container.context.fields())
         except OSError as e:
@@ -119,19 +122,21 @@ class Enrichment:
     def stored_context(self, container_id: str) -> ContainerContext:
         """The context saved with a stopped container's log (kept in memory once read: a
         delivery asks for it at every batch, and only an attached container changes it)."""
-        ctx = self._stored.get(container_id)
-        if ctx is not None:
-            self._stored.move_to_end(container_id)
-            return ctx
+        with self._stored_lock:  # also called from workers (pylog tail, name lookups)
+            ctx = self._stored.get(container_id)
+            if ctx is not None:
+                self._stored.move_to_end(container_id)
+                return ctx
         try:
             text = (self.store_root / container_id / CONTEXT_FILE).read_text()
             ctx = context_from_fields(json.loads(text))
         except (OSError, ValueError, KeyError, TypeError):
             return ContainerContext(container_id=container_id, name="", image_name="",
                                     image_id="", tag=container_id[:12], host_name="")
-        self._stored[container_id] = ctx
-        if len(self._stored) > STORED_CONTEXTS:
-            self._stored.popitem(last=False)
+        with self._stored_lock:
+            self._stored[container_id] = ctx
+            if len(self._stored) > STORED_CONTEXTS:
+                self._stored.popitem(last=False)
         return ctx
 
     def resolve_attached(self, ref: str) -> str | None:
