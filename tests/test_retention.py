@@ -255,3 +255,28 @@ def test_the_state_writer_writes_the_newest_value_of_each_file(
     writer.flush()
     assert written == [("a.json", 1), ("a.json", 4), ("b.json", "x")]
     assert read_json(tmp_path / "a.json") == 4 and read_json(tmp_path / "b.json") == "x"
+
+
+async def test_a_big_walk_goes_to_the_walker_process_and_gives_the_same_index(
+        stored: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A walk of PROCESS_WALK bytes or more runs in a low-priority process of its own; its
+    index is the one a walk here gives."""
+    import pylog.frameindex
+
+    (stored / "walked.json").unlink()
+    with ThreadPoolExecutor(1) as ex:
+        here = Store(stored.parent.parent, ex)
+        clog = here.get(CID)
+        assert clog is not None
+        await clog.ready()
+        expected = (clog.frame_end, clog.last_frame, list(clog.marks))
+        here.close()
+        (stored / "walked.json").unlink()
+        monkeypatch.setattr(pylog.frameindex, "PROCESS_WALK", 1)
+        store = Store(stored.parent.parent, ex)
+        clog = store.get(CID)
+        assert clog is not None and clog.walking
+        await clog.ready()
+        assert pylog.frameindex._walker is not None  # the process was used
+        assert (clog.frame_end, clog.last_frame, list(clog.marks)) == expected
+        store.close()

@@ -11,10 +11,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import multiprocessing
 import os
 import time
 from bisect import bisect_left, bisect_right
 from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from itertools import accumulate, repeat
 from operator import add
@@ -28,6 +31,7 @@ log = logging.getLogger(__name__)
 
 MARK_EVERY = 1 << 20  # a known frame start in the current file at least every MiB
 WALK_PIECE = 4 << 20  # a file opened again is walked this much at a time (bounded memory)
+PROCESS_WALK = 64 << 20  # walks of this much and more go to the walker process
 WALKED = "walked.json"
 
 
@@ -152,23 +156,75 @@ def walk_file(fd: int, state: WalkState, size: int, piece: int = WALK_PIECE) -> 
     return state
 
 
+def walk_path(path: str, state: WalkState, size: int) -> WalkState:
+    """:func:`walk_file` of the file at ``path`` (in the walker process)."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        return walk_file(fd, state, size)
+    finally:
+        os.close(fd)
+
+
+def _lowest_priority() -> None:
+    os.setpriority(os.PRIO_PROCESS, 0, 19)
+
+
+_walker: ProcessPoolExecutor | None = None
+
+
+def walker() -> ProcessPoolExecutor | None:
+    """A process of its own, at the lowest CPU priority, for walks of PROCESS_WALK bytes and
+    more: a GiB after a crash is seconds of a core, which then went to the containers' logging
+    instead (a thread at low priority would hold the GIL while preempted). None if processes
+    cannot be had here (no /dev/shm, say): such walks go to a thread then."""
+    global _walker
+    if _walker is None:
+        try:
+            _walker = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"),
+                                          initializer=_lowest_priority)
+        except (OSError, ImportError) as e:
+            log.warning("no walker process (%s): big walks run in a thread", e)
+            return None
+    return _walker
+
+
 class BackgroundWalk:
-    """:func:`walk_file` in a worker thread; ``on_done(self, state)`` runs on the loop with the
-    walked state (None if reading failed), then ``done`` is set."""
+    """:func:`walk_file` in a worker thread, or in the walker process for a big one;
+    ``on_done(self, state)`` runs on the loop with the walked state (None if reading failed),
+    then ``done`` is set."""
 
     def __init__(self, fd: int, state: WalkState, size: int,
                  on_done: Callable[[BackgroundWalk, WalkState | None], None],
-                 name: str = "") -> None:
+                 name: str = "", path: Path | None = None) -> None:
         self.size = size  # the file's size when the walk began
         self.name = name
         self.done = asyncio.Event()
         self._from = state.scan
         self._started = time.monotonic()
         self._on_done = on_done
-        future = asyncio.get_running_loop().run_in_executor(None, walk_file, fd, state, size)
+        self._fd, self._state = fd, state
+        loop = asyncio.get_running_loop()
+        pool = walker() if path is not None and size - state.scan >= PROCESS_WALK else None
+        if pool is not None:
+            try:
+                future = loop.run_in_executor(pool, walk_path, str(path), state, size)
+            except (OSError, RuntimeError, BrokenProcessPool) as e:
+                log.warning("%s: the walker process failed (%s): walking in a thread", name, e)
+                future = loop.run_in_executor(None, walk_file, fd, state, size)
+        else:
+            future = loop.run_in_executor(None, walk_file, fd, state, size)
         future.add_done_callback(self._finished)
 
     def _finished(self, future: asyncio.Future[WalkState]) -> None:
+        global _walker
+        if not future.cancelled() and isinstance(future.exception(), BrokenProcessPool):
+            # The walker died (killed, out of memory): this walk goes to a thread.
+            log.warning("%s: the walker process failed: walking in a thread", self.name)
+            _walker = None
+            again = asyncio.get_running_loop().run_in_executor(
+                None, walk_file, self._fd, self._state, self.size)
+            again.add_done_callback(self._finished)
+            return
         try:
             state: WalkState | None = future.result()
             log.info("%s: walked %.1f MiB of its current file in %.2f s (in a worker)",

@@ -151,7 +151,7 @@ class ContainerLog(StoredLog):
             self._walked(walk_file(self._fd, state, self._size))
             return
         self._walk = BackgroundWalk(self._fd, state, self._size, self._on_walked,
-                                    self.directory.name[:12])
+                                    self.directory.name[:12], self.directory / CURRENT)
 
     def _on_walked(self, walk: BackgroundWalk, state: WalkState | None) -> None:
         self._walk = None
