@@ -232,24 +232,15 @@ class Delivery:
         self.acked = reader.pos
         reassembler = Reassembler(self.max_line)
         waiter = self._waiter
-        ahead: asyncio.Future[Batch] | None = None  # the next batch, read while one is sent
         try:
             while True:
-                if ahead is None:
-                    waiter.clear()  # before the read takes frame_end: no write is missed
-                    batch = await reader.read(
-                        READ_BYTES, columns=self.sink.COLUMNS and not reassembler.pending)
-                else:
-                    batch, ahead = await ahead, None
+                waiter.clear()  # before the read takes frame_end: no write is missed
+                batch = await reader.read(
+                    READ_BYTES, columns=self.sink.COLUMNS and not reassembler.pending)
                 if batch.entries:
                     if not self.first_unsent_ns:
                         self.first_unsent_ns = batch.entries[0].time_nano
                     lines, safe = _lines_of(batch, reassembler)
-                    # The next batch is read and decoded (in a worker) while the sink takes
-                    # this one: the two overlap instead of taking turns.
-                    waiter.clear()
-                    ahead = asyncio.ensure_future(reader.read(
-                        READ_BYTES, columns=self.sink.COLUMNS and not reassembler.pending))
                     if lines:
                         await self._send(lines)
                     if safe is not None:
@@ -269,9 +260,6 @@ class Delivery:
                     return
                 await waiter.wait()
         finally:
-            if ahead is not None:
-                ahead.cancel()
-                await asyncio.gather(ahead, return_exceptions=True)
             reader.close()
 
     def _saved(self) -> Position | None:
