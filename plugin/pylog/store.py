@@ -47,8 +47,7 @@ from .rotation import SEQ, first_free_seq, recover_rotation, rotate_files, save_
 from .storedlog import Snapshot, StoredLog, StoreStats
 from .storefiles import CURRENT, file_pieces, finish_rotation, rotated_files, uncompressed_size
 
-__all__ = ["CURRENT", "MARK_EVERY", "SEQ", "WALKED", "Snapshot", "StoreStats", "file_pieces",
-           "write_json_atomic"]
+__all__ = ["CURRENT", "MARK_EVERY", "SEQ", "WALKED", "Snapshot", "StoreStats", "file_pieces"]
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +56,6 @@ OPTIONS = "store-options.json"  # the container's retention, saved with its log
 SPLICE_MIN = 64 << 10  # least bytes one splice may move, also past max-size
 _T = TypeVar("_T")
 CONTAINER_ID_RE = re.compile(r"^[0-9a-f]{64}$")
-write_json_atomic = write_json
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,7 +110,8 @@ class ContainerLog(StoredLog):
         directory.mkdir(parents=True, exist_ok=True, mode=0o700)
         # A log stored by a version that saved no options is never rotated by an opener; its
         # next writer saves its own.
-        super().__init__(directory, saved_options(directory) or StoreOptions())
+        self._saved = saved_options(directory)  # what every later opener will use
+        super().__init__(directory, self._saved or StoreOptions())
         self._worker = worker
         if options is not None:
             self.set_options(options)
@@ -130,9 +129,10 @@ class ContainerLog(StoredLog):
 
     def set_options(self, options: StoreOptions) -> None:
         """The writer's options: kept with the log (durably) for every later opener."""
-        if options != saved_options(self.directory):
+        if options != self._saved:
             try:
                 write_json(self.directory / OPTIONS, options.to_json())
+                self._saved = options
             except OSError as e:
                 log.error("%s: cannot save the store options: %s", self.directory.name, e)
         self.options = options
@@ -339,8 +339,8 @@ class Store:
             clog = self._open[container_id] = ContainerLog(
                 self.root / container_id, options, self._worker
             )
-        elif options != clog.options:
-            clog.set_options(options)
+        else:
+            clog.set_options(options)  # saved only if they are not what is saved already
         return clog
 
     def get(self, container_id: str) -> ContainerLog | None:

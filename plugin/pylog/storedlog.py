@@ -110,9 +110,6 @@ class StoredLog:
     def rotated_seqs(self) -> list[int]:
         return [s for s, _ in rotated_files(self.directory)]
 
-    def _rotated_files(self) -> list[tuple[int, Path]]:
-        return rotated_files(self.directory)
-
     # ----------------------------------------------------------------- for metrics (scrape time)
 
     def newest_time(self) -> int | None:
