@@ -14,6 +14,7 @@ from typing import Any, ClassVar
 import pytest
 
 import pylog.delivery
+import pylog.durable
 import pylog.frameindex
 import pylog.frames
 import pylog.logreader
@@ -229,7 +230,7 @@ class OffLoop:
         watch(pylog.reader, "decode_batch")
         watch(pylog.logreader, "file_pieces")
         watch(pylog.logreader, "decode_batch")
-        watch(pylog.delivery.Cursor, "save")
+        watch(pylog.durable, "write_json")  # the state writer's thread saves the cursors
 
 
 async def test_deliveries_and_docker_logs_read_and_decode_off_the_event_loop(

@@ -17,7 +17,7 @@ import pytest
 
 import pylog.durable
 from pylog.delivery import Cursor, Position
-from pylog.durable import StateError, read_json, write_json
+from pylog.durable import STATE, StateError, read_json, write_json
 from pylog.entry import LogEntry
 from pylog.frames import decode_all, encode_frame
 from pylog.store import OPTIONS, SEQ, Store, StoreOptions
@@ -170,6 +170,7 @@ def test_a_torn_seq_takes_a_seq_past_every_cursor(stored: Path, torn: str,
     cursor names with another meaning: past them all, the cursor re-reads what is kept."""
     (stored / SEQ).write_text(torn)
     Cursor(stored, "fluentd-x").save(Position(9, FRAME_LEN * 7))  # max-file=1 kept no seq 9
+    STATE.flush()
     with ThreadPoolExecutor(1) as ex, caplog.at_level(logging.WARNING):
         store = Store(stored.parent.parent, ex)
         clog = store.get(CID)

@@ -30,7 +30,7 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from .durable import STATE, StateError, read_json, write_json
+from .durable import STATE, StateError, read_json
 from .frames import Columns
 from .reader import Batch, LogReader, Position
 from .reassembly import Line, Reassembler
@@ -66,13 +66,6 @@ class Cursor:
             return None
 
     def save(self, pos: Position) -> None:
-        """Save durably (a fsync: call it in a worker thread)."""
-        try:
-            write_json(self.path, {"seq": pos.seq, "offset": pos.offset})
-        except OSError as e:
-            log.warning("could not save a sink cursor in %s: %s", self.path.parent.name, e)
-
-    def save_soon(self, pos: Position) -> None:
         """Hand the position to the state writer's thread (durably written, the newest of
         several at once), without waiting: a save per batch cost the loop a worker's handoff."""
         STATE.put(self.path, {"seq": pos.seq, "offset": pos.offset})
@@ -269,7 +262,7 @@ class Delivery:
     async def _ack(self, pos: Position, last: bool = False) -> None:
         """The sink has everything before ``pos``: save the cursor (durably, off the loop; the
         last one of a delivery is waited for)."""
-        self.cursor.save_soon(pos)
+        self.cursor.save(pos)
         if last:
             await asyncio.to_thread(STATE.flush)
         self.acked = pos
