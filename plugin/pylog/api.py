@@ -144,16 +144,15 @@ async def container_records(request: web.Request) -> web.StreamResponse:
     await resp.prepare(request)
     reassembler = Reassembler()
     ts = TimestampFormatter()
-    stored = await asyncio.to_thread(driver.enrichment.stored_context, cid)
+    await asyncio.to_thread(driver.context_of, cid)  # a stopped one's is read (then kept)
     try:
         async for entries in batches:
-            ctx = driver.live_context(cid) or stored
+            ctx = driver.context_of(cid)
             # Reassembling and encoding a batch costs what the batch holds: in a worker.
             await resp.write(await asyncio.to_thread(_records, reassembler, entries, ctx, ts))
         rest = reassembler.flush()
         if rest:
-            ctx = driver.live_context(cid) or stored
-            await resp.write(_records_of(rest, ctx, ts))
+            await resp.write(_records_of(rest, driver.context_of(cid), ts))
         await resp.write_eof()
     except (ConnectionError, RuntimeError):
         pass

@@ -271,10 +271,6 @@ class Driver:
         """The live context of an attached container, else the one saved with its logs."""
         return self.enrichment.context_of(container_id)
 
-    def live_context(self, container_id: str) -> ContainerContext | None:
-        container = self.containers.get(container_id)
-        return container.context if container is not None else None
-
     async def resolve(self, ref: str) -> str:
         """A container ID from a full or unique partial ID or a name, attached ones first;
         stored ones are looked up in a worker (their saved contexts are files)."""

@@ -127,12 +127,15 @@ class Enrichment:
             if ctx is not None:
                 self._stored.move_to_end(container_id)
                 return ctx
+        bare = ContainerContext(container_id=container_id, name="", image_name="",
+                                image_id="", tag=container_id[:12], host_name="")
         try:
             text = (self.store_root / container_id / CONTEXT_FILE).read_text()
             ctx = context_from_fields(json.loads(text))
+        except FileNotFoundError:
+            ctx = bare  # none saved: kept too (only save(), which forgets it, makes one)
         except (OSError, ValueError, KeyError, TypeError):
-            return ContainerContext(container_id=container_id, name="", image_name="",
-                                    image_id="", tag=container_id[:12], host_name="")
+            return bare
         with self._stored_lock:
             self._stored[container_id] = ctx
             if len(self._stored) > STORED_CONTEXTS:
