@@ -21,6 +21,7 @@ from typing import Any
 import pytest
 
 from tests.peers.busybox import import_busybox_image
+from tests.peers.fluentd_receiver import ThreadedReceiver
 from tests.slow_callbacks import report_only
 
 from .health import diagnostics, docker_problem, host_problem
@@ -168,6 +169,22 @@ def new_server(tmp: Path, extra_args: list[str] | None = None) -> PylogServer:
     tmp.mkdir(parents=True, exist_ok=True)
     return PylogServer(name=name, state_dir=tmp / "state", log_path=tmp / "pylog.log",
                        extra_args=extra_args or [])
+
+
+def cli(server: PylogServer, *args: str) -> str:
+    """`pylog ARGS --socket` of a test server: what it printed (it must succeed)."""
+    r = subprocess.run([sys.executable, "-m", "pylog", *args, "--socket", str(server.socket)],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    return r.stdout
+
+
+@pytest.fixture
+def receiver() -> Iterator[ThreadedReceiver]:
+    """A fluentd Forward receiver that acks chunks as fluentd's in_forward does."""
+    r = ThreadedReceiver()
+    yield r
+    r.close()
 
 
 @pytest.fixture(scope="session")

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -15,18 +14,11 @@ import pytest
 from pylog.namespaces import NS_TYPES, hold_namespaces
 from pylog.store import WALKED
 
-from .conftest import Containers, PylogServer, new_server, wait
+from .conftest import Containers, PylogServer, cli, new_server, wait
 
 pytestmark = pytest.mark.e2e
 
 HOST_MODE_TYPES = ("ipc", "net", "pid", "uts")
-
-
-def cli(server: PylogServer, *args: str) -> str:
-    r = subprocess.run([sys.executable, "-m", "pylog", *args, "--socket", str(server.socket)],
-                       capture_output=True, text=True, timeout=60)
-    assert r.returncode == 0, r.stderr
-    return r.stdout
 
 
 def inspect(server: PylogServer, ref: str) -> dict[str, Any]:

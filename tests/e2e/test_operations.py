@@ -96,13 +96,6 @@ def ops(docker_ready: None, tmp_path: Path, request: pytest.FixtureRequest) -> I
         (Path(artifacts) / f"pylog-ops-{request.node.name}.log").write_text(server.log_text())
 
 
-@pytest.fixture
-def receiver() -> Iterator[ThreadedReceiver]:
-    r = ThreadedReceiver()
-    yield r
-    r.close()
-
-
 def log_records(server: PylogServer) -> list[dict[str, object]]:
     """pylog's own log: every line must be one JSON object."""
     out = []

@@ -5,7 +5,6 @@ from __future__ import annotations
 import subprocess
 import time
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -17,13 +16,6 @@ from .conftest import Containers, logs, new_server, touch, wait
 pytestmark = pytest.mark.e2e
 
 DUPLICATE_BOUND = 15_000  # one delivery batch: 256 KiB of stored frames of ~20 bytes each
-
-
-@pytest.fixture
-def receiver() -> Iterator[ThreadedReceiver]:
-    r = ThreadedReceiver()
-    yield r
-    r.close()
 
 
 def test_kill_9_mid_stream_then_restart_loses_nothing(

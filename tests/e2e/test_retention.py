@@ -6,16 +6,13 @@ logs` then showed about half of the lines)."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.peers.fluentd_receiver import ThreadedReceiver
 
-from .conftest import Containers, PylogServer, logs, new_server
+from .conftest import Containers, cli, logs, new_server
 
 pytestmark = pytest.mark.e2e
 
@@ -28,23 +25,9 @@ SCRIPT = ("awk 'BEGIN { pad = sprintf(\"%" + str(PAD) + "s\", \"\"); gsub(/ /, \
           "for (i = 1; i <= " + str(LINES) + "; i++) printf \"%08d %s\\n\", i, pad }'")
 
 
-def cli(server: PylogServer, *args: str) -> str:
-    r = subprocess.run([sys.executable, "-m", "pylog", *args, "--socket", str(server.socket)],
-                       capture_output=True, text=True, timeout=120)
-    assert r.returncode == 0, r.stderr
-    return r.stdout
-
-
 def log_files(directory: Path) -> dict[str, int]:
     return {p.name: p.stat().st_size for p in directory.iterdir()
             if p.name.startswith("container.log")}
-
-
-@pytest.fixture
-def receiver() -> Iterator[ThreadedReceiver]:
-    r = ThreadedReceiver()
-    yield r
-    r.close()
 
 
 def test_a_stopped_containers_retention_survives_a_restart_and_pylog_tail(
