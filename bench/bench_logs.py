@@ -24,11 +24,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from run import (  # noqa: E402
     IMAGE,
-    ROOT,
     PylogServe,
     RssSampler,
     cpu_seconds,
     ensure_image,
+    export_tree,
     find_process,
     remove_containers,
 )
@@ -47,14 +47,6 @@ def read_logs(cid: str, args: list[str]) -> tuple[float, int]:
     return time.monotonic() - t0, lines
 
 
-def export(ref: str, where: Path) -> Path:
-    """The source tree of commit ``ref``, for a pylog run from it."""
-    dest = where / "baseline-src"
-    dest.mkdir()
-    subprocess.run(f"git -C {ROOT} archive {ref} | tar -x -C {dest}", shell=True, check=True)
-    return dest
-
-
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--lines", type=int, default=1_000_000)
@@ -68,7 +60,8 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="pylog-bench-logs-") as tmp:
         pylogs = {"pylog": PylogServe(Path(tmp))}
         if args.baseline:
-            pylogs["pylog@base"] = PylogServe(Path(tmp), export(args.baseline, Path(tmp)))
+            pylogs["pylog@base"] = PylogServe(Path(tmp),
+                                               export_tree(args.baseline, Path(tmp) / "base"))
         for p in pylogs.values():
             p.start()
             assert p.ps is not None

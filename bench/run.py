@@ -137,11 +137,17 @@ CONFIGS: dict[str, Config] = {c.key: c for c in (
 )}
 
 
-def baseline_configs(ref: str, configs: list[Config]) -> list[Config]:
-    """The same pylog drivers run from commit ``ref`` (exported next to the bench's state
-    dirs), registered as ``<key>@base``: the previous commit and this one in one invocation."""
-    dest = Path(tempfile.mkdtemp(prefix="pylog-baseline-"))
+def export_tree(ref: str, dest: Path) -> Path:
+    """The source tree of git commit ``ref`` in ``dest``, for a pylog run from it."""
+    dest.mkdir(parents=True, exist_ok=True)
     subprocess.run(f"git -C {ROOT} archive {ref} | tar -x -C {dest}", shell=True, check=True)
+    return dest
+
+
+def baseline_configs(ref: str, configs: list[Config]) -> list[Config]:
+    """The same pylog drivers run from commit ``ref``, registered as ``<key>@base``: the
+    previous commit and this one in one invocation."""
+    dest = export_tree(ref, Path(tempfile.mkdtemp(prefix="pylog-baseline-")))
     commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", ref],
                             capture_output=True, text=True, check=True).stdout.strip()
     out = []
