@@ -87,6 +87,24 @@ def _serializers() -> dict[str, Any]:
             "application/x-ndjson": BulkBodySerializer()}
 
 
+def _make_client(urls: tuple[str, ...], ca_cert: str | None, verify: bool,
+                 timeout: float) -> Any:
+    es = importlib.import_module("elasticsearch")
+    et = importlib.import_module("elastic_transport")
+    nodes = []
+    for url in urls:
+        u = urlsplit(url)
+        tls: dict[str, Any] = {}
+        if u.scheme == "https":
+            tls = {"verify_certs": verify, "ssl_show_warn": False}
+            if ca_cert:
+                tls["ca_certs"] = ca_cert
+        nodes.append(et.NodeConfig(u.scheme, u.hostname or "", u.port or DEFAULT_PORT,
+                                   path_prefix=u.path, request_timeout=timeout, **tls))
+    return es.AsyncElasticsearch(hosts=nodes, randomize_nodes_in_pool=False, meta_header=False,
+                                 serializers=_serializers())
+
+
 class ElasticTransport:
     """elasticsearch-py's async transport (aiohttp) with plain JSON headers and our auth."""
 
@@ -104,24 +122,11 @@ class ElasticTransport:
     @classmethod
     async def create(cls, urls: tuple[str, ...], ca_cert: str | None, verify: bool,
                      credentials: Credentials) -> ElasticTransport:
-        # Importing elasticsearch takes ~0.4 s: not on the event loop, which reads the FIFOs.
-        es = await asyncio.to_thread(importlib.import_module, "elasticsearch")
-        et = importlib.import_module("elastic_transport")
-        nodes = []
-        for url in urls:
-            u = urlsplit(url)
-            tls: dict[str, Any] = {}
-            if u.scheme == "https":
-                tls = {"verify_certs": verify, "ssl_show_warn": False}
-                if ca_cert:
-                    tls["ca_certs"] = ca_cert
-            nodes.append(et.NodeConfig(u.scheme, u.hostname or "", u.port or DEFAULT_PORT,
-                                       path_prefix=u.path, request_timeout=cls.REQUEST_TIMEOUT,
-                                       **tls))
-        client = es.AsyncElasticsearch(
-            hosts=nodes, randomize_nodes_in_pool=False, meta_header=False,
-            serializers=_serializers())
-        return cls(client, credentials, len(nodes))
+        # Importing elasticsearch takes ~0.4 s and a TLS node loads its CA bundle: not on the
+        # event loop, which reads the FIFOs. The client binds to the loop at its first request.
+        client = await asyncio.to_thread(_make_client, urls, ca_cert, verify,
+                                         cls.REQUEST_TIMEOUT)
+        return cls(client, credentials, len(urls))
 
     async def request(self, method: str, path: str, body: bytes | None = None,
                       ndjson: bool = False) -> tuple[int, Any]:
