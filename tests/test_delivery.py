@@ -323,7 +323,8 @@ async def test_on_the_loop_a_reader_reads_no_more_than_the_inline_allowance(
     with ThreadPoolExecutor(1) as ex:
         clog = ContainerLog(tmp_path / CID, StoreOptions(), ex)
         clog.writers = 1
-        clog.append(frames(0, 40_000))  # ~1.2 MiB waiting: read in workers
+        backlog = await asyncio.to_thread(frames, 0, 40_000)  # the test's setup, off the loop
+        clog.append(backlog)  # ~1.2 MiB waiting: read in workers
         sink = BuggySink(tmp_path)
         delivery = Delivery(clog, sink, context)
         delivery.start()

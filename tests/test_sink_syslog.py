@@ -550,7 +550,7 @@ async def test_every_transport_and_format_reaches_rsyslog(rsyslogd: Rsyslogd, tr
         await s.send(LINES[3:], ctx)  # a second batch on the same connection
     finally:
         await s.close()
-    got = rsyslogd.wait_for(len(SENT), lambda r: r.app == tag)
+    got = await rsyslogd.receive(len(SENT), lambda r: r.app == tag)
     assert [r.input for r in got] == [transport] * len(SENT)
     # Exactly what was sent, framing removed (datagrams need none: one message each).
     assert [r.raw for r in got] == s.messages(SENT, ctx)
@@ -578,7 +578,7 @@ async def test_long_lines_whole_on_tcp_and_cut_on_udp(rsyslogd: Rsyslogd) -> Non
         await s.send([long, entry("after")], context(tag=f"long-{transport}"))
         await s.close()
         tag = f"long-{transport}"
-        got = rsyslogd.wait_for(2, lambda r: r.app == tag)  # noqa: B023 (used at once)
+        got = await rsyslogd.receive(2, lambda r: r.app == tag)  # noqa: B023 (used at once)
         size = 40_000 if transport == "tcp" else DATAGRAM_MSG_MAX
         assert [r.msg for r in got] == [b"y" * size, b"after"], transport
         assert s.truncated_lines == (1 if transport == "udp" else 0)
@@ -613,7 +613,7 @@ async def test_tls_verification(rsyslogd: Rsyslogd) -> None:
         s = sink(address, **opts)
         await s.send([entry("arrives")], context(tag=tag))
         await s.close()
-    got = rsyslogd.wait_for(3, lambda r: r.app in delivering or r.app in failing)
+    got = await rsyslogd.receive(3, lambda r: r.app in delivering or r.app in failing)
     assert sorted(r.app for r in got) == sorted(delivering)
     assert all(r.msg == b"arrives" for r in got)
 
@@ -626,7 +626,7 @@ async def test_client_certificate(rsyslogd: Rsyslogd) -> None:
              syslog_tls_cert=str(tls.client_pem), syslog_tls_key=str(tls.client_key))
     await s.send([entry("with a client certificate")], context(tag="mtls"))
     await s.close()
-    (r,) = rsyslogd.wait_for(1, lambda r: r.app == "mtls")
+    (r,) = await rsyslogd.receive(1, lambda r: r.app == "mtls")
     assert r.input == "mtls" and r.msg == b"with a client certificate"
 
 

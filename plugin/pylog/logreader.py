@@ -289,17 +289,24 @@ async def _tail(reader: LogReader, rotated: list[tuple[int, int, bool]], current
     """The last ``cfg.tail`` entries of the snapshot (in a worker), then Since/Until."""
     files = [(fd, gz) for _s, fd, gz in rotated]
     last = (current, end, marks) if current is not None else None
-    picked, stop = await reader.in_worker(_tail_selected, last, files, cfg)
-    # In batches of a history piece's size: what the loop does with each stays bounded.
-    for i in range(0, len(picked), _TAIL_BATCH):
-        yield picked[i:i + _TAIL_BATCH], stop and i + _TAIL_BATCH >= len(picked)
-    if not picked and stop:
-        yield picked, stop
+    chunks, stop = await reader.in_worker(_tail_selected, last, files, cfg)
+    # In batches of a history piece's size, each let go once handed on: what the loop does
+    # with each, freeing it too (450,000 entries at once: ~50 ms), stays bounded.
+    if not chunks and stop:
+        yield [], stop
+    while chunks:
+        chunk = chunks.pop()
+        yield chunk, stop and not chunks
+        del chunk
 
 
 def _tail_selected(current: tuple[int, int, list[int]] | None, rotated: list[tuple[int, bool]],
-                   cfg: ReadConfig) -> tuple[Sequence[LogEntry], bool]:
-    return select_entries(_tail_entries(current, rotated, cfg.tail), cfg)
+                   cfg: ReadConfig) -> tuple[list[Sequence[LogEntry]], bool]:
+    """The selected tail in batches of ``_TAIL_BATCH`` entries, last batch first."""
+    picked, stop = select_entries(_tail_entries(current, rotated, cfg.tail), cfg)
+    chunks = [picked[i:i + _TAIL_BATCH] for i in range(0, len(picked), _TAIL_BATCH)]
+    chunks.reverse()
+    return chunks, stop
 
 
 async def _follow(clog: ContainerLog, cfg: ReadConfig, waiter: asyncio.Event,

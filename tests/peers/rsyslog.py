@@ -15,6 +15,7 @@ is the message exactly as it was received (minus framing).
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import shutil
@@ -264,6 +265,11 @@ class Rsyslogd:
             if self.proc is not None and self.proc.poll() is not None:
                 raise RuntimeError(f"rsyslogd exited: {self.diagnostics()}")
             time.sleep(0.05)  # polling the output file, bounded by the deadline
+
+    async def receive(self, count: int, where: Callable[[Received], bool] = lambda r: True,
+                      timeout: float = 60) -> list[Received]:
+        """:meth:`wait_for` in a thread: its polling would hold an async test's loop."""
+        return await asyncio.to_thread(self.wait_for, count, where, timeout)
 
     def internal_log(self) -> str:
         try:

@@ -420,7 +420,8 @@ class SyslogSink(Sink):
         if scheme == "unix":
             reader, writer = await asyncio.open_unix_connection(str(port))
         else:
-            tls = self.tls_context() if scheme == "tcp+tls" else None
+            # Loading a CA bundle (the system's: ~30 ms) is a file read: not on the loop.
+            tls = await asyncio.to_thread(self.tls_context) if scheme == "tcp+tls" else None
             reader, writer = await asyncio.open_connection(
                 host, int(port), ssl=tls, server_hostname=host if tls else None,
                 ssl_handshake_timeout=TIMEOUT if tls else None)
