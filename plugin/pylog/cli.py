@@ -149,6 +149,7 @@ async def serve(args: argparse.Namespace) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGCONT, driver.loop_lag.on_sigcont)
     await stop.wait()
     log.info("shutting down", extra={"event": "shutdown"})
     watcher.cancel()

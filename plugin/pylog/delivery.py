@@ -32,6 +32,7 @@ from pathlib import Path
 
 from .durable import STATE, StateError, read_json
 from .frames import Columns
+from .pacing import INGEST
 from .reader import Batch, LogReader, Position
 from .reassembly import Line, Reassembler
 from .record import ContainerContext
@@ -227,6 +228,7 @@ class Delivery:
         waiter = self._waiter
         try:
             while True:
+                started = time.monotonic()
                 waiter.clear()  # before the read takes frame_end: no write is missed
                 batch = await reader.read(
                     READ_BYTES, columns=self.sink.COLUMNS and not reassembler.pending)
@@ -238,6 +240,8 @@ class Delivery:
                         await self._send(lines)
                     if safe is not None:
                         await self._ack(Position(batch.seq, safe))
+                    if self.clog.writers == 0 and not self.closing:  # catching up
+                        await INGEST.yield_to_live(time.monotonic() - started)
                     continue
                 if waiter.is_set():
                     continue  # written (or stopped) while the worker read: look again

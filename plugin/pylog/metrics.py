@@ -35,6 +35,7 @@ from prometheus_client.registry import Collector, CollectorRegistry
 
 from . import __version__
 from .delivery import READ_BYTES
+from .pacing import INGEST
 
 if TYPE_CHECKING:
     from .delivery import Delivery
@@ -207,6 +208,10 @@ class PylogCollector(Collector):
         c = _counter("pylog_event_loop_held_seconds", "Seconds the event loop was held, in "
                      "holds over 0.1 s", [])
         c.add_metric([], driver.loop_lag.held_seconds)
+        yield c
+        c = _counter("pylog_catch_up_paused_seconds", "Seconds deliveries of stopped containers "
+                     "paused while live containers' streams moved bytes (live streams first)", [])
+        c.add_metric([], INGEST.paused_s)
         yield c
         ready = _gauge("pylog_ready", "1 when /readyz answers 200 (every sink up or retrying "
                        "within limits), else 0", [])

@@ -24,6 +24,7 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from .pacing import INGEST
 from .store import ContainerLog
 
 log = logging.getLogger(__name__)
@@ -135,6 +136,7 @@ class FifoStream:
             self.stats.reads += 1
             self.stats.bytes += n
             self.clog.stats.reads += 1  # per splice (up to 1 MiB), not per line
+            INGEST.moved()
             budget -= n
             moved += n
             if n < READ_SIZE and not chase:
