@@ -21,6 +21,7 @@ from tests.test_stream import Writer, frame, until
 
 async def test_a_pause_only_while_a_stream_is_live() -> None:
     ingest = Ingest()
+    ingest.opened()
     await ingest.yield_to_live(0.01)
     assert ingest.paused_s == 0  # no stream ever moved bytes
     ingest.moved()
@@ -29,11 +30,16 @@ async def test_a_pause_only_while_a_stream_is_live() -> None:
     ingest.last_moved -= pylog.pacing.LIVE_WINDOW  # the streams went quiet
     await ingest.yield_to_live(0.01)
     assert ingest.paused_s == pytest.approx(0.03)
+    ingest.moved()
+    ingest.closed()  # the stream that moved them ended: none is live
+    await ingest.yield_to_live(0.01)
+    assert ingest.paused_s == pytest.approx(0.03)
 
 
 async def test_one_slow_batch_pauses_at_most_max_pause(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(pylog.pacing, "MAX_PAUSE", 0.02)
     ingest = Ingest()
+    ingest.opened()
     ingest.moved()
     await ingest.yield_to_live(5.0)
     assert ingest.paused_s == pytest.approx(0.02)
@@ -42,6 +48,7 @@ async def test_one_slow_batch_pauses_at_most_max_pause(monkeypatch: pytest.Monke
 async def test_a_fifo_stream_moving_bytes_is_live(tmp_path: Path,
                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(INGEST, "last_moved", float("-inf"))
+    monkeypatch.setattr(INGEST, "streams", 0)  # (what other tests' streams left counted)
     with ThreadPoolExecutor(1) as ex:
         clog = ContainerLog(tmp_path / CID, StoreOptions(), ex)
         fifo = Writer(str(tmp_path / "fifo"))
@@ -53,6 +60,7 @@ async def test_a_fifo_stream_moving_bytes_is_live(tmp_path: Path,
         assert INGEST.live()
         fifo.close()
         await asyncio.wait_for(stream.done.wait(), TIMEOUT)
+        assert not INGEST.live()  # ended: its container's own backlog need not wait
         clog.close()
 
 

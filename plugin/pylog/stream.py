@@ -71,6 +71,7 @@ class FifoStream:
             log.debug("could not enlarge pipe %s: %s", self.path, e)
         self._fd = fd
         self._loop = asyncio.get_running_loop()
+        INGEST.opened()
         if watch:
             self.watch()
 
@@ -174,6 +175,7 @@ class FifoStream:
             self._timer = None
         os.close(self._fd)
         self._fd = None
+        INGEST.closed()
         try:
             self._on_end()
         finally:
