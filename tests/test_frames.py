@@ -10,8 +10,15 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pylog.entry import LogEntry, PartialLogEntryMetadata
-from pylog.frames import DEFAULT_MAX_FRAME, Chunk, FrameDecoder, decode_all, encode_frame
+from pylog.entry import LogAttr, LogEntry, PartialLogEntryMetadata
+from pylog.frames import (
+    DEFAULT_MAX_FRAME,
+    Chunk,
+    FrameDecoder,
+    decode_all,
+    decode_batch,
+    encode_frame,
+)
 
 VECTORS = Path(__file__).parent / "vectors"
 VECTOR_NAMES = ["basic", "binary", "hostns", "longline", "tty"]
@@ -603,3 +610,24 @@ def test_mutated_vectors_never_raise(name, mutations, chunks):
 @given(mutations=_MUTATIONS, chunks=st.lists(st.integers(1, 9000), max_size=10))
 def test_mutated_longline_never_raises(mutations, chunks):
     _check_invariants(_mutate(vector("longline"), mutations), chunks)
+
+
+def test_frames_with_docker_29_attrs_are_read_like_any_other():
+    """Docker 29.5's LogEntry has ``repeated LogAttr attrs = 6`` (its local driver's files; a
+    plugin may get them from a newer dockerd): every decoder reads such frames, the store's
+    frame check keeps them, and the frame-by-frame decoder keeps the attrs."""
+    entries = [LogEntry(source="stdout" if i % 3 else "stderr", time_nano=1_000 + i,
+                        line=b"line %d\n" % i,
+                        attrs=[LogAttr(key="HELLO", value="world"), LogAttr(key="tag", value="x")])
+               for i in range(50)]
+    data = b"".join(encode_frame(e) for e in entries)
+    assert data.count(b"\x32") >= 100  # field 6 is on the wire
+    want = [(e.source, e.time_nano, e.line) for e in entries]
+    for columns in (False, True):
+        dec = decode_batch(data, columns=columns)
+        assert dec.damage == 0 and dec.consumed == len(data)
+        got = dec.entries
+        assert [(e.source, e.time_nano, e.line) for e in got] == want, columns
+    by_frame = decode_all(data)
+    assert [[(a.key, a.value) for a in e.attrs] for e in by_frame] == \
+        [[("HELLO", "world"), ("tag", "x")]] * 50

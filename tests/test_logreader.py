@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from pylog.entry import LogEntry
+from pylog.entry import LogAttr, LogEntry
 from pylog.errors import RequestError
 from pylog.frames import FrameDecoder, decode_columns, encode_frame
 from pylog.logreader import ReadConfig, read_logs, render
@@ -823,3 +823,17 @@ async def test_a_follower_gets_a_frame_spliced_from_the_fifo_in_two_halves_once(
     finally:
         os.close(w)
         os.close(r)
+
+
+@pytest.mark.parametrize("tail", [-1, 7])
+async def test_frames_with_docker_29_attrs_are_stored_and_read_back(store, tail):
+    """Frames carrying Docker 29.5's attrs (LogEntry field 6) are whole frames to the store:
+    indexed, kept across rotations and read back, all of them, by docker logs."""
+    clog = store.open(CID, StoreOptions(max_size=4000, max_file=50))
+    raw = [encode_frame(LogEntry(source="stdout", time_nano=T0 + i, line=b"%06d\n" % i,
+                                 attrs=[LogAttr(key="HELLO", value="world")]))
+           for i in range(300)]
+    append(clog, raw)
+    assert clog.stats.corrupt == 0 and clog.stats.rotations > 2
+    want = list(range(300)) if tail < 0 else list(range(300 - tail, 300))
+    assert numbers(await read_all(clog, tail=tail)) == want

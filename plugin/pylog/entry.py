@@ -5,6 +5,6 @@ Regenerate ``proto/entry_pb2.py`` with ``scripts/gen-proto.sh`` after editing th
 
 from google.protobuf.message import DecodeError
 
-from .proto.entry_pb2 import LogBatch, LogColumns, LogEntry, PartialLogEntryMetadata
+from .proto.entry_pb2 import LogAttr, LogBatch, LogColumns, LogEntry, PartialLogEntryMetadata
 
-__all__ = ["DecodeError", "LogBatch", "LogColumns", "LogEntry", "PartialLogEntryMetadata"]
+__all__ = ["DecodeError", "LogAttr", "LogBatch", "LogColumns", "LogEntry", "PartialLogEntryMetadata"]

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x0b\x65ntry.proto\x12\x0f\x64ocker.logentry\"\x94\x01\n\x08LogEntry\x12\x0e\n\x06source\x18\x01 \x01(\t\x12\x11\n\ttime_nano\x18\x02 \x01(\x03\x12\x0c\n\x04line\x18\x03 \x01(\x0c\x12\x0f\n\x07partial\x18\x04 \x01(\x08\x12\x46\n\x14partial_log_metadata\x18\x05 \x01(\x0b\x32(.docker.logentry.PartialLogEntryMetadata\"D\n\x17PartialLogEntryMetadata\x12\x0c\n\x04last\x18\x01 \x01(\x08\x12\n\n\x02id\x18\x02 \x01(\t\x12\x0f\n\x07ordinal\x18\x03 \x01(\x05\"6\n\x08LogBatch\x12*\n\x07\x65ntries\x18\x01 \x03(\x0b\x32\x19.docker.logentry.LogEntry\"\x96\x01\n\nLogColumns\x12\x0e\n\x06source\x18\x01 \x03(\t\x12\x11\n\ttime_nano\x18\x02 \x03(\x03\x12\x0c\n\x04line\x18\x03 \x03(\x0c\x12\x0f\n\x07partial\x18\x04 \x03(\x08\x12\x46\n\x14partial_log_metadata\x18\x05 \x03(\x0b\x32(.docker.logentry.PartialLogEntryMetadataB\x0bZ\tlogdriverb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x0b\x65ntry.proto\x12\x0f\x64ocker.logentry\"%\n\x07LogAttr\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t\"\xbd\x01\n\x08LogEntry\x12\x0e\n\x06source\x18\x01 \x01(\t\x12\x11\n\ttime_nano\x18\x02 \x01(\x03\x12\x0c\n\x04line\x18\x03 \x01(\x0c\x12\x0f\n\x07partial\x18\x04 \x01(\x08\x12\x46\n\x14partial_log_metadata\x18\x05 \x01(\x0b\x32(.docker.logentry.PartialLogEntryMetadata\x12\'\n\x05\x61ttrs\x18\x06 \x03(\x0b\x32\x18.docker.logentry.LogAttr\"D\n\x17PartialLogEntryMetadata\x12\x0c\n\x04last\x18\x01 \x01(\x08\x12\n\n\x02id\x18\x02 \x01(\t\x12\x0f\n\x07ordinal\x18\x03 \x01(\x05\"6\n\x08LogBatch\x12*\n\x07\x65ntries\x18\x01 \x03(\x0b\x32\x19.docker.logentry.LogEntry\"\x96\x01\n\nLogColumns\x12\x0e\n\x06source\x18\x01 \x03(\t\x12\x11\n\ttime_nano\x18\x02 \x03(\x03\x12\x0c\n\x04line\x18\x03 \x03(\x0c\x12\x0f\n\x07partial\x18\x04 \x03(\x08\x12\x46\n\x14partial_log_metadata\x18\x05 \x03(\x0b\x32(.docker.logentry.PartialLogEntryMetadataB\x0bZ\tlogdriverb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -32,12 +32,14 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'entry_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._loaded_options = None
   _globals['DESCRIPTOR']._serialized_options = b'Z\tlogdriver'
-  _globals['_LOGENTRY']._serialized_start=33
-  _globals['_LOGENTRY']._serialized_end=181
-  _globals['_PARTIALLOGENTRYMETADATA']._serialized_start=183
-  _globals['_PARTIALLOGENTRYMETADATA']._serialized_end=251
-  _globals['_LOGBATCH']._serialized_start=253
-  _globals['_LOGBATCH']._serialized_end=307
-  _globals['_LOGCOLUMNS']._serialized_start=310
-  _globals['_LOGCOLUMNS']._serialized_end=460
+  _globals['_LOGATTR']._serialized_start=32
+  _globals['_LOGATTR']._serialized_end=69
+  _globals['_LOGENTRY']._serialized_start=72
+  _globals['_LOGENTRY']._serialized_end=261
+  _globals['_PARTIALLOGENTRYMETADATA']._serialized_start=263
+  _globals['_PARTIALLOGENTRYMETADATA']._serialized_end=331
+  _globals['_LOGBATCH']._serialized_start=333
+  _globals['_LOGBATCH']._serialized_end=387
+  _globals['_LOGCOLUMNS']._serialized_start=390
+  _globals['_LOGCOLUMNS']._serialized_end=540
 # @@protoc_insertion_point(module_scope)

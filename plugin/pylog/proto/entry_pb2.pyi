@@ -6,19 +6,29 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class LogAttr(_message.Message):
+    __slots__ = ("key", "value")
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    VALUE_FIELD_NUMBER: _ClassVar[int]
+    key: str
+    value: str
+    def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+
 class LogEntry(_message.Message):
-    __slots__ = ("source", "time_nano", "line", "partial", "partial_log_metadata")
+    __slots__ = ("source", "time_nano", "line", "partial", "partial_log_metadata", "attrs")
     SOURCE_FIELD_NUMBER: _ClassVar[int]
     TIME_NANO_FIELD_NUMBER: _ClassVar[int]
     LINE_FIELD_NUMBER: _ClassVar[int]
     PARTIAL_FIELD_NUMBER: _ClassVar[int]
     PARTIAL_LOG_METADATA_FIELD_NUMBER: _ClassVar[int]
+    ATTRS_FIELD_NUMBER: _ClassVar[int]
     source: str
     time_nano: int
     line: bytes
     partial: bool
     partial_log_metadata: PartialLogEntryMetadata
-    def __init__(self, source: _Optional[str] = ..., time_nano: _Optional[int] = ..., line: _Optional[bytes] = ..., partial: _Optional[bool] = ..., partial_log_metadata: _Optional[_Union[PartialLogEntryMetadata, _Mapping]] = ...) -> None: ...
+    attrs: _containers.RepeatedCompositeFieldContainer[LogAttr]
+    def __init__(self, source: _Optional[str] = ..., time_nano: _Optional[int] = ..., line: _Optional[bytes] = ..., partial: _Optional[bool] = ..., partial_log_metadata: _Optional[_Union[PartialLogEntryMetadata, _Mapping]] = ..., attrs: _Optional[_Iterable[_Union[LogAttr, _Mapping]]] = ...) -> None: ...
 
 class PartialLogEntryMetadata(_message.Message):
     __slots__ = ("last", "id", "ordinal")

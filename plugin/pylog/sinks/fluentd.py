@@ -213,6 +213,7 @@ class FluentdSink(Sink):
         # peer has just closed are gone, with no error to retry on.
         "fluentd-request-ack": (parse_bool, True),
         "fluentd-write-timeout": (parse_duration, 10.0),
+        "fluentd-read-timeout": (parse_duration, 10.0),  # Docker 29: the wait for an ack
         "fluentd-async": (parse_bool, False),
         "fluentd-async-connect": (parse_bool, False),
     }
@@ -225,6 +226,8 @@ class FluentdSink(Sink):
         self.sub_second = bool(self.config["fluentd-sub-second-precision"])
         timeout = float(self.config["fluentd-write-timeout"])
         self.timeout = timeout if timeout > 0 else None
+        read_timeout = float(self.config["fluentd-read-timeout"])
+        self.read_timeout = read_timeout if read_timeout > 0 else None
         self._reader: asyncio.StreamReader | None = None
         self._writer: asyncio.StreamWriter | None = None
         self._lock = asyncio.Lock()  # one batch on the connection at a time
@@ -285,7 +288,7 @@ class FluentdSink(Sink):
                 # while fluentd cannot be reached.
                 messages = self.messages(lines, ctx)
                 for packed, chunk in messages:
-                    await asyncio.wait_for(self._write(packed, chunk), self.timeout)
+                    await self._write(packed, chunk)
             except (TimeoutError, OSError, SinkError, ValueError) as e:
                 await self._drop_connection()
                 if isinstance(e, SinkError):
@@ -293,12 +296,21 @@ class FluentdSink(Sink):
                 raise SinkError(f"fluentd at {self._where()}: {e or type(e).__name__}") from e
 
     async def _write(self, packed: bytes, chunk: str | None) -> None:
-        assert self._writer is not None and self._reader is not None
+        """One message: written within fluentd-write-timeout, acked within
+        fluentd-read-timeout."""
+        assert self._writer is not None
         self._writer.write(packed)
-        await self._writer.drain()
+        await asyncio.wait_for(self._writer.drain(), self.timeout)
         if chunk is None:
             return
-        assert self._unpacker is not None
+        try:
+            await asyncio.wait_for(self._ack(chunk), self.read_timeout)
+        except TimeoutError:
+            raise SinkError(f"fluentd at {self._where()}: no ack within fluentd-read-timeout "
+                            f"({self.read_timeout:g} s)") from None
+
+    async def _ack(self, chunk: str) -> None:
+        assert self._unpacker is not None and self._reader is not None
         while True:
             for reply in self._unpacker:
                 if isinstance(reply, dict) and reply.get("ack") == chunk:
