@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 from pylog.cli import NS_COLUMNS, format_ps
 from pylog.entry import LogEntry
 from pylog.frames import Columns
+from pylog.hostid import HostIdentity, host_identity
 from pylog.namespaces import HeldNamespaces, NamespaceIdentity, NamespaceRegistry
 from pylog.options import parse_log_options
 from pylog.record import (
@@ -87,9 +88,38 @@ def test_basic_vector_context(info, options):
         "container": {"id": info["ContainerID"], "name": "basic",
                       "image": {"name": "busybox:local", "id": info["ContainerImageID"]},
                       "labels": {"app": "demo"}},
-        "host": {"name": "node-1"},
+        "host": {"name": "node-1", "id": MACHINE.machine_id, "boot": {"id": MACHINE.boot_id}},
         "pylog": {"env": {"MODE": "prod"}},
     }
+
+
+MACHINE = host_identity()
+
+
+def test_this_machine_has_both_ids() -> None:
+    assert re.fullmatch(r"[0-9a-f]{32}", MACHINE.machine_id)
+    assert re.fullmatch(r"[0-9a-f]{8}(-[0-9a-f]{4}){3}-[0-9a-f]{12}", MACHINE.boot_id)
+
+
+def test_host_identity_comes_from_pid_1s_root_and_the_kernel(tmp_path) -> None:
+    """The machine id is the host's (PID 1's root: the managed plugin's own image may have
+    another one); the boot id is the kernel's."""
+    (tmp_path / "1/root/etc").mkdir(parents=True)
+    (tmp_path / "1/root/etc/machine-id").write_text("0123456789abcdef0123456789abcdef\n")
+    (tmp_path / "sys/kernel/random").mkdir(parents=True)
+    (tmp_path / "sys/kernel/random/boot_id").write_text("88a1f0ed-5ae5-41ee-af6b-41921c311872\n")
+    got = host_identity(str(tmp_path))
+    assert got == HostIdentity("0123456789abcdef0123456789abcdef",
+                               "88a1f0ed-5ae5-41ee-af6b-41921c311872")
+
+
+def test_host_ids_and_the_hosts_pid_namespace_are_kept_with_a_saved_context(info, options):
+    ctx = build_context(info, options, held(4242, net=100, pid=101), HOST, host_name="node-1")
+    host = ctx.fields()["host"]
+    assert host["pid_ns_ino"] == HOST["pid"].inode  # ECS host.pid_ns_ino
+    assert host["id"] == MACHINE.machine_id and host["boot"]["id"] == MACHINE.boot_id
+    again = context_from_fields(json.loads(json.dumps(ctx.fields())))
+    assert again.fields() == ctx.fields()  # read back after a reboot: the boot it ran in
 
 
 def test_secret_env_never_appears_anywhere(info, options):

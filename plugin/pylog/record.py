@@ -30,6 +30,7 @@ from typing import Any
 
 from .entry import LogEntry
 from .frames import columns_of
+from .hostid import host_identity
 from .namespaces import HeldNamespaces, NamespaceIdentity, NamespaceRegistry
 from .options import LogOptions
 from .tag import render_tag
@@ -67,6 +68,19 @@ class ContainerContext:
     env: Mapping[str, str] = field(default_factory=dict)
     pid: int | None = None
     namespaces: Mapping[str, NamespaceView] | None = None
+    host_id: str = ""  # the machine id (ECS host.id)
+    boot_id: str = ""  # the boot the container ran in (ECS host.boot.id)
+    host_pid_ns_ino: int | None = None  # the host's PID namespace inode (ECS host.pid_ns_ino)
+
+    def host_fields(self) -> dict[str, Any]:
+        host: dict[str, Any] = {"name": self.host_name}
+        if self.host_id:
+            host["id"] = self.host_id
+        if self.boot_id:
+            host["boot"] = {"id": self.boot_id}
+        if self.host_pid_ns_ino is not None:
+            host["pid_ns_ino"] = self.host_pid_ns_ino
+        return host
 
     def fields(self) -> dict[str, Any]:
         """The nested JSON form, without the per-line keys."""
@@ -77,7 +91,7 @@ class ContainerContext:
         if self.labels:
             container["labels"] = dict(self.labels)
         out: dict[str, Any] = {"tag": self.tag, "container": container,
-                               "host": {"name": self.host_name}}
+                               "host": self.host_fields()}
         if self.pid is not None:
             out["process"] = {"pid": self.pid}
         pylog: dict[str, Any] = {}
@@ -134,6 +148,7 @@ def build_context(info: Mapping[str, Any], options: LogOptions,
     env = select(env_map(info.get("ContainerEnv")), options["env"], options["env-regex"])
     namespaces = None
     container_id = str(info.get("ContainerID") or "")
+    machine = host_identity()
     if held is not None:
         host = host or {}
         namespaces = {}
@@ -156,6 +171,9 @@ def build_context(info: Mapping[str, Any], options: LogOptions,
         env=env,
         pid=held.pid if held is not None else None,
         namespaces=namespaces,
+        host_id=machine.machine_id,
+        boot_id=machine.boot_id,
+        host_pid_ns_ino=host["pid"].inode if host and "pid" in host else None,
     )
 
 
@@ -299,6 +317,7 @@ def record_dict(line: LogEntry, ctx: ContainerContext, ts: TimestampFormatter) -
 def context_from_fields(fields: Mapping[str, Any]) -> ContainerContext:
     """Read back a context saved with ``fields()`` (``context.json`` in the store)."""
     container = fields.get("container", {})
+    host = fields.get("host", {})
     ns = fields.get("pylog", {}).get("ns")
     namespaces = None
     if ns is not None:
@@ -309,6 +328,8 @@ def context_from_fields(fields: Mapping[str, Any]) -> ContainerContext:
         container_id=container.get("id", ""), name=container.get("name", ""),
         image_name=container.get("image", {}).get("name", ""),
         image_id=container.get("image", {}).get("id", ""),
-        tag=fields.get("tag", ""), host_name=fields.get("host", {}).get("name", ""),
+        tag=fields.get("tag", ""), host_name=host.get("name", ""),
         labels=container.get("labels", {}), env=fields.get("pylog", {}).get("env", {}),
-        pid=fields.get("process", {}).get("pid"), namespaces=namespaces)
+        pid=fields.get("process", {}).get("pid"), namespaces=namespaces,
+        host_id=host.get("id", ""), boot_id=host.get("boot", {}).get("id", ""),
+        host_pid_ns_ino=host.get("pid_ns_ino"))
