@@ -3,10 +3,11 @@
 one boot; with these two beside it, records from two hosts or from before and after a reboot are
 told apart.
 
-The machine id is read through PID 1's root: pylog runs on the host or as the managed plugin
-with the host's PID namespace, and PID 1's root is the host's file system either way (the
-plugin's own /etc/machine-id, if any, would be its image's). The boot id is the kernel's, the
-same in every container.
+The machine id is read through PID 1's root, or dockerd's where PID 1's cannot be read (some
+sandboxes deny it even to root): pylog runs on the host or as the managed plugin with the host's
+PID namespace, and their root is the host's file system either way (the plugin's own
+/etc/machine-id, if any, would be its image's). The boot id is the kernel's, the same in every
+container.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ import functools
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+
+from .namespaces import dockerd_pid
 
 log = logging.getLogger(__name__)
 
@@ -35,10 +38,11 @@ def _first_line(path: Path) -> str:
 @functools.lru_cache(maxsize=4)
 def host_identity(proc: str = "/proc") -> HostIdentity:
     """Read once per ``proc`` (both stay the same until the next boot)."""
-    root = Path(proc) / "1" / "root"
+    roots = [Path(proc) / str(pid) / "root" for pid in (1, dockerd_pid(Path(proc))) if pid]
+    candidates = [root / name for root in roots
+                  for name in ("etc/machine-id", "var/lib/dbus/machine-id")]
     machine = ""
-    for candidate in (root / "etc/machine-id", root / "var/lib/dbus/machine-id",
-                      Path("/etc/machine-id")):
+    for candidate in [*candidates, Path("/etc/machine-id")]:
         machine = _first_line(candidate)
         if machine:
             break

@@ -273,7 +273,7 @@ def _is_container_view(held: HeldNamespaces, host: dict[str, NamespaceIdentity])
     return mnt is not None and (host_mnt is None or mnt.key != host_mnt.key)
 
 
-def _dockerd_pid(proc: Path) -> int | None:
+def dockerd_pid(proc: Path) -> int | None:
     for pidfile in (Path("/var/run/docker.pid"), Path("/run/docker.pid")):
         try:
             return int(pidfile.read_text().strip())
@@ -290,7 +290,7 @@ def host_namespaces(proc: Path = PROC) -> dict[str, NamespaceIdentity]:
     a managed plugin has its own mount, net, uts, ipc namespaces). Where PID 1 cannot be read
     (some sandboxes deny it even to root), dockerd's own: ``--net=host`` and the like mean
     dockerd's namespaces."""
-    for pid in (1, _dockerd_pid(proc)):
+    for pid in (1, dockerd_pid(proc)):
         if pid is None:
             continue
         try:

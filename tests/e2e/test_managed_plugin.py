@@ -304,6 +304,11 @@ def test_fluentd_sink_reaches_localhost(managed: ManagedPlugin, containers: Cont
         first = events[0].record
         assert first["container_id"] == cid and first["source"] == "stdout"
         assert first["container"]["id"] == cid and "ns" in first["pylog"]
+        # The host's machine and boot, not the plugin image's (it has no /etc/machine-id).
+        assert first["host"]["id"] == Path("/etc/machine-id").read_text().strip()
+        assert first["host"]["boot"]["id"] == \
+            Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+        assert first["host"]["pid_ns_ino"] == os.stat("/proc/self/ns/pid").st_ino  # (this test's)
     finally:
         receiver.close()
 
