@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # Run an in-guest script on a Debian release's own kernel, systemd and docker.io under QEMU (TCG).
-# Usage: vm-lane.sh debian-12|debian-13 [guest-script]   (default: scripts/vm/guest/smoke.sh)
+# Usage: vm-lane.sh debian-12|debian-13 [guest-script]   (default: scripts/vm/guest/pylog.sh, which
+# runs guest/smoke.sh first and then pylog as a systemd service; smoke.sh alone needs no PyPI)
 # A guest script NAME.sh may come with a host-side NAME.prepare.sh that fills the share first.
 # Exits with the guest script's exit code; prints the guest's console log if it never reported one.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 lane="${1:?usage: $0 debian-12|debian-13 [guest-script]}"
-script="${2:-scripts/vm/guest/smoke.sh}"
+script="${2:-scripts/vm/guest/pylog.sh}"
 timeout_s="${PYLOG_VM_TIMEOUT:-900}"
 
 command -v qemu-system-x86_64 >/dev/null || {
@@ -50,4 +51,6 @@ echo "----- guest stdout -----"; cat "$share/out/stdout"
 if [ -s "$share/out/stderr" ]; then echo "----- guest stderr -----"; cat "$share/out/stderr"; fi
 rc=$(cat "$share/out/rc")
 echo "vm-lane: $lane: guest script exited $rc"
+# A passing run's overlay and share are of no further use; a failing one's are kept to look at.
+if [ "$rc" = 0 ] && [ -z "${PYLOG_VM_KEEP:-}" ]; then rm -rf "$run"; else echo "vm-lane: kept $run"; fi
 exit "$rc"
