@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# Run an in-guest script on a Debian release's own kernel, systemd and docker.io under QEMU (TCG).
+# Usage: vm-lane.sh debian-12|debian-13 [guest-script]   (default: scripts/vm/guest/pylog.sh, which
+# runs guest/smoke.sh first and then pylog as a systemd service; smoke.sh alone needs no PyPI)
+# A guest script NAME.sh may come with a host-side NAME.prepare.sh that fills the share first.
+# Exits with the guest script's exit code; prints the guest's console log if it never reported one.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+lane="${1:?usage: $0 debian-12|debian-13 [guest-script]}"
+script="${2:-scripts/vm/guest/pylog.sh}"
+timeout_s="${PYLOG_VM_TIMEOUT:-900}"
+
+command -v qemu-system-x86_64 >/dev/null || {
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq qemu-system-x86 qemu-utils >/dev/null; }
+image="$(bash scripts/vm/build-image.sh "$lane" | tail -n1)"
+
+run="$(mktemp -d /var/tmp/pylog-vm-run.XXXXXX)"
+share="$run/share"
+mkdir -p "$share"
+cp "$script" "$share/run.sh"
+prepare="${script%.sh}.prepare.sh"
+[ -f "$prepare" ] && bash "$prepare" "$lane" "$share"
+# The cached image stays pristine: the guest writes to a copy-on-write overlay of it.
+qemu-img create -q -f qcow2 -F raw -b "$image/image.raw" "$run/disk.qcow2"
+
+# TCG, not KVM: guests started with -enable-kvm stalled before the kernel printed anything here.
+qemu-system-x86_64 -accel tcg -cpu max -m 4096 -smp 2 \
+  -kernel "$image/vmlinuz" -initrd "$image/initrd.img" \
+  -append "root=/dev/vda rw console=ttyS0 systemd.unified_cgroup_hierarchy=1 panic=-1" \
+  -drive "file=$run/disk.qcow2,if=virtio,format=qcow2" \
+  -virtfs "local,path=$share,mount_tag=lane,security_model=none,id=lane" \
+  -netdev user,id=net0 -device virtio-net-pci,netdev=net0 \
+  -display none -serial "file:$run/console.log" -monitor none -no-reboot &
+qemu=$!
+trap 'kill $qemu 2>/dev/null || true' EXIT
+start=$(date +%s)
+echo "vm-lane: $lane booting (image $image, run dir $run, console $run/console.log)"
+while kill -0 "$qemu" 2>/dev/null && [ $(( $(date +%s) - start )) -lt "$timeout_s" ]; do sleep 1; done
+if kill -0 "$qemu" 2>/dev/null; then
+  kill "$qemu"; echo "vm-lane: $lane: timed out after ${timeout_s} s" >&2
+fi
+wait "$qemu" || true
+echo "vm-lane: guest ran for $(( $(date +%s) - start )) s"
+
+if [ ! -f "$share/out/rc" ]; then
+  echo "vm-lane: $lane: the guest reported no result; the end of its console log:" >&2
+  tail -n 60 "$run/console.log" >&2
+  exit 1
+fi
+echo "----- guest stdout -----"; cat "$share/out/stdout"
+if [ -s "$share/out/stderr" ]; then echo "----- guest stderr -----"; cat "$share/out/stderr"; fi
+rc=$(cat "$share/out/rc")
+echo "vm-lane: $lane: guest script exited $rc"
+# A passing run's overlay and share are of no further use; a failing one's are kept to look at.
+if [ "$rc" = 0 ] && [ -z "${PYLOG_VM_KEEP:-}" ]; then rm -rf "$run"; else echo "vm-lane: kept $run"; fi
+exit "$rc"
