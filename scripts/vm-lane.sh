@@ -23,23 +23,18 @@ prepare="${script%.sh}.prepare.sh"
 # The cached image stays pristine: the guest writes to a copy-on-write overlay of it.
 qemu-img create -q -f qcow2 -F raw -b "$image/image.raw" "$run/disk.qcow2"
 
+echo "vm-lane: $lane booting (image $image, run dir $run, console $run/console.log)"
+start=$(date +%s)
 # TCG, not KVM: guests started with -enable-kvm stalled before the kernel printed anything here.
-qemu-system-x86_64 -accel tcg -cpu max -m 4096 -smp 2 \
+# The guest powers itself off when its script is done (-no-reboot: a panic ends QEMU too).
+timeout "$timeout_s" qemu-system-x86_64 -accel tcg -cpu max -m 4096 -smp 2 \
   -kernel "$image/vmlinuz" -initrd "$image/initrd.img" \
   -append "root=/dev/vda rw console=ttyS0 systemd.unified_cgroup_hierarchy=1 panic=-1" \
   -drive "file=$run/disk.qcow2,if=virtio,format=qcow2" \
   -virtfs "local,path=$share,mount_tag=lane,security_model=none,id=lane" \
   -netdev user,id=net0 -device virtio-net-pci,netdev=net0 \
-  -display none -serial "file:$run/console.log" -monitor none -no-reboot &
-qemu=$!
-trap 'kill $qemu 2>/dev/null || true' EXIT
-start=$(date +%s)
-echo "vm-lane: $lane booting (image $image, run dir $run, console $run/console.log)"
-while kill -0 "$qemu" 2>/dev/null && [ $(( $(date +%s) - start )) -lt "$timeout_s" ]; do sleep 1; done
-if kill -0 "$qemu" 2>/dev/null; then
-  kill "$qemu"; echo "vm-lane: $lane: timed out after ${timeout_s} s" >&2
-fi
-wait "$qemu" || true
+  -display none -serial "file:$run/console.log" -monitor none -no-reboot \
+  || echo "vm-lane: $lane: QEMU exited $? (124: timed out after ${timeout_s} s)" >&2
 echo "vm-lane: guest ran for $(( $(date +%s) - start )) s"
 
 if [ ! -f "$share/out/rc" ]; then
