@@ -191,6 +191,16 @@ def test_namespaces_inode_id_and_is_host(info, options):
     assert ctx.fields()["pylog"]["env"] == {"MODE": "prod"}  # namespaces add, not replace
 
 
+def test_a_private_time_namespace_as_docker_29_5_gives_is_not_the_hosts(info, options):
+    """Up to Docker 29.4 a container shares the host's time namespace; from 29.5 it has one of
+    its own."""
+    a = build_context(info, options, held=held(1, time=HOST_N["time"]), host=HOST)
+    b = build_context(info, options, held=held(2, time=300), host=HOST)
+    assert a.fields()["pylog"]["ns"]["time"]["is_host"] is True
+    assert b.fields()["pylog"]["ns"]["time"] == {"inode": HOST["time"].inode - HOST_N["time"] + 300,
+                                                  "id": 8589934300, "is_host": False}
+
+
 def test_recycled_inode_is_not_the_host(info, options):
     # Same inode as the host's net namespace, different never-reused id: not the host's.
     h = HeldNamespaces(1, {"net": NamespaceIdentity("net", HOST["net"].inode, 4, 999)})
