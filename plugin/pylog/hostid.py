@@ -14,10 +14,11 @@ from __future__ import annotations
 
 import functools
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from .namespaces import dockerd_pid
+from .namespaces import dockerd_pid, read_stripped
 
 log = logging.getLogger(__name__)
 
@@ -28,25 +29,28 @@ class HostIdentity:
     boot_id: str = ""
 
 
-def _first_line(path: Path) -> str:
-    try:
-        return path.read_text().strip()
-    except OSError:
-        return ""
-
-
 @functools.lru_cache(maxsize=4)
 def host_identity(proc: str = "/proc") -> HostIdentity:
     """Read once per ``proc`` (both stay the same until the next boot)."""
-    roots = [Path(proc) / str(pid) / "root" for pid in (1, dockerd_pid(Path(proc))) if pid]
-    candidates = [root / name for root in roots
-                  for name in ("etc/machine-id", "var/lib/dbus/machine-id")]
-    machine = ""
-    for candidate in [*candidates, Path("/etc/machine-id")]:
-        machine = _first_line(candidate)
-        if machine:
-            break
-    boot = _first_line(Path(proc) / "sys/kernel/random/boot_id")
+    machine = _machine_id(Path(proc))
+    boot = read_stripped(Path(proc) / "sys/kernel/random/boot_id")
     if not machine or not boot:
         log.warning("host identity incomplete: machine id %r, boot id %r", machine, boot)
     return HostIdentity(machine, boot)
+
+
+def _roots(proc: Path) -> Iterator[Path]:
+    yield proc / "1" / "root"
+    pid = dockerd_pid(proc)  # looked for only if PID 1's root gave nothing: it may scan /proc
+    if pid is not None:
+        yield proc / str(pid) / "root"
+
+
+def _machine_id(proc: Path) -> str:
+    """PID 1's, else dockerd's, else the one in our own root."""
+    for root in _roots(proc):
+        for name in ("etc/machine-id", "var/lib/dbus/machine-id"):
+            machine = read_stripped(root / name)
+            if machine:
+                return machine
+    return read_stripped(Path("/etc/machine-id"))

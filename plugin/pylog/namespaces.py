@@ -98,7 +98,7 @@ def hold_namespaces(pid: int, proc: Path = PROC, types: Iterable[str] = NS_TYPES
     return held
 
 
-def _read(path: Path) -> str:
+def read_stripped(path: Path) -> str:
     try:
         return path.read_text().strip()
     except OSError:
@@ -106,7 +106,7 @@ def _read(path: Path) -> str:
 
 
 def _ppid(pid: int, proc: Path) -> int:
-    stat = _read(proc / str(pid) / "stat")
+    stat = read_stripped(proc / str(pid) / "stat")
     try:
         return int(stat.rsplit(")", 1)[1].split()[1])
     except (IndexError, ValueError):
@@ -117,7 +117,7 @@ def pick_init(pids: list[int], proc: Path = PROC) -> int | None:
     """The container's init among the processes of its cgroup: not a runc set-up stage, and
     whose parent is outside the cgroup (the shim)."""
     members = set(pids)
-    candidates = [p for p in pids if _read(proc / str(p) / "comm") not in _RUNC_SETUP_COMMS]
+    candidates = [p for p in pids if read_stripped(proc / str(p) / "comm") not in _RUNC_SETUP_COMMS]
     for p in candidates:
         if _ppid(p, proc) not in members:
             return p
@@ -223,7 +223,7 @@ class _Finder:
 
     def _take(self, candidate: HeldNamespaces) -> bool:
         """Keep the newest view, hand it out once seen twice; True if it is final."""
-        final = _read(self.proc / str(candidate.pid) / "comm") != _RUNC_INIT_COMM
+        final = read_stripped(self.proc / str(candidate.pid) / "comm") != _RUNC_INIT_COMM
         same = self.seen is not None and self.seen.pid == candidate.pid and \
             self.seen.identities == candidate.identities
         if self.seen is not None:
@@ -280,7 +280,7 @@ def dockerd_pid(proc: Path) -> int | None:
         except (OSError, ValueError):
             pass
     for name in os.listdir(proc):
-        if name.isdigit() and _read(proc / name / "comm") == "dockerd":
+        if name.isdigit() and read_stripped(proc / name / "comm") == "dockerd":
             return int(name)
     return None
 
