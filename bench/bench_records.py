@@ -19,7 +19,8 @@ from pathlib import Path
 
 from pylog.entry import LogEntry
 from pylog.malloc import keep_freed_memory
-from pylog.namespaces import NamespaceRegistry, hold_namespaces
+from pylog.namespaces import hold_namespaces
+from pylog.nsregistry import NamespaceRegistry
 from pylog.options import parse_log_options
 from pylog.record import TimestampFormatter, build_context, record_json, records
 

@@ -37,7 +37,8 @@ import pytest
 
 import pylog.sinks  # noqa: F401  (registers the sinks' log-opts with the option parser)
 from pylog.entry import LogEntry
-from pylog.namespaces import HeldNamespaces, NamespaceIdentity, NamespaceRegistry
+from pylog.namespaces import HeldNamespaces, NamespaceIdentity
+from pylog.nsregistry import NamespaceRegistry
 from pylog.options import parse_log_options
 from pylog.record import TimestampFormatter, build_context, record_json
 from pylog.sinks import configured_sinks

@@ -28,7 +28,6 @@ from pylog.namespaces import (
     FinderSchedule,
     HeldNamespaces,
     NamespaceIdentity,
-    NamespaceRegistry,
     find_container_namespaces,
     hold_namespaces,
     host_namespaces,
@@ -738,67 +737,3 @@ async def test_awaited_inside_an_except_block_the_result_is_still_open(tmp_path,
             os.fstat(fd)  # the caller's to close: must still be open
     finally:
         held.close()
-
-
-# ------------------------------------------------------------------ NamespaceRegistry
-
-def _ident(t: str, n: int) -> NamespaceIdentity:
-    return NamespaceIdentity(t, inode=4026532000 + n, dev=4, id=8589934000 + n)
-
-
-def _held(proc_id: int, /, **idents: int) -> HeldNamespaces:
-    fd_list = [os.open("/proc/self/ns/net", os.O_RDONLY | os.O_CLOEXEC) for _ in idents]
-    return HeldNamespaces(proc_id, {t: _ident(t, n) for t, n in idents.items()}, fd_list)
-
-
-def test_registry_tracks_who_shares_what():
-    reg = NamespaceRegistry()
-    web = _held(100, net=1, pid=2, mnt=3)
-    sidecar = _held(200, net=1, pid=2, mnt=4)   # --net=container:web --pid=container:web
-    other = _held(300, net=5, pid=6, mnt=7)
-    third = _held(400, net=1, mnt=8)
-    try:
-        assert reg.add("web", web) == set()
-        assert reg.add("sidecar", sidecar) == {"web"}
-        assert reg.add("other", other) == set()
-        assert reg.sharing("web", _ident("net", 1)) == ["sidecar"]
-        assert reg.sharing("sidecar", _ident("pid", 2)) == ["web"]
-        assert reg.sharing("web", _ident("mnt", 3)) == []
-        assert reg.sharing("other", _ident("net", 5)) == []
-        assert reg.held("sidecar") is sidecar
-
-        assert reg.add("third", third) == {"web", "sidecar"}
-        assert reg.sharing("web", _ident("net", 1)) == ["sidecar", "third"]
-
-        fds = list(sidecar.fds)
-        assert reg.remove("sidecar") == {"web", "third"}
-        assert_closed(fds)
-        assert reg.held("sidecar") is None
-        assert reg.sharing("web", _ident("net", 1)) == ["third"]
-        assert reg.sharing("web", _ident("pid", 2)) == []
-        assert reg.remove("sidecar") == set()
-        assert reg.remove("never-added") == set()
-    finally:
-        all_fds = web.fds + other.fds + third.fds
-        reg.close()
-    assert_closed(all_fds)
-    assert reg.held("web") is None
-
-
-def test_registry_sharing_across_recycled_inodes_uses_the_id():
-    reg = NamespaceRegistry()
-    a = HeldNamespaces(1, {"net": NamespaceIdentity("net", 4026532184, 4, 11)})
-    b = HeldNamespaces(2, {"net": NamespaceIdentity("net", 4026532184, 4, 12)})
-    assert reg.add("a", a) == set()
-    assert reg.add("b", b) == set()  # same inode, another namespace: not shared
-    assert reg.sharing("a", a.identities["net"]) == []
-
-
-def test_registry_re_add_reports_containers_that_stopped_sharing():
-    reg = NamespaceRegistry()
-    reg.add("x", HeldNamespaces(1, {"cgroup": _ident("cgroup", 1)}))
-    assert reg.add("a", HeldNamespaces(2, {"cgroup": _ident("cgroup", 1)})) == {"x"}
-    # a's runc init entered its own cgroup namespace: x no longer shares with a
-    touched = reg.add("a", HeldNamespaces(2, {"cgroup": _ident("cgroup", 2)}))
-    assert reg.sharing("x", _ident("cgroup", 1)) == []
-    assert touched == {"x"}

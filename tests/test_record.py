@@ -15,7 +15,8 @@ from pylog.cli import NS_COLUMNS, format_ps
 from pylog.entry import LogEntry
 from pylog.frames import Columns
 from pylog.hostid import HostIdentity, host_identity
-from pylog.namespaces import HeldNamespaces, NamespaceIdentity, NamespaceRegistry
+from pylog.namespaces import HeldNamespaces, NamespaceIdentity
+from pylog.nsregistry import NamespaceRegistry, namespace_key
 from pylog.options import parse_log_options
 from pylog.record import (
     TimestampFormatter,
@@ -197,8 +198,9 @@ def test_a_private_time_namespace_as_docker_29_5_gives_is_not_the_hosts(info, op
     a = build_context(info, options, held=held(1, time=HOST_N["time"]), host=HOST)
     b = build_context(info, options, held=held(2, time=300), host=HOST)
     assert a.fields()["pylog"]["ns"]["time"]["is_host"] is True
-    assert b.fields()["pylog"]["ns"]["time"] == {"inode": HOST["time"].inode - HOST_N["time"] + 300,
-                                                  "id": 8589934300, "is_host": False}
+    assert b.fields()["pylog"]["ns"]["time"] == {
+        "key": namespace_key(host_identity().boot_id, ident("time", 300)),
+        "inode": HOST["time"].inode - HOST_N["time"] + 300, "id": 8589934300, "is_host": False}
 
 
 def test_recycled_inode_is_not_the_host(info, options):
@@ -212,9 +214,16 @@ def test_without_ns_get_id_the_inode_decides(info, options):
     host = {"net": ident("net", 1, with_id=False)}
     h = HeldNamespaces(1, {"net": ident("net", 1, with_id=False),
                            "uts": ident("uts", 2, with_id=False)})
-    ns = build_context(info, options, held=h, host=host).fields()["pylog"]["ns"]
-    assert ns["net"] == {"inode": 4026532001, "is_host": True}  # no "id" key at all
-    assert ns["uts"] == {"inode": 4026532002, "is_host": False}
+    reg = NamespaceRegistry(host)
+    reg.add(info["ContainerID"], h)
+    ns = build_context(info, options, held=h, host=host, registry=reg).fields()["pylog"]["ns"]
+    boot = host_identity().boot_id
+    # no "id" at all; the host's key is its inode's (it lives as long as the boot), the
+    # container's has a lifetime of its own drawn (the inode alone can name another one later)
+    assert ns["net"] == {"key": namespace_key(boot, host["net"]), "inode": 4026532001,
+                         "is_host": True}
+    assert ns["uts"]["key"] != namespace_key(boot, h.identities["uts"])
+    assert ns["uts"] == {"key": ns["uts"]["key"], "inode": 4026532002, "is_host": False}
 
 
 def test_without_host_dict_nothing_is_host(info, options):
@@ -239,7 +248,9 @@ def test_shared_with_names_the_other_registered_containers(info, options):
     assert ns["pid"]["shared_with"] == ["sidecar"]
     assert "shared_with" not in ns["mnt"]  # its own: the key is left out, not []
     # Everybody is in the host's UTS namespace: is_host says so, no list of every container.
-    assert ns["uts"] == {"inode": HOST["uts"].inode, "id": HOST["uts"].id, "is_host": True}
+    assert ns["uts"] == {"key": reg.key_of(HOST["uts"]), "inode": HOST["uts"].inode,
+                         "id": HOST["uts"].id, "is_host": True}
+    assert ns["net"]["key"] == reg.key_of(sidecar.identities["net"]) != ns["mnt"]["key"]
     assert ctx.sharing_summary() == {"net": sorted(["sidecar", STRANGER_ID[:12]]),
                                      "pid": ["sidecar"]}
     # and the JSON a record carries says the same
@@ -446,22 +457,23 @@ def test_ps_shows_host_for_host_namespaces(ps_text):
     for col in ("net", "pid", "uts", "time", "user"):
         assert _cell(ps_text, "hostnet", col) == "host"
     assert _cell(ps_text, "hostnet2", "net") == "host"  # shared with hostnet, but no "*"
-    assert _cell(ps_text, "hostnet2", "pid") == str(8589934000 + 611)
+    assert _cell(ps_text, "hostnet2", "pid") == str(4026532000 + 611)  # the inode
     assert _cell(ps_text, "web", "time") == "host"
 
 
 def test_ps_marks_shared_namespaces(ps_text):
-    assert _cell(ps_text, "web", "net") == f"{8589934000 + 200}*"
-    assert _cell(ps_text, "sidecar", "net") == f"{8589934000 + 200}*"
-    assert _cell(ps_text, "sidecar", "pid") == f"{8589934000 + 201}*"
-    assert _cell(ps_text, "web", "mnt") == str(8589934000 + 302)  # its own: no mark
+    assert _cell(ps_text, "web", "net") == f"{4026532000 + 200}*"
+    assert _cell(ps_text, "sidecar", "net") == f"{4026532000 + 200}*"
+    assert _cell(ps_text, "sidecar", "pid") == f"{4026532000 + 201}*"
+    assert _cell(ps_text, "web", "mnt") == str(4026532000 + 302)  # its own: no mark
     assert not any("*" in c for c in _row(ps_text, "hostnet"))
 
 
 def test_ps_lists_the_sharing_groups(ps_text):
+    boot = host_identity().boot_id
     assert _section(ps_text, "Sharing a namespace (* above):") == [
-        f"net {8589934000 + 200}: sidecar, web",
-        f"pid {8589934000 + 201}: sidecar, web",
+        f"net {4026532000 + 200} (key {namespace_key(boot, ident('net', 200))}): sidecar, web",
+        f"pid {4026532000 + 201} (key {namespace_key(boot, ident('pid', 201))}): sidecar, web",
     ]
 
 

@@ -287,7 +287,7 @@ def test_template_for_a_data_stream() -> None:
         assert node[path[-1]]["type"] == "keyword", path
     dyn = {next(iter(d.values()))["path_match"]: next(iter(d.values()))["mapping"]["type"]
            for d in m["dynamic_templates"]}
-    assert dyn == {"pylog.ns.*.inode": "long", "pylog.ns.*.id": "long",
+    assert dyn == {"pylog.ns.*.key": "keyword", "pylog.ns.*.inode": "long", "pylog.ns.*.id": "long",
                    "pylog.ns.*.is_host": "boolean", "pylog.ns.*.shared_with": "keyword",
                    "container.labels.*": "keyword", "pylog.env.*": "keyword"}
 

@@ -35,11 +35,12 @@ from tests.peers.rsyslog import Received, Rsyslogd, TlsFiles, rsyslogd_problem
 
 T0 = 1763787716_585015352  # 2025-11-22T05:01:56.585015352Z
 CID = "3f2a1b9c0d1e" + "ab" * 26
-NS = {"net": NamespaceView("net", 4026532260, 5064, False, ("db",)),
-      "cgroup": NamespaceView("cgroup", 4026531835, 5, True),
-      "pid": NamespaceView("pid", 4026532187, 1077, False)}
+NS = {"net": NamespaceView("net", 4026532260, 5064, False, ("db",), "a1" * 10),
+      "cgroup": NamespaceView("cgroup", 4026531835, 5, True, key="c5" * 10),
+      "pid": NamespaceView("pid", 4026532187, 1077, False)}  # no key: saved by an older pylog
 SD = (f'[pylog@32473 container_id="{CID}" container_name="web" ns_cgroup="4026531835" '
-      f'ns_net="4026532260" ns_pid="4026532187"]')
+      f'ns_cgroup_key="{"c5" * 10}" ns_net="4026532260" ns_net_key="{"a1" * 10}" '
+      f'ns_pid="4026532187"]')
 PID = os.getpid()
 
 
@@ -261,7 +262,7 @@ def test_sd_escaping() -> None:
     ctx = context(name='we"ird\\na]me')
     assert structured_data(ctx) == (
         f'[pylog@32473 container_id="{CID}" container_name="we\\"ird\\\\na\\]me" '
-        f'ns_cgroup="4026531835" ns_net="4026532260" ns_pid="4026532187"]')
+        + SD.split('container_name="web" ')[1])
 
 
 def test_no_namespaces_yet_means_no_ns_params() -> None:

@@ -53,6 +53,7 @@ def data_view() -> dict[str, Any]:
         formats[f"pylog.ns.{t}.inode"] = number_plain
         formats[f"pylog.ns.{t}.id"] = number_plain
     for t in ("net", "pid"):
+        labels[f"pylog.ns.{t}.key"] = {"customLabel": f"{t} namespace key"}
         labels[f"pylog.ns.{t}.id"] = {"customLabel": f"{t} namespace id"}
         labels[f"pylog.ns.{t}.inode"] = {"customLabel": f"{t} namespace inode"}
         labels[f"pylog.ns.{t}.is_host"] = {"customLabel": f"in the host's {t} namespace"}
@@ -177,12 +178,12 @@ def lens_lines_per_container() -> dict[str, Any]:
 def lens_lines_per_netns() -> dict[str, Any]:
     layer = _id("per-netns/layer")
     n = count("per-netns/count")
-    ns = terms("per-netns/inode", "pylog.ns.net.inode", "Network namespace (inode)", n[0],
-               data_type="number")
+    ns = terms("per-netns/key", "pylog.ns.net.key", "Network namespace (key)", n[0])
     c = terms("per-netns/name", "container.name", "Container", n[0])
     return lens("pylog-lines-per-netns", "Log lines per network namespace",
-                "One bar per network namespace (pylog.ns.net.inode), split by the containers "
-                "in it: containers that share a namespace stack up in one bar.",
+                "One bar per network namespace (pylog.ns.net.key, which unlike the inode never "
+                "names two namespaces), split by the containers in it: containers that share "
+                "a namespace stack up in one bar.",
                 "lnsXY", layer, [ns, c, n], xy(layer, "bar_horizontal_stacked", ns[0], n[0], c[0]))
 
 
@@ -190,17 +191,18 @@ def lens_sharing_table() -> dict[str, Any]:
     layer = _id("sharing/layer")
     n = count("sharing/count")
     cols = [
-        terms("sharing/net", "pylog.ns.net.id", "net namespace id", n[0], "number", 20, True),
-        terms("sharing/pid", "pylog.ns.pid.id", "pid namespace id", n[0], "number", 20, True),
+        terms("sharing/net", "pylog.ns.net.key", "net namespace key", n[0], size=20),
+        terms("sharing/pid", "pylog.ns.pid.key", "pid namespace key", n[0], size=20),
         terms("sharing/name", "container.name", "Container", n[0], size=50),
         last_value("sharing/net-shared", "pylog.ns.net.shared_with", "net shared with"),
         last_value("sharing/pid-shared", "pylog.ns.pid.shared_with", "pid shared with"),
         n,
     ]
     return lens("pylog-namespace-sharing", "Which containers share namespaces",
-                "Containers by network and PID namespace id (NS_GET_ID, never reused; empty on "
-                "kernels before 6.x), with the other attached containers pylog saw in the same "
-                "namespace (shared_with, left out for the host's namespaces).",
+                "Containers by network and PID namespace key (never names two namespaces, on "
+                "every kernel, across hosts and boots), with the other attached containers "
+                "pylog saw in the same namespace (shared_with, left out for the host's "
+                "namespaces).",
                 "lnsDatatable", layer, cols, table(layer, cols))
 
 

@@ -183,14 +183,13 @@ def _ns_label(ns: dict[str, Any] | None) -> str:
         return "-"
     if ns.get("is_host"):
         return "host"
-    ident = ns.get("id", ns["inode"])
-    return f"{ident}{'*' if ns.get('shared_with') else ''}"  # host ones return above
+    return f"{ns['inode']}{'*' if ns.get('shared_with') else ''}"  # host ones return above
 
 
 def format_ps(containers: list[dict[str, Any]]) -> str:
     """A table a person reads at a glance, then who shares what and who is in the host's."""
     rows = [["CONTAINER", "NAME", "PID", *NS_COLUMNS]]
-    shared: dict[tuple[str, str], list[str]] = {}
+    shared: dict[tuple[str, str, str], list[str]] = {}  # (type, key, inode) -> names
     in_host: list[str] = []
     for c in containers:
         ns = c.get("pylog", {}).get("ns")
@@ -199,7 +198,8 @@ def format_ps(containers: list[dict[str, Any]]) -> str:
                      *(_ns_label(ns.get(t)) if ns else "?" for t in NS_COLUMNS)])
         for t, v in (ns or {}).items():
             if v.get("shared_with") and not v.get("is_host"):
-                shared.setdefault((t, _ns_label(v).rstrip("*")), []).append(name)
+                # grouped by key: an inode alone can name two namespaces over time
+                shared.setdefault((t, v.get("key", ""), str(v["inode"])), []).append(name)
         host_types = [t for t in ("ipc", "mnt", "net", "pid", "uts") if (ns or {}).get(t, {}).get("is_host")]
         if host_types:
             in_host.append(f"{name}: {', '.join(host_types)}")
@@ -207,7 +207,8 @@ def format_ps(containers: list[dict[str, Any]]) -> str:
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(r, widths)).rstrip() for r in rows]
     if shared:
         lines += ["", "Sharing a namespace (* above):"]
-        lines += [f"  {t} {ident}: {', '.join(sorted(names))}" for (t, ident), names in sorted(shared.items())]
+        lines += [f"  {t} {inode}{f' (key {key})' if key else ''}: {', '.join(sorted(names))}"
+                  for (t, key, inode), names in sorted(shared.items())]
     if in_host:
         lines += ["", "In the host's namespaces (besides cgroup, time, user):"]
         lines += [f"  {entry}" for entry in in_host]

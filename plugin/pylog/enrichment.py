@@ -19,10 +19,10 @@ from .errors import UnknownContainerError
 from .namespaces import (
     HeldNamespaces,
     NamespaceIdentity,
-    NamespaceRegistry,
     find_container_namespaces,
     host_namespaces,
 )
+from .nsregistry import NamespaceRegistry, SavedKeys
 from .record import ContainerContext, build_context, context_from_fields
 from .store import CONTAINER_ID_RE
 
@@ -42,19 +42,21 @@ class Enrichment:
         self.store_root = store_root
         self.proc = proc
         self.host_ns: dict[str, NamespaceIdentity] = host_namespaces(proc)
-        self.registry = NamespaceRegistry()
+        self.registry = NamespaceRegistry(self.host_ns)
         self.lookups_failed = 0
         self._stored: OrderedDict[str, ContainerContext] = OrderedDict()  # read lately
         self._stored_lock = threading.Lock()
 
     def start(self, container: Container) -> None:
         """A newly attached container: keep its context with its log, look for its namespaces."""
-        if not (container.clog.directory / CONTEXT_FILE).exists():
+        saved = (container.clog.directory / CONTEXT_FILE).exists()
+        if not saved:
             self.save(container)  # so records of it can be read after it stops
         if container.options["namespaces"]:
             # Starts after our reply, when runc creates the container's process.
             container.finder = asyncio.create_task(
-                self._find_namespaces(container), name=f"pylog-ns-{container.container_id[:12]}")
+                self._find_namespaces(container, saved),
+                name=f"pylog-ns-{container.container_id[:12]}")
 
     def forget(self, container: Container) -> None:
         """The container's last attachment ended: let go of its namespaces."""
@@ -63,14 +65,16 @@ class Enrichment:
         for cid in self.registry.remove(container.container_id):
             self.refresh(cid)
 
-    async def _find_namespaces(self, container: Container) -> None:
+    async def _find_namespaces(self, container: Container, saved: bool) -> None:
         started = time.monotonic()
+        # pylog restarted under a running container: its namespaces keep their keys
+        keys = await asyncio.to_thread(self._saved_keys, container) if saved else None
 
         def update(held: HeldNamespaces) -> None:
             if self.containers.get(container.container_id) is not container:
                 held.close()
                 return
-            touched = self.registry.add(container.container_id, held)
+            touched = self.registry.add(container.container_id, held, keys)
             self.refresh(container.container_id)
             for cid in touched:
                 self.refresh(cid)
@@ -92,6 +96,17 @@ class Enrichment:
         else:
             if found is None:
                 self.lookups_failed += 1  # given up on (the finder logged it): no more looks
+
+    def _saved_keys(self, container: Container) -> SavedKeys | None:
+        try:
+            ctx = context_from_fields(json.loads(
+                (container.clog.directory / CONTEXT_FILE).read_text()))
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+        if not ctx.namespaces or ctx.pid is None:
+            return None
+        return SavedKeys(ctx.boot_id, ctx.pid,
+                         {t: (v.inode, v.key) for t, v in ctx.namespaces.items() if v.key})
 
     def refresh(self, container_id: str) -> None:
         """Rebuild a container's context after what it says changed; keep it for later reads."""

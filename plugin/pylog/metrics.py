@@ -329,8 +329,7 @@ def map_data(driver: Driver) -> dict[str, Any]:
         ctx = c.context
         ns = None
         if ctx.namespaces is not None:
-            ns = {t: {"id": v.id if v.id is not None else v.inode, "inode": v.inode,
-                      "is_host": v.is_host}
+            ns = {t: {"key": v.key or f"{t}:{v.inode}", "inode": v.inode, "is_host": v.is_host}
                   for t, v in ctx.namespaces.items()}
         containers.append({
             "id": c.container_id,

@@ -10,8 +10,9 @@ The JSON form, which the Elasticsearch sink indexes and ``pylog tail`` prints, u
      "tag": "3f2a1b9c0d1e",
      "container": {"id": ..., "name": ..., "image": {"name": ..., "id": ...}, "labels": {...}},
      "host": {"name": ...}, "process": {"pid": 12345},
-     "pylog": {"env": {...}, "ns": {"net": {"inode": 4026532184, "id": 8589934601,
-                                            "is_host": false, "shared_with": ["web"]}, ...}}}
+     "pylog": {"env": {...}, "ns": {"net": {"key": "5d0c3e9a8f1b2c4d6e7f", "inode": 4026532184,
+                                            "id": 8589934601, "is_host": false,
+                                            "shared_with": ["web"]}, ...}}}
 """
 
 from __future__ import annotations
@@ -31,7 +32,8 @@ from typing import Any
 from .entry import LogEntry
 from .frames import columns_of
 from .hostid import host_identity
-from .namespaces import HeldNamespaces, NamespaceIdentity, NamespaceRegistry
+from .namespaces import HeldNamespaces, NamespaceIdentity
+from .nsregistry import NamespaceRegistry, namespace_key
 from .options import LogOptions
 from .tag import render_tag
 
@@ -43,9 +45,11 @@ class NamespaceView:
     id: int | None
     is_host: bool
     shared_with: tuple[str, ...] = ()
+    key: str = ""  # never names another namespace (see pylog.nsregistry); "" in old contexts
 
     def fields(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"inode": self.inode}
+        out: dict[str, Any] = {"key": self.key} if self.key else {}
+        out["inode"] = self.inode
         if self.id is not None:
             out["id"] = self.id
         out["is_host"] = self.is_host
@@ -159,7 +163,8 @@ def build_context(info: Mapping[str, Any], options: LogOptions,
             others = registry.sharing(container_id, ident) if registry and not is_host else []
             namespaces[t] = NamespaceView(
                 type=t, inode=ident.inode, id=ident.id, is_host=is_host,
-                shared_with=tuple(sorted((names or {}).get(o, o[:12]) for o in others)))
+                shared_with=tuple(sorted((names or {}).get(o, o[:12]) for o in others)),
+                key=registry.key_of(ident) if registry else namespace_key(machine.boot_id, ident))
     return ContainerContext(
         container_id=container_id,
         name=str(info.get("ContainerName") or "").lstrip("/"),
@@ -322,7 +327,7 @@ def context_from_fields(fields: Mapping[str, Any]) -> ContainerContext:
     namespaces = None
     if ns is not None:
         namespaces = {t: NamespaceView(t, v["inode"], v.get("id"), v["is_host"],
-                                       tuple(v.get("shared_with", ())))
+                                       tuple(v.get("shared_with", ())), v.get("key", ""))
                       for t, v in ns.items()}
     return ContainerContext(
         container_id=container.get("id", ""), name=container.get("name", ""),

@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from pylog.namespaces import NS_TYPES, hold_namespaces
+from pylog.nsregistry import KEY_HEX
 from pylog.store import WALKED
 
 from .conftest import Containers, PylogServer, cli, new_server, wait
@@ -56,7 +57,8 @@ def test_identities_are_the_containers_own(pylog: PylogServer, containers: Conta
         assert set(ns) == set(expected.identities) == set(NS_TYPES)
         for t, ident in expected.identities.items():
             assert ns[t]["inode"] == os.stat(f"/proc/{pid}/ns/{t}").st_ino == ident.inode, t
-            assert ns[t].get("id") == ident.id, t
+            assert ns[t].get("id") == ident.id, t  # absent where the kernel has no NS_GET_ID
+            assert len(ns[t]["key"]) == KEY_HEX, t
         for t in ("mnt", "uts", "ipc", "pid", "net"):
             assert ns[t]["is_host"] is False, t
     finally:
@@ -90,7 +92,10 @@ def test_shared_network_namespace_names_both(pylog: PylogServer, containers: Con
             break
         assert time.monotonic() < deadline, "sharing never showed"
         time.sleep(0.02)
-    assert side_ns["net"]["id"] == web_ns["net"]["id"]
+    assert side_ns["net"]["key"] == web_ns["net"]["key"]
+    assert side_ns["net"]["inode"] == web_ns["net"]["inode"]
+    for t in ("mnt", "pid", "uts", "ipc"):
+        assert side_ns[t]["key"] != web_ns[t]["key"], t
     assert web_ns["net"]["shared_with"] == [side_name]
     assert side_ns["net"]["shared_with"] == [web_name]
     for t in ("mnt", "pid", "uts", "ipc"):
@@ -136,23 +141,48 @@ def test_short_lived_rm_containers_get_their_namespaces_20_of_20(
         server.stop()
 
 
-def test_recycled_inodes_still_get_different_ids(pylog: PylogServer,
-                                                 containers: Containers) -> None:
-    seen: dict[str, tuple[int, int]] = {}
+def test_recycled_inodes_still_get_different_keys(pylog: PylogServer,
+                                                  containers: Containers) -> None:
+    """Without NS_GET_ID (kernels before 6.18) only the key tells these namespaces apart."""
+    seen: dict[str, tuple[int, str]] = {}
     recycled = False
     for _ in range(5):
         cid = containers.run(pylog.name, "echo once")
         ns = records(pylog, cid)[-1]["pylog"]["ns"]
         for t in ("ipc", "mnt", "net", "pid", "uts"):
-            inode, ns_id = ns[t]["inode"], ns[t]["id"]
+            inode, key = ns[t]["inode"], ns[t]["key"]
             if t in seen:
-                assert ns_id != seen[t][1], f"{t}: two containers got the same namespace id"
+                assert key != seen[t][1], f"{t}: two containers got the same namespace key"
                 recycled |= inode == seen[t][0]
-            seen[t] = (inode, ns_id)
+            seen[t] = (inode, key)
         subprocess.run(["docker", "rm", cid], check=True, capture_output=True)
         containers.ids.remove(cid)
     if not recycled:
-        pytest.skip("the kernel never reused an inode in 5 runs; ids were distinct anyway")
+        pytest.skip("the kernel never reused an inode in 5 runs; keys were distinct anyway")
+
+
+def test_keys_survive_a_restart_of_pylog(docker_ready: None, containers: Containers,
+                                         tmp_path: Path) -> None:
+    """A running container's namespaces are the same after pylog restarts: so are their keys
+    (with NS_GET_ID or not), and the container sharing one is grouped with it again."""
+    server = new_server(tmp_path)
+    server.start()
+    try:
+        web = containers.start(server.name, "echo web; exec sleep 1000")
+        side = containers.start(server.name, "echo side; exec sleep 1000",
+                                args=(f"--net=container:{web}",))
+        before = {c: wait_for_namespaces(server, c)["pylog"]["ns"] for c in (web, side)}
+        server.stop()
+        server.start()
+        after = {c: wait_for_namespaces(server, c)["pylog"]["ns"] for c in (web, side)}
+        for c in (web, side):
+            assert {t: v["key"] for t, v in after[c].items()} == \
+                {t: v["key"] for t, v in before[c].items()}, c
+        assert after[side]["net"]["key"] == after[web]["net"]["key"]
+    finally:
+        containers.cleanup()
+        containers.ids.clear()
+        server.stop()
 
 
 def test_only_selected_labels_and_env_leave_pylog(pylog: PylogServer, containers: Containers,
@@ -191,8 +221,8 @@ def test_namespaces_false_switches_the_lookup_off(pylog: PylogServer,
 def test_pid_and_identity_survive_restart_of_the_container(pylog: PylogServer,
                                                            containers: Containers) -> None:
     cid = containers.run(pylog.name, "echo run")
-    first = records(pylog, cid)[-1]["pylog"]["ns"]["net"]["id"]
+    first = records(pylog, cid)[-1]["pylog"]["ns"]["net"]["key"]
     subprocess.run(["docker", "start", cid], check=True, capture_output=True)
     wait(cid)
-    second = records(pylog, cid)[-1]["pylog"]["ns"]["net"]["id"]
+    second = records(pylog, cid)[-1]["pylog"]["ns"]["net"]["key"]
     assert first != second, "a restarted container got the old namespace identity"

@@ -294,7 +294,7 @@ def test_namespace_map_in_a_real_browser(ops: Ops, busybox: str) -> None:
                 break
             assert time.monotonic() < deadline, body
             time.sleep(0.1)  # waiting for the namespaces to be found, bounded
-        assert known[web_name]["ns"]["net"]["id"] == known[side_name]["ns"]["net"]["id"]
+        assert known[web_name]["ns"]["net"]["key"] == known[side_name]["ns"]["net"]["key"]
         assert known[agent_name]["ns"]["pid"]["is_host"] is True
         assert known[web_name]["ns"]["pid"]["is_host"] is False
 

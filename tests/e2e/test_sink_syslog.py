@@ -4,6 +4,7 @@ these tests start; side by side with Docker's own syslog driver."""
 from __future__ import annotations
 
 import calendar
+import json
 import os
 import re
 import subprocess
@@ -174,8 +175,12 @@ def test_same_messages_as_dockers_syslog_driver(pylog: PylogServer, containers: 
         assert sd["container_id"] == ours
         assert sd["container_name"] == containers_name(ours)
     last = sd_params(p[-1].sd)
-    assert {k for k in last if k.startswith("ns_")} == {f"ns_{t}" for t in NS_TYPES}
+    assert {k for k in last if k.startswith("ns_")} == \
+        {f"ns_{t}{end}" for t in NS_TYPES for end in ("", "_key")}
     assert int(last["ns_user"]) == host_user_ns and int(last["ns_net"]) != host_net_ns
+    ctx = json.loads(pylog_cli(pylog, "inspect", ours))
+    assert {t: last[f"ns_{t}_key"] for t in NS_TYPES} == \
+        {t: v["key"] for t, v in ctx["pylog"]["ns"].items()}
     # ...and each line's own time (to the second in rfc5424), as `docker logs -t` shows it.
     times = line_times(ours)
     stdout_times = [ts for ts, text in times["stdout"] if text]
@@ -248,8 +253,12 @@ def test_structured_data_has_the_containers_namespace_inodes(
     pid = int(subprocess.run(["docker", "inspect", "-f", "{{.State.Pid}}", cid], check=True,
                              capture_output=True, text=True).stdout)
     sd = sd_params(r.sd)
-    assert {k: int(v) for k, v in sd.items() if k.startswith("ns_")} == {
+    assert {k: int(v) for k, v in sd.items() if k.startswith("ns_") and k[-4:] != "_key"} == {
         f"ns_{t}": os.stat(f"/proc/{pid}/ns/{t}").st_ino for t in NS_TYPES}
+    keys = {t: v["key"] for t, v in json.loads(pylog_cli(pylog, "inspect", cid))["pylog"]["ns"]
+            .items()}
+    assert {k: v for k, v in sd.items() if k.endswith("_key")} == \
+        {f"ns_{t}_key": keys[t] for t in NS_TYPES}
 
 
 def test_a_burst_arrives_whole_and_in_order(pylog: PylogServer, containers: Containers,

@@ -242,6 +242,7 @@ def template_mappings() -> dict[str, Any]:
     keyword = {"type": "keyword", "ignore_above": 1024}
     return {
         "dynamic_templates": [
+            {"pylog_ns_key": {"path_match": "pylog.ns.*.key", "mapping": keyword}},
             {"pylog_ns_inode": {"path_match": "pylog.ns.*.inode", "mapping": {"type": "long"}}},
             {"pylog_ns_id": {"path_match": "pylog.ns.*.id", "mapping": {"type": "long"}}},
             {"pylog_ns_is_host": {"path_match": "pylog.ns.*.is_host",
