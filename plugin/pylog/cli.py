@@ -214,8 +214,8 @@ def format_ps(containers: list[dict[str, Any]]) -> str:
         lines += [f"  {entry}" for entry in in_host]
     if len(rows) == 1:
         lines.append("(no container is attached)")
-    lines += ["", "Namespace columns: the namespace id (inode where the kernel has no id); "
-              "host = the host's; ? = not found yet."]
+    lines += ["", "Namespace columns: the namespace inode (as ls -l /proc/PID/ns shows); "
+              "host = the host's; ? = not found yet; * = shared (grouped below by key)."]
     return "\n".join(lines)
 
 

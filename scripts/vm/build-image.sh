@@ -66,6 +66,7 @@ install -D -m 644 "$here/image-files/10-dhcp.network" "$root/etc/systemd/network
 install -D -m 644 "$here/image-files/pylog-lane.service" "$root/etc/systemd/system/pylog-lane.service"
 install -D -m 755 "$here/image-files/pylog-lane" "$root/usr/local/sbin/pylog-lane"
 chroot "$root" systemctl enable systemd-networkd.service docker.service pylog-lane.service >/dev/null 2>&1
+chroot "$root" systemctl disable rsyslog.service syslog.socket >/dev/null 2>&1 || true
 chroot "$root" dpkg-query -W -f '${Package} ${Version}\n' >"$work/packages.list"
 
 # The release's own kernel and initrd boot the guest via qemu -kernel/-initrd.

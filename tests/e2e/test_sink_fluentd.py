@@ -78,6 +78,19 @@ def test_same_records_as_dockers_fluentd_driver(pylog: PylogServer, containers: 
             <= set(e.record)
 
 
+def test_fluentd_options_of_every_docker_version_are_accepted(
+        pylog: PylogServer, containers: Containers, receiver: ThreadedReceiver) -> None:
+    """fluentd-read-timeout (Docker 29) and fluentd-write-timeout (28.2) as today's configurations
+    say them, and fluentd-async-connect (dropped in 28.0) as old ones still do: all accepted, and
+    the lines arrive, acknowledged."""
+    cid = containers.run(pylog.name, "seq 1 1000", f"fluentd-address={receiver.address}",
+                         "fluentd-request-ack=true", "fluentd-read-timeout=5s",
+                         "fluentd-write-timeout=5s", "fluentd-async-connect=true")
+    events = receiver.wait_for(1000, cid[:12])
+    assert [e.record["log"] for e in events] == [str(i) for i in range(1, 1001)]
+    assert receiver.peer.acks_sent >= 1
+
+
 def test_request_ack_and_every_line_of_a_burst(pylog: PylogServer, containers: Containers,
                                                receiver: ThreadedReceiver) -> None:
     cid = containers.run(pylog.name, "seq 1 100000", f"fluentd-address={receiver.address}",
