@@ -46,6 +46,11 @@ echo "----- guest stdout -----"; cat "$share/out/stdout"
 if [ -s "$share/out/stderr" ]; then echo "----- guest stderr -----"; cat "$share/out/stderr"; fi
 rc=$(cat "$share/out/rc")
 echo "vm-lane: $lane: guest script exited $rc"
+if [ -n "${PYLOG_ARTIFACTS:-}" ]; then  # the lane's facts (README's "tested on") and pytest's XML
+  mkdir -p "$PYLOG_ARTIFACTS"
+  [ -s "$share/out/facts.json" ] && cp "$share/out/facts.json" "$PYLOG_ARTIFACTS/vm-$lane.json"
+  [ -s "$share/out/junit.xml" ] && cp "$share/out/junit.xml" "$PYLOG_ARTIFACTS/vm-$lane-junit.xml"
+fi
 # A passing run's overlay and share are of no further use; a failing one's are kept to look at.
 if [ "$rc" = 0 ] && [ -z "${PYLOG_VM_KEEP:-}" ]; then rm -rf "$run"; else echo "vm-lane: kept $run"; fi
 exit "$rc"

@@ -300,11 +300,14 @@ class FluentdSink(Sink):
         fluentd-read-timeout."""
         assert self._writer is not None
         self._writer.write(packed)
-        await asyncio.wait_for(self._writer.drain(), self.timeout)
+        # asyncio.timeout, not wait_for: on 3.11 wait_for makes a task per call, two per message
+        async with asyncio.timeout(self.timeout):
+            await self._writer.drain()
         if chunk is None:
             return
         try:
-            await asyncio.wait_for(self._ack(chunk), self.read_timeout)
+            async with asyncio.timeout(self.read_timeout):
+                await self._ack(chunk)
         except TimeoutError:
             raise SinkError(f"fluentd at {self._where()}: no ack within fluentd-read-timeout "
                             f"({self.read_timeout:g} s)") from None
