@@ -20,9 +20,9 @@ import pylog.frames
 import pylog.logreader
 import pylog.reader
 from pylog.delivery import Delivery
-from pylog.durable import read_json
 from pylog.frames import Decoded
 from pylog.logreader import ReadConfig, read_entries
+from pylog.reader import Position
 from pylog.reassembly import Line
 from pylog.record import ContainerContext
 from pylog.sinks.base import Sink, SinkConfig
@@ -109,7 +109,7 @@ async def test_a_bug_in_a_sink_restarts_the_delivery_from_its_cursor(
         assert logged.levelno == logging.ERROR and sink.key in logged.getMessage()
         again = [r for r in caplog.records if "failed again" in r.getMessage()]
         assert len(again) == 1 and again[0].levelno == logging.DEBUG
-        assert read_json(delivery.cursor.path) == {"seq": 1, "offset": len(frames(0, 20))}
+        assert delivery.cursor.load() == Position(1, len(frames(0, 20)))
         clog.close()
         await driver.close()
 
@@ -183,10 +183,12 @@ async def test_cancelling_a_delivery_still_stops_it(tmp_path: Path) -> None:
         clog.close()
 
 
-@pytest.mark.parametrize("saved", [b"", b'{"seq": 1, "off', b"[1, 2]", b'{"seq": "x"}'],
-                         ids=["empty", "torn", "wrong-shape", "not-a-number"])
+@pytest.mark.parametrize("kind,saved", [
+    ("pos", b""), ("pos", b"PLS1" + bytes(40) + bytes(512)),  # empty; no slot whole
+    ("json", b""), ("json", b'{"seq": 1, "off'), ("json", b"[1, 2]"), ("json", b'{"seq": "x"}'),
+], ids=["empty", "torn", "old-empty", "old-torn", "old-wrong-shape", "old-not-a-number"])
 async def test_a_damaged_cursor_means_reading_again_from_the_oldest_line(
-        tmp_path: Path, caplog: pytest.LogCaptureFixture, saved: bytes) -> None:
+        tmp_path: Path, caplog: pytest.LogCaptureFixture, kind: str, saved: bytes) -> None:
     """Never skip: a cursor that cannot be used is reported once, by name, and the sink gets
     everything stored (rotated files included), then a good cursor is saved."""
     frame_len = len(entry_frame(0, T0))
@@ -197,13 +199,14 @@ async def test_a_damaged_cursor_means_reading_again_from_the_oldest_line(
         ex.submit(lambda: None).result()  # compressed
         sink = BuggySink(tmp_path)
         delivery = Delivery(clog, sink, context)
-        delivery.cursor.path.write_bytes(saved)
+        damaged = delivery.cursor.path if kind == "pos" else delivery.cursor.old_path
+        damaged.write_bytes(saved)
         await asyncio.wait_for(delivery.start(), TIMEOUT)
         assert sink.got == lines(0, 35)
         warned = [r for r in caplog.records if r.levelno == logging.WARNING
-                  and str(delivery.cursor.path) in r.getMessage()]
+                  and str(damaged) in r.getMessage()]
         assert len(warned) == 1, [r.getMessage() for r in caplog.records]
-        assert read_json(delivery.cursor.path) == {"seq": 4, "offset": 5 * frame_len}
+        assert delivery.cursor.load() == Position(4, 5 * frame_len)
         clog.close()
 
 
@@ -231,6 +234,7 @@ class OffLoop:
         watch(pylog.logreader, "file_pieces")
         watch(pylog.logreader, "decode_batch")
         watch(pylog.durable, "write_json")  # the state writer's thread saves the cursors
+        watch(pylog.durable, "write_slots")
 
 
 async def test_deliveries_and_docker_logs_read_and_decode_off_the_event_loop(

@@ -16,8 +16,9 @@ from pathlib import Path
 import pytest
 
 import pylog.durable
-from pylog.delivery import Cursor, Position
-from pylog.durable import STATE, StateError, read_json, write_json
+from pylog.cursor import Cursor
+from pylog.delivery import Position
+from pylog.durable import STATE, StateError, read_json, read_slots, write_json, write_slots
 from pylog.entry import LogEntry
 from pylog.frames import decode_all, encode_frame
 from pylog.store import OPTIONS, SEQ, Store, StoreOptions
@@ -198,6 +199,65 @@ def test_state_is_written_durably(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     assert calls == ["fsync-file", "rename", "fsync-dir"]
     assert read_json(tmp_path / "state.json") == {"seq": 3}
     assert not (tmp_path / "state.json.tmp").exists()
+
+
+def test_a_slot_file_is_written_in_place_durably(tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """A new slot file: written, fsynced, its directory fsynced; later values: written in
+    place and fdatasynced (no temp file, no rename)."""
+    calls: list[str] = []
+    real_fsync, real_fdatasync = os.fsync, os.fdatasync
+
+    def fsync(fd: int) -> None:
+        calls.append("fsync-dir" if os.path.isdir(f"/proc/self/fd/{fd}") else "fsync-file")
+        real_fsync(fd)
+
+    def fdatasync(fd: int) -> None:
+        calls.append("fdatasync")
+        real_fdatasync(fd)
+
+    monkeypatch.setattr(pylog.durable.os, "fsync", fsync)
+    monkeypatch.setattr(pylog.durable.os, "fdatasync", fdatasync)
+    monkeypatch.setattr(pylog.durable.os, "rename", None)  # never called
+    path = tmp_path / "cursor-x.pos"
+    write_slots(path, (3, 100))
+    assert calls == ["fsync-file", "fsync-dir"] and read_slots(path) == (3, 100, 0)
+    calls.clear()
+    for offset in (200, 300, 400):
+        write_slots(path, (3, offset))
+        assert read_slots(path) == (3, offset, 0)
+    assert calls == ["fdatasync"] * 3 and os.listdir(tmp_path) == ["cursor-x.pos"]
+
+
+def test_a_torn_slot_leaves_the_value_before(tmp_path: Path) -> None:
+    """A power cut in the middle of a slot's write spoils that slot only: the file then says
+    the value before it. Neither slot whole: a StateError naming the file."""
+    path = tmp_path / "cursor-x.pos"
+    for offset in (100, 200, 300):  # counters 1, 2, 3: slots 1, 0, 1
+        write_slots(path, (5, offset))
+    data = bytearray(path.read_bytes())
+    data[512 + 20] ^= 0xFF  # the newest (counter 3, slot 1) torn
+    path.write_bytes(bytes(data))
+    assert read_slots(path) == (5, 200, 0)
+    write_slots(path, (5, 400))  # goes over the torn slot, not the good one
+    assert read_slots(path) == (5, 400, 0)
+    data = bytearray(path.read_bytes())
+    data[10] ^= 0xFF
+    data[512 + 10] ^= 0xFF
+    path.write_bytes(bytes(data))
+    with pytest.raises(StateError, match="cursor-x.pos"):
+        read_slots(path)
+    assert read_slots(tmp_path / "absent.pos") is None
+
+
+def test_a_cursor_of_an_older_version_is_read(stored: Path) -> None:
+    """Cursors saved as cursor-<sink>.json by older versions: read until a new one is saved."""
+    cursor = Cursor(stored, "fluentd-x")
+    cursor.old_path.write_text(json.dumps({"seq": 2, "offset": 77}))
+    assert cursor.load() == Position(2, 77)
+    cursor.save(Position(3, 10))
+    STATE.flush()
+    assert cursor.load() == Position(3, 10) and cursor.path.name == "cursor-fluentd-x.pos"
 
 
 @pytest.mark.parametrize("data", [b"", b"   ", b'{"seq": 3', b"\x00\x00"])

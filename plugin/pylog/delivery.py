@@ -28,9 +28,9 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable, Sequence
-from pathlib import Path
 
-from .durable import STATE, StateError, read_json
+from .cursor import Cursor
+from .durable import STATE
 from .frames import Columns
 from .pacing import INGEST
 from .reader import Batch, LogReader, Position
@@ -43,33 +43,6 @@ log = logging.getLogger(__name__)
 
 READ_BYTES = 256 << 10  # one batch: up to 256 KiB of stored frames (~10,000 short lines); it is
 # also what a crash can make a sink receive twice
-
-
-class Cursor:
-    """Where a sink has got to in one container's log, kept in the container's store dir."""
-
-    def __init__(self, directory: Path, sink_key: str) -> None:
-        self.path = directory / f"cursor-{sink_key}.json"
-        self._warned = False
-
-    def load(self) -> Position | None:
-        """The saved position; None if there is none, or if the file cannot be used (said once,
-        with the file's name): the delivery then reads again from the oldest stored line."""
-        try:
-            d = read_json(self.path)
-            return None if d is None else Position(int(d["seq"]), int(d["offset"]))
-        except (OSError, StateError, KeyError, TypeError, ValueError) as e:
-            if not self._warned:
-                self._warned = True
-                log.warning("sink cursor %s cannot be used (%s); re-reading the container's "
-                            "stored log from its oldest line (the sink may get lines twice)",
-                            self.path, e)
-            return None
-
-    def save(self, pos: Position) -> None:
-        """Hand the position to the state writer's thread (durably written, the newest of
-        several at once), without waiting: a save per batch cost the loop a worker's handoff."""
-        STATE.put(self.path, {"seq": pos.seq, "offset": pos.offset})
 
 
 def _lines_of(batch: Batch, reassembler: Reassembler) -> tuple[Sequence[Line], int | None]:

@@ -12,7 +12,7 @@ import logging
 import os
 from pathlib import Path
 
-from .durable import StateError, read_json, write_json
+from .durable import StateError, read_json, read_slots, write_json
 from .storefiles import CURRENT, NEXT, cut_tail, rotated_files, unlink
 
 log = logging.getLogger(__name__)
@@ -39,14 +39,20 @@ def save_seq(directory: Path, next_seq: int) -> None:
 
 
 def cursor_seqs(directory: Path) -> list[int]:
-    """The seqs the sinks' cursors (``cursor-<sink>.json``, :class:`pylog.delivery.Cursor`)
-    name: what a seq taken after a lost seq.json must be past."""
+    """The seqs the sinks' cursors (``cursor-<sink>.pos``, :class:`pylog.cursor.Cursor`, and
+    older versions' ``cursor-<sink>.json``) name: what a seq taken after a lost seq.json must
+    be past."""
     seqs = []
-    for path in directory.glob("cursor-*.json"):
+    for path in [*directory.glob("cursor-*.pos"), *directory.glob("cursor-*.json")]:
         try:
-            saved = read_json(path)
-            if saved is not None:
-                seqs.append(int(saved["seq"]))
+            if path.suffix == ".pos":
+                values = read_slots(path)
+                if values is not None:
+                    seqs.append(values[0])
+            else:
+                saved = read_json(path)
+                if saved is not None:
+                    seqs.append(int(saved["seq"]))
         except (StateError, OSError, KeyError, TypeError, ValueError):
             continue
     return seqs

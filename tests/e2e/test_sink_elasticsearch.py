@@ -22,6 +22,7 @@ from urllib.parse import urlsplit
 import pytest
 from osmem_server import OsmemError, OsmemServer
 
+from pylog.cursor import Cursor
 from pylog.options import parse_log_options
 from pylog.sinks.elasticsearch import ElasticsearchSink
 
@@ -126,11 +127,10 @@ def delivered(pylog: PylogServer, cid: str, key: str, timeout: float = 120) -> N
     directory = pylog.container_dir(cid)
 
     def state() -> tuple[int, int]:
-        try:
-            cursor = json.loads((directory / f"cursor-{key}.json").read_text())
-        except (OSError, ValueError):
+        pos = Cursor(directory, key).load()
+        if pos is None:
             return (-1, 0)
-        return (cursor["offset"], (directory / "container.log").stat().st_size)
+        return (pos.offset, (directory / "container.log").stat().st_size)
 
     eventually(state, lambda s: s[0] == s[1], timeout, f"the {key} cursor of {cid[:12]} at the "
                f"end of its log (offset, size)")
@@ -245,7 +245,7 @@ def test_server_down_then_up_gets_everything(pylog: PylogServer,
     cid = containers.run(pylog.name, "seq 1 3000", opt)
     eventually(pylog.log_text, lambda t: f"sink {key}: delivery failed, retrying" in t, 60,
                "the sink reported the failure")
-    assert not (pylog.container_dir(cid) / f"cursor-{key}.json").exists()  # nothing taken
+    assert Cursor(pylog.container_dir(cid), key).load() is None  # nothing taken
     later.start()
     try:
         later.wait_count(cid, 3000)
