@@ -26,7 +26,8 @@ WHERE = {  # how each recorded machine is run, and what runs there
     "debian-12": ("guest: `scripts/vm-lane.sh debian-12`",
                   "pylog as a systemd service, then the lanes' e2e subset"),
     "debian-13": ("guest: `scripts/vm-lane.sh debian-13`",
-                  "pylog as a systemd service, then the lanes' e2e subset"),
+                  "pylog as a systemd service; `setup-host.sh`, `serve.sh` and README's first "
+                  "example; then the lanes' e2e subset and the Docker 29 unit tests"),
 }
 
 
