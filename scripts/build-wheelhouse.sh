@@ -8,6 +8,9 @@
 #   build/wheelhouse/pylog/  pylog's own wheel (pure Python)
 #   build/wheelhouse/tools/  pip's wheel, which the build runs without installing it
 #
+#   WHEELHOUSE=DIR  builds into DIR instead (the VM lanes: build/wheelhouse is make's, for the
+#                   plugin's own Python, and must not change under it)
+#
 #   scripts/build-wheelhouse.sh        (PY_VERSION=3.11 GLIBC=2.36 by default: Debian bookworm,
 #                                       which both python:3.11-slim-bookworm and the local
 #                                       debootstrap base are)
@@ -17,7 +20,7 @@ cd "$(dirname "$0")/.."
 py_version="${PY_VERSION:-3.11}"
 glibc="${GLIBC:-2.36}"
 arch="$(uname -m)"
-out="build/wheelhouse"
+out="${WHEELHOUSE:-build/wheelhouse}"  # the VM lanes build theirs elsewhere: this one is the plugin's
 tools_venv="build/tools-venv"
 
 # pip from a venv of our own (the host's python3 may have no pip, or an old one).

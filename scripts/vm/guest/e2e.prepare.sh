@@ -19,11 +19,11 @@ tests="${PYLOG_VM_E2E_TESTS:-tests/e2e/test_docker_logs.py tests/e2e/test_namesp
   tests/e2e/test_restart.py tests/e2e/test_sink_fluentd.py tests/e2e/test_sink_syslog.py}"
 
 cd "$repo"
-# build/wheelhouse is one directory for every target: two lanes preparing at once take turns.
+# A wheelhouse of the lane's own (build/wheelhouse is the managed plugin's, kept by make).
 mkdir -p build
 (flock 9
- PY_VERSION=$py GLIBC=$glibc bash scripts/build-wheelhouse.sh >&2
- cp -r build/wheelhouse "$share/wheelhouse") 9>build/.wheelhouse.lock
+ WHEELHOUSE="build/wheelhouse-$lane" PY_VERSION=$py GLIBC=$glibc bash scripts/build-wheelhouse.sh >&2
+ cp -r "build/wheelhouse-$lane" "$share/wheelhouse") 9>build/.wheelhouse.lock
 
 # The test extra's packages that the e2e tests import; grpcio-tools (scripts/gen-proto.sh),
 # ruff, mccabe (tests/test_shape.py) and osmem-server (not imported by tests/e2e) stay out.

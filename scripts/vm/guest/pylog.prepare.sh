@@ -9,6 +9,6 @@ case "$lane" in
   debian-12) py=3.11 glibc=2.36 ;;
   debian-13) py=3.13 glibc=2.41 ;;
 esac
-(cd "$here/../../.." && PY_VERSION=$py GLIBC=$glibc bash scripts/build-wheelhouse.sh >&2 \
-   && cp -r build/wheelhouse "$share/wheelhouse")
+(cd "$here/../../.." && WHEELHOUSE="build/wheelhouse-$lane" PY_VERSION=$py GLIBC=$glibc \
+   bash scripts/build-wheelhouse.sh >&2 && cp -r "build/wheelhouse-$lane" "$share/wheelhouse")
 cp "$here/smoke.sh" "$here/pylog.service" "$share/"
