@@ -9,7 +9,7 @@ import logging
 from pathlib import Path
 
 from .durable import STATE, StateError, read_json, read_slots, write_slots
-from .reader import Position
+from .position import Position
 
 log = logging.getLogger(__name__)
 
@@ -42,8 +42,28 @@ class Cursor:
 
 
 def _read(path: Path, old_path: Path) -> Position | None:
-    values = read_slots(path)
-    if values is not None:
-        return Position(values[0], values[1])
-    d = read_json(old_path)
+    saved = _saved(path)
+    return saved if saved is not None else _saved(old_path)
+
+
+def _saved(path: Path) -> Position | None:
+    """A cursor file of either format (a slot file, or an older version's JSON)."""
+    if path.suffix == ".pos":
+        values = read_slots(path)
+        return None if values is None else Position(values[0], values[1])
+    d = read_json(path)
     return None if d is None else Position(int(d["seq"]), int(d["offset"]))
+
+
+def cursor_seqs(directory: Path) -> list[int]:
+    """The seqs the sinks' saved cursors in ``directory`` name, of both formats (those that can
+    be read): what a seq taken after a lost seq.json must be past."""
+    seqs = []
+    for path in [*directory.glob("cursor-*.pos"), *directory.glob("cursor-*.json")]:
+        try:
+            saved = _saved(path)
+        except (StateError, OSError, KeyError, TypeError, ValueError):
+            continue
+        if saved is not None:
+            seqs.append(saved.seq)
+    return seqs

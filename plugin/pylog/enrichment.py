@@ -98,11 +98,7 @@ class Enrichment:
                 self.lookups_failed += 1  # given up on (the finder logged it): no more looks
 
     def _saved_keys(self, container: Container) -> SavedKeys | None:
-        try:
-            ctx = context_from_fields(json.loads(
-                (container.clog.directory / CONTEXT_FILE).read_text()))
-        except (OSError, ValueError, KeyError, TypeError):
-            return None
+        ctx = self.stored_context(container.container_id)  # the context saved before a restart
         if not ctx.namespaces or ctx.pid is None:
             return None
         return SavedKeys(ctx.boot_id, ctx.pid,

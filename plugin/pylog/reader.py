@@ -23,6 +23,7 @@ from typing import Any, ParamSpec, TypeVar
 
 from .entry import LogEntry
 from .frames import Decoded, decode_batch
+from .position import Position
 from .store import CURRENT, MAX_STORED_FRAME, ContainerLog, Snapshot, file_pieces
 
 log = logging.getLogger(__name__)
@@ -31,15 +32,6 @@ _WHOLE_FRAME = MAX_STORED_FRAME + 4  # a read this long holds any frame that sta
 INLINE_BYTES = 256 << 10  # at most this much of the current file is read on the loop (~2 ms)
 _P = ParamSpec("_P")
 _T = TypeVar("_T")
-
-
-@dataclass(frozen=True, slots=True)
-class Position:
-    """A place in a container's log: file ``seq`` (a rotated file, or the current file, which
-    will get seq ``next_seq`` when rotated) and a byte offset into its (uncompressed) content."""
-
-    seq: int
-    offset: int
 
 
 @dataclass(slots=True)

@@ -12,7 +12,8 @@ import logging
 import os
 from pathlib import Path
 
-from .durable import StateError, read_json, read_slots, write_json
+from .cursor import cursor_seqs
+from .durable import StateError, read_json, write_json
 from .storefiles import CURRENT, NEXT, cut_tail, rotated_files, unlink
 
 log = logging.getLogger(__name__)
@@ -36,26 +37,6 @@ def first_free_seq(directory: Path) -> int:
 
 def save_seq(directory: Path, next_seq: int) -> None:
     write_json(directory / SEQ, {"next": next_seq})
-
-
-def cursor_seqs(directory: Path) -> list[int]:
-    """The seqs the sinks' cursors (``cursor-<sink>.pos``, :class:`pylog.cursor.Cursor`, and
-    older versions' ``cursor-<sink>.json``) name: what a seq taken after a lost seq.json must
-    be past."""
-    seqs = []
-    for path in [*directory.glob("cursor-*.pos"), *directory.glob("cursor-*.json")]:
-        try:
-            if path.suffix == ".pos":
-                values = read_slots(path)
-                if values is not None:
-                    seqs.append(values[0])
-            else:
-                saved = read_json(path)
-                if saved is not None:
-                    seqs.append(int(saved["seq"]))
-        except (StateError, OSError, KeyError, TypeError, ValueError):
-            continue
-    return seqs
 
 
 def recover_rotation(directory: Path) -> None:
