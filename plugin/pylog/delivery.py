@@ -33,7 +33,8 @@ from .cursor import Cursor
 from .durable import STATE
 from .frames import Columns
 from .pacing import INGEST
-from .reader import Batch, LogReader, Position
+from .position import Position
+from .reader import Batch, LogReader
 from .reassembly import Line, Reassembler
 from .record import ContainerContext
 from .sinks.base import Sink, SinkError

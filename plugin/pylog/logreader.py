@@ -20,7 +20,8 @@ from typing import Any
 from .entry import LogEntry
 from .errors import RequestError
 from .frames import Columns, decode_batch, frame_lengths, frame_runs, frames_size, join_frames
-from .reader import LogReader, Position
+from .position import Position
+from .reader import LogReader
 from .store import CONTAINER_ID_RE, MAX_STORED_FRAME, ContainerLog, file_pieces
 from .timefmt import parse_rfc3339_ns
 
