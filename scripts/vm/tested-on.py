@@ -34,9 +34,8 @@ WHERE = {  # how each recorded machine is run, and what runs there
 def row(name: str, facts: dict) -> str:
     where, what = WHERE.get(name, (name, ""))
     e2e = facts.get("e2e") or {}
-    if e2e:
-        what += (f": {e2e['passed']} passed, {e2e['failures'] + e2e['errors']} failed, "
-                 f"{e2e['skipped']} skipped of {e2e['tests']} ({e2e['seconds']} s)")
+    if e2e:  # counts stay in docs/tested-on/: README carries no test counts
+        what += ": all passed" if e2e["failures"] + e2e["errors"] == 0 else ": some failed"
     cells = [f"{facts['distribution']} ({where})", facts["kernel"], facts["cgroup"],
              facts["init"], facts["docker"], facts["python"],
              "yes" if facts["ns_get_id"] else "no", what]
