@@ -3,15 +3,21 @@ so that a receiver never competes with the harness's event loop and its CPU can 
 
 Kinds:
 
+Each does the work of the real peer for every record, whichever driver sent it, and never looks
+for a sender's bytes:
+
 - ``forward``: a fluentd Forward receiver — :class:`tests.peers.fluentd_receiver.FluentdReceiver`
   (every Forward mode, acks ``chunk`` options as fluentd's ``in_forward`` does, which pylog's
-  fluentd sink asks for by default) with its event handling replaced by counting: the test
-  receiver keeps every decoded record in a list, which at a million pylog records (nested maps of
-  namespaces) costs gigabytes and ~7 us per event, and would itself be the bottleneck.
+  fluentd sink asks for by default). Like in_forward it unpacks every entry into objects (the
+  record's map, EventTime), then counts instead of keeping the record: the test receiver's list of
+  a million records would cost gigabytes.
 - ``syslog``: RFC 6587 octet-counted syslog over TCP (what pylog's syslog sink sends for
-  ``tcp://`` with ``rfc5424``); newline-framed messages are accepted as well.
+  ``tcp://`` with ``rfc5424``); newline-framed messages are accepted as well. Every message is
+  parsed as rsyslog's RFC 5424 parser does: header fields, each structured-data element with its
+  parameters unescaped, and the message.
 - ``es``: the part of the Elasticsearch API pylog's sink uses — ``PUT _index_template``,
-  ``PUT _data_stream``, ``POST <index>/_bulk`` — answering every ``create`` with 201.
+  ``PUT _data_stream``, ``POST <index>/_bulk`` — parsing every action and document as JSON and
+  answering every ``create`` with 201.
 
 Every receiver keeps, per tag (the fluentd tag, the syslog APP-NAME, the record's ``tag``), how
 many lines arrived, which distinct lines (by the number the benchmark's lines end with: ``seq``
@@ -28,8 +34,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gzip
+import io
 import json
 import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -41,7 +49,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from tests.peers.fluentd_receiver import FluentdReceiver
+from tests.peers.fluentd_receiver import FluentdReceiver, _ext_hook
 
 NUMBER_DIGITS = 7  # every benchmark line ends with its number (at most 7 digits)
 
@@ -141,40 +149,16 @@ class Counter:
 # ----------------------------------------------------------------------------- forward
 
 
-def packed_logs(blob: bytes) -> list[bytes]:
-    """The ``log`` value of every ``[time, record]`` entry of a PackedForward blob, without
-    decoding the records (pylog's carry ~60 objects each): each entry is skipped as a whole and
-    its last ``log`` key read. Falls back to decoding an entry that has none."""
-    u = msgpack.Unpacker(max_buffer_size=len(blob) + 1)
-    u.feed(blob)
-    skip, tell = u.skip, u.tell
-    out = []
-    start = 0
-    while True:
-        try:
-            skip()
-        except msgpack.OutOfData:
-            break
-        end = tell()
-        i = blob.rfind(b"\xa3log", start, end)
-        if i < 0:
-            entry = msgpack.unpackb(blob[start:end], raw=True, strict_map_key=False,
-                                    ext_hook=lambda c, d: d)
-            value = entry[1].get(b"log", b"") if isinstance(entry[1], dict) else b""
-            out.append(value if isinstance(value, bytes) else b"")
-        else:
-            h = blob[i + 4]
-            if h & 0xE0 == 0xA0:
-                p, n = i + 5, h & 0x1F
-            elif h in (0xD9, 0xC4):
-                p, n = i + 6, blob[i + 5]
-            elif h in (0xDA, 0xC5):
-                p, n = i + 7, int.from_bytes(blob[i + 5:i + 7], "big")
-            else:
-                p, n = i + 9, int.from_bytes(blob[i + 5:i + 9], "big")
-            out.append(blob[p:p + n])
-        start = end
-    return out
+def packed_records(blob: bytes) -> list[dict[str, Any]]:
+    """Every ``[time, record]`` entry of a PackedForward blob, unpacked into objects as fluentd's
+    in_forward does (times as EventTime), whoever sent it."""
+    entries = msgpack.Unpacker(io.BytesIO(blob), raw=False, ext_hook=_ext_hook,
+                               unicode_errors="surrogateescape")
+    return [record for _time, record in entries]
+
+
+def _logs(records: Any) -> list[Any]:
+    return [r.get("log") if isinstance(r, dict) else None for r in records]
 
 
 class CountingForward(FluentdReceiver):
@@ -193,11 +177,10 @@ class CountingForward(FluentdReceiver):
             option = msg[2] if len(msg) > 2 and isinstance(msg[2], dict) else {}
             if option.get("compressed") == "gzip":
                 blob = gzip.decompress(blob)
-            self.counter.add_texts(tag, packed_logs(blob))
+            self.counter.add_texts(tag, _logs(packed_records(blob)))
         elif isinstance(msg[1], list):  # Forward
             option = msg[2] if len(msg) > 2 and isinstance(msg[2], dict) else {}
-            self.counter.add_texts(tag, [r.get("log") if isinstance(r, dict) else None
-                                         for _, r in msg[1]])
+            self.counter.add_texts(tag, _logs(entry[1] for entry in msg[1]))
         else:  # Message: [tag, time, record(, option)] - Docker's fluentd driver
             record = msg[2] if isinstance(msg[2], dict) else {}
             self.counter.add_texts(tag, [record.get("log")])
@@ -213,6 +196,37 @@ async def start_forward(counter: Counter, port: int) -> int:
 
 
 # ----------------------------------------------------------------------------- syslog
+
+
+_HEADER = re.compile(rb"<(\d{1,3})>1 (\S+) (\S+) (\S+) (\S+) (\S+) ")
+_SD_ELEMENT = re.compile(rb'\[([^ =\]"]+)((?: [^ =\]"]+="(?:[^"\\]|\\.)*")*)\]')
+_SD_PARAM = re.compile(rb'([^ =\]"]+)="((?:[^"\\]|\\.)*)"')
+_UNESCAPE = re.compile(rb'\\(["\\\]])')
+
+
+SD = dict[bytes, dict[bytes, bytes]]
+
+
+def parse_syslog(msg: bytes) -> tuple[str, SD, bytes]:
+    """An RFC 5424 message parsed whole, as rsyslog does: (APP-NAME, structured data with its
+    parameters unescaped, MSG), the header's fields taken apart on the way. Anything else is
+    taken as RFC 3164 (``<PRI>TIMESTAMP HOST TAG: MSG``)."""
+    m = _HEADER.match(msg)
+    if m is None:
+        head, _, text = msg.partition(b": ")
+        return head.rsplit(b" ", 1)[-1].split(b"[", 1)[0].decode("utf-8", "replace"), {}, text
+    _pri, _ts, _host, app, _procid, _msgid = m.groups()
+    pos = m.end()
+    sd: SD = {}
+    if msg.startswith(b"-", pos):
+        pos += 1
+    else:
+        while (e := _SD_ELEMENT.match(msg, pos)) is not None:
+            sd[e.group(1)] = {k: _UNESCAPE.sub(rb"\1", v)
+                              for k, v in _SD_PARAM.findall(e.group(2))}
+            pos = e.end()
+    text = msg[pos + 1:] if msg.startswith(b" ", pos) else b""
+    return app.decode("utf-8", "replace"), sd, text
 
 
 class SyslogProtocol(asyncio.Protocol):
@@ -244,10 +258,7 @@ class SyslogProtocol(asyncio.Protocol):
                 msg, end = buf[pos:nl], nl
                 end += 1
             pos = end
-            parts = msg.split(b" ", 4)
-            tag = parts[3].decode("utf-8", "replace") if len(parts) > 3 else "?"
-            k = msg.rfind(b'"] ')
-            text = msg[k + 3:] if k >= 0 else msg.rsplit(b" ", 1)[-1]
+            tag, _sd, text = parse_syslog(msg)
             by_tag.setdefault(tag, []).append(text)
             self.counter.messages += 1
         self.buf = buf[pos:]
@@ -269,18 +280,15 @@ async def start_syslog(counter: Counter, port: int) -> int:
 _ITEM = b'{"create":{"status":201}}'
 
 
-def bulk_texts(body: bytes) -> dict[str, list[bytes]]:
-    """The ``message`` of every document of a _bulk body, by the document's ``tag``."""
+def bulk_texts(body: bytes) -> dict[str, list[str]]:
+    """The ``message`` of every document of a _bulk body, by the document's ``tag``: every
+    action and document parsed as JSON, as Elasticsearch does before indexing."""
+    by_tag: dict[str, list[str]] = {}
     lines = body.split(b"\n")
-    by_tag: dict[str, list[bytes]] = {}
-    for doc in lines[1::2]:
-        if not doc:
-            continue
-        i = doc.find(b'"message":"')
-        j = doc.find(b'"', i + 11) if i >= 0 else -1
-        k = doc.find(b'"tag":"')
-        tag = doc[k + 7:doc.find(b'"', k + 7)].decode() if k >= 0 else "?"
-        by_tag.setdefault(tag, []).append(doc[i + 11:j] if j >= 0 else b"")
+    for action, doc in zip(lines[0::2], lines[1::2]):
+        json.loads(action)
+        document = json.loads(doc)
+        by_tag.setdefault(str(document.get("tag", "?")), []).append(document.get("message", ""))
     return by_tag
 
 

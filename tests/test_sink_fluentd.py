@@ -3,8 +3,10 @@ Docker 29's fluentd-read-timeout bounds the wait for an ack."""
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
+import msgpack
 import pytest
 
 from pylog.entry import LogEntry
@@ -57,3 +59,60 @@ def test_docker_29_and_older_fluentd_options_are_accepted() -> None:
     config = FluentdSink.configure(values)
     assert config is not None
     assert config["fluentd-read-timeout"] == 3.0 and config["fluentd-async-connect"] is True
+
+
+class HoldingAcks:
+    """A Forward peer that acks nothing until ``hold`` messages have arrived (then every one,
+    in order): a sender that waits for each ack before the next message never gets one."""
+
+    def __init__(self, hold: int, reply: bytes | None = None) -> None:
+        self.hold = hold
+        self.reply = reply  # sent instead of the first ack
+        self.arrived: list[list[object]] = []
+
+    async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        unpacker = msgpack.Unpacker(raw=False)
+        acked = 0
+        while data := await reader.read(1 << 16):
+            unpacker.feed(data)
+            self.arrived.extend(unpacker)
+            if len(self.arrived) < self.hold:
+                continue
+            for msg in self.arrived[acked:]:
+                answer = self.reply if self.reply and not acked else msgpack.packb(
+                    {"ack": msg[2]["chunk"]})
+                writer.write(answer)
+                acked += 1
+            await writer.drain()
+        writer.close()
+
+
+async def test_several_messages_are_in_flight_and_all_are_acked(tmp_path: Path) -> None:
+    peer = HoldingAcks(hold=4)
+    server = await asyncio.start_server(peer.serve, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    # 40 messages: one line each (a buffer limit smaller than any entry)
+    s = sink(tmp_path, port, **{"fluentd-buffer-limit": "1", "fluentd-read-timeout": "5s"})
+    lines = [LogEntry(source="stdout", time_nano=1_795_000_000_000_000_000 + i,
+                      line=b"l%d" % i) for i in range(40)]
+    try:
+        await s.send(lines, ctx())
+        assert len(peer.arrived) == 40
+        entries = [msgpack.unpackb(m[1], raw=False, ext_hook=lambda c, d: d)  # type: ignore[index]
+                   for m in peer.arrived]
+        assert [e[1]["log"] for e in entries] == [f"l{i}" for i in range(40)]  # in order
+    finally:
+        await s.close()
+        server.close()
+
+
+async def test_an_ack_of_no_chunk_in_flight_is_an_error(tmp_path: Path) -> None:
+    peer = HoldingAcks(hold=1, reply=msgpack.packb({"ack": "not-a-chunk-we-sent"}))
+    server = await asyncio.start_server(peer.serve, "127.0.0.1", 0)
+    s = sink(tmp_path, server.sockets[0].getsockname()[1])
+    try:
+        with pytest.raises(SinkError, match="not an ack of a chunk in flight"):
+            await s.send(LINES, ctx())
+    finally:
+        await s.close()
+        server.close()

@@ -9,7 +9,8 @@ unless ``fluentd-sub-second-precision=false``.
 
 One batch of lines becomes one or more PackedForward messages (``[tag, entries, option]``), each
 at most ``fluentd-buffer-limit`` bytes; with ``fluentd-request-ack`` each counts as delivered only
-when fluentd acks its chunk id.
+when fluentd acks its chunk id. Up to :data:`IN_FLIGHT` messages are on their way at once, so
+sending and fluentd's work on the previous message overlap; the batch is done when all are acked.
 """
 
 from __future__ import annotations
@@ -38,6 +39,8 @@ from ..record import ContainerContext
 from .base import Sink, SinkError
 
 DEFAULT_PORT = 24224
+_NOTHING = object()
+IN_FLIGHT = 4  # messages written and not yet acked, at most (each up to fluentd-buffer-limit)
 _DURATION_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
 
 
@@ -286,39 +289,52 @@ class FluentdSink(Sink):
                 # containers' deliveries wait with their lines, not with their messages too
                 # (B2, 20 containers: pylog's peak RSS 193 -> 83 MB), and nothing is encoded
                 # while fluentd cannot be reached.
-                messages = self.messages(lines, ctx)
-                for packed, chunk in messages:
-                    await self._write(packed, chunk)
+                await self._write_all(self.messages(lines, ctx))
             except (TimeoutError, OSError, SinkError, ValueError) as e:
                 await self._drop_connection()
                 if isinstance(e, SinkError):
                     raise
                 raise SinkError(f"fluentd at {self._where()}: {e or type(e).__name__}") from e
 
-    async def _write(self, packed: bytes, chunk: str | None) -> None:
-        """One message: written within fluentd-write-timeout, acked within
-        fluentd-read-timeout."""
+    async def _write_all(self, messages: list[tuple[bytes, str | None]]) -> None:
+        """Write the messages in order, each within fluentd-write-timeout, with up to
+        IN_FLIGHT of them unacked at once, so that fluentd works on one while the next
+        travels; return once every one is acked (each within fluentd-read-timeout of the wait
+        for it). A failure fails the whole batch, which is sent again."""
         assert self._writer is not None
-        self._writer.write(packed)
-        # asyncio.timeout, not wait_for: on 3.11 wait_for makes a task per call, two per message
-        async with asyncio.timeout(self.timeout):
-            await self._writer.drain()
-        if chunk is None:
-            return
+        pending: dict[str, None] = {}  # chunk ids written and not acked yet, oldest first
+        for packed, chunk in messages:
+            if chunk is not None and len(pending) >= IN_FLIGHT:
+                await self._acked(pending)
+            self._writer.write(packed)
+            # asyncio.timeout, not wait_for: on 3.11 wait_for makes a task per call
+            async with asyncio.timeout(self.timeout):
+                await self._writer.drain()
+            if chunk is not None:
+                pending[chunk] = None
+        while pending:
+            await self._acked(pending)
+
+    async def _acked(self, pending: dict[str, None]) -> None:
+        """Wait for fluentd's next ack (fluentd-read-timeout) and take its chunk from pending."""
         try:
             async with asyncio.timeout(self.read_timeout):
-                await self._ack(chunk)
+                reply = await self._reply()
         except TimeoutError:
             raise SinkError(f"fluentd at {self._where()}: no ack within fluentd-read-timeout "
                             f"({self.read_timeout:g} s)") from None
+        chunk = reply.get("ack") if isinstance(reply, dict) else None
+        if chunk not in pending:
+            raise SinkError(f"fluentd answered {reply!r}, not an ack of a chunk in flight "
+                            f"({', '.join(pending)})")
+        del pending[chunk]
 
-    async def _ack(self, chunk: str) -> None:
+    async def _reply(self) -> Any:
         assert self._unpacker is not None and self._reader is not None
         while True:
-            for reply in self._unpacker:
-                if isinstance(reply, dict) and reply.get("ack") == chunk:
-                    return
-                raise SinkError(f"fluentd answered {reply!r} instead of ack {chunk}")
+            reply = next(self._unpacker, _NOTHING)
+            if reply is not _NOTHING:
+                return reply
             data = await self._reader.read(4096)
             if not data:
                 raise SinkError("fluentd closed the connection before acking")

@@ -1,17 +1,23 @@
 #!/bin/bash
 # In-guest (the debian-13 lane): the project's own set-up scripts and README's first commands on a
-# Debian 13 machine, as a user runs them from a checkout: scripts/setup-host.sh, scripts/serve.sh
-# (pylog from PyPI into .venv, then `pylog serve`), then README's first example.
+# Debian 13 machine, as a user runs them from a checkout: scripts/setup-host.sh (with dockerd
+# stopped, so that it has to start it), scripts/serve.sh (pylog from PyPI into .venv, then `pylog
+# serve`), README's first example, then README's test command on a subset: scripts/test.sh installs
+# what the tests use (docker-compose v2 is not in the image: it comes from Debian 13 here), makes
+# the test venv with Python 3.13 and runs tests/test_compose.py, whose `docker-compose config` of
+# compose/ must pass, not skip.
 set -euo pipefail
 share="$(cd "$(dirname "$0")" && pwd)"
 export PIP_CERT="$share/ca.crt"  # pip in a guest needs the host's CA bundle
 mkdir -p /root/checkout && tar -C /root/checkout -xf "$share/checkout.tar"
 cd /root/checkout
 
-echo "== bash scripts/setup-host.sh"
+echo "== bash scripts/setup-host.sh (docker.service and docker.socket stopped first)"
+systemctl stop docker.service docker.socket
 t=$(date +%s)
 bash scripts/setup-host.sh
 echo "   $(( $(date +%s) - t )) s"
+systemctl is-active docker.service
 
 echo "== bash scripts/serve.sh (in the background, as README's first command)"
 t=$(date +%s)
@@ -36,4 +42,17 @@ printf 'docker logs hello: %s\ndocker logs hello 2>/dev/null: %s\ndocker logs --
 .venv/bin/pylog ps
 docker rm hello >/dev/null
 kill "$serve"; wait "$serve" || true
-echo "readme: setup-host.sh, serve.sh and the first example work on $(. /etc/os-release; echo "$PRETTY_NAME")"
+
+echo "== bash scripts/test.sh tests/test_compose.py (README's test command, on one file)"
+! command -v docker-compose >/dev/null || { echo "readme: the image already has docker-compose"; exit 1; }
+t=$(date +%s)
+set +e
+bash scripts/test.sh tests/test_compose.py -p no:cacheprovider >/tmp/test-sh.log 2>&1
+rc=$?
+set -e
+tail -n 15 /tmp/test-sh.log
+echo "   $(( $(date +%s) - t )) s, exit $rc"
+[ "$rc" = 0 ] || { echo "readme: scripts/test.sh failed"; exit 1; }
+! grep -q '^SKIPPED' /tmp/test-sh.log || { echo "readme: scripts/test.sh skipped tests"; exit 1; }
+docker-compose version
+echo "readme: setup-host.sh, serve.sh, the first example and test.sh work on $(. /etc/os-release; echo "$PRETTY_NAME")"
