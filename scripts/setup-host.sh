@@ -33,8 +33,11 @@ if [ "${#packages[@]}" -gt 0 ]; then
 fi
 
 if ! $SUDO docker version >/dev/null 2>&1; then
-  if command -v systemctl >/dev/null 2>&1 && systemctl is-system-running >/dev/null 2>&1; then
-    $SUDO systemctl start docker
+  # Booted with systemd (sd_booted's test; is-system-running says "degraded" on many real
+  # hosts): docker's own service, never a second dockerd beside it.
+  if [ -d /run/systemd/system ] && command -v systemctl >/dev/null 2>&1; then
+    echo "setup-host: systemctl start docker"
+    $SUDO systemctl start docker || { $SUDO journalctl -u docker -n 30 --no-pager >&2; exit 1; }
   else
     echo "setup-host: starting dockerd (log: /var/log/dockerd.log)"
     $SUDO sh -c 'nohup dockerd >>/var/log/dockerd.log 2>&1 &'

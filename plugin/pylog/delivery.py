@@ -200,16 +200,23 @@ class Delivery:
         self.acked = reader.pos
         reassembler = Reassembler(self.max_line)
         waiter = self._waiter
+        ahead: asyncio.Task[Batch] | None = None  # the next batch, read while one is sent
         try:
             while True:
                 started = time.monotonic()
-                waiter.clear()  # before the read takes frame_end: no write is missed
-                batch = await reader.read(
-                    READ_BYTES, columns=self.sink.COLUMNS and not reassembler.pending)
+                if ahead is None:
+                    waiter.clear()  # before the read takes frame_end: no write is missed
+                    batch = await reader.read(
+                        READ_BYTES, columns=self.sink.COLUMNS and not reassembler.pending)
+                else:
+                    batch, ahead = await ahead, None
                 if batch.entries:
                     if not self.first_unsent_ns:
                         self.first_unsent_ns = batch.entries[0].time_nano
                     lines, safe = _lines_of(batch, reassembler)
+                    waiter.clear()
+                    ahead = asyncio.create_task(reader.read(
+                        READ_BYTES, columns=self.sink.COLUMNS and not reassembler.pending))
                     if lines:
                         await self._send(lines)
                     if safe is not None:
@@ -231,6 +238,9 @@ class Delivery:
                     return
                 await waiter.wait()
         finally:
+            if ahead is not None:
+                ahead.cancel()
+                await asyncio.gather(ahead, return_exceptions=True)
             reader.close()
 
     def _saved(self) -> Position | None:
