@@ -183,6 +183,42 @@ async def test_cancelling_a_delivery_still_stops_it(tmp_path: Path) -> None:
         clog.close()
 
 
+async def test_the_next_batch_is_read_while_the_sink_sends_one(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """While the sink holds a batch, the delivery has already read the next one (the read and
+    the send overlap), and every line still arrives once, in order."""
+    monkeypatch.setattr(pylog.delivery, "READ_BYTES", len(frames(0, 10)))  # 10 lines a batch
+    reads: list[int] = []
+    second_read = asyncio.Event()
+    real_read = pylog.reader.LogReader.read
+
+    async def counted(self: pylog.reader.LogReader, *args: Any, **kwargs: Any) -> Any:
+        batch = await real_read(self, *args, **kwargs)
+        reads.append(len(batch.entries))
+        if len(reads) == 2:
+            second_read.set()
+        return batch
+
+    monkeypatch.setattr(pylog.reader.LogReader, "read", counted)
+
+    class Held(BuggySink):
+        async def send(self, lines: Sequence[Line], ctx: ContainerContext) -> None:
+            if not self.got:  # the first batch: held until the next one was read
+                await asyncio.wait_for(second_read.wait(), TIMEOUT)
+            await super().send(lines, ctx)
+
+    with ThreadPoolExecutor(1) as ex:
+        clog = ContainerLog(tmp_path / CID, StoreOptions(), ex)
+        clog.append(frames(0, 30))
+        sink = Held(tmp_path)
+        delivery = Delivery(clog, sink, context)
+        task = delivery.start()
+        await asyncio.wait_for(task, TIMEOUT)
+        assert reads[:2] == [10, 10]
+        assert sink.got == lines(0, 30) and delivery.lines == 30
+        clog.close()
+
+
 @pytest.mark.parametrize("kind,saved", [
     ("pos", b""), ("pos", b"PLS1" + bytes(40) + bytes(512)),  # empty; no slot whole
     ("json", b""), ("json", b'{"seq": 1, "off'), ("json", b"[1, 2]"), ("json", b'{"seq": "x"}'),
