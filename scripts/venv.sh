@@ -1,8 +1,13 @@
 #!/usr/bin/env bash
-# Create .venv (once) and install pylog into it, with the test extras when asked: venv.sh [test]
+# Create .venv (once) and install pylog into it, with an extra when asked: venv.sh [test|dev]
+# (test: what the tests need; dev: that and mypy, for .ci/run's lint step and contributors)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [ -x .venv/bin/python ] || python3 -m venv .venv
 extras=""
-[ "${1:-}" = "test" ] && extras="[test]"
+case "${1:-}" in
+  test|dev) extras="[$1]" ;;
+  "") ;;
+  *) echo "usage: $0 [test|dev]" >&2; exit 2 ;;
+esac
 .venv/bin/python -m pip install -q --disable-pip-version-check -e ".${extras}"
