@@ -136,8 +136,8 @@ def encode_for_docker(entries: Sequence[LogEntry]) -> bytes:
 
 
 def _encode_columns(columns: Columns) -> bytes:
-    """encode_for_docker for Columns (whole lines only: each gets its newline back). What it
-    buys, with the pieces decoded as Columns: 2.7 -> 1.8 us per line (35,000 short lines)."""
+    """encode_for_docker for Columns (whole lines only: each gets its newline back): a third
+    less time per line than entry by entry (35,000 short lines)."""
     return join_frames(LogEntry(source=source, time_nano=time_nano,
                                 line=line + b"\n").SerializeToString()
                        for source, time_nano, line in zip(columns.sources, columns.times,

@@ -2,10 +2,9 @@
 
 Every batch a sink sends is built as a few large ``bytes`` (fluentd: messages of up to 1 MiB).
 With glibc's default, dynamic thresholds, freeing such a buffer often trims the heap (or
-unmaps it), so the next one is fresh memory that the kernel must fault in page by page: in B1
-(1,000,000 lines through the fluentd sink) that was ~170,000 page faults and ~0.5 of pylog's
-2.3 CPU-seconds. Fixed thresholds keep up to 64 MiB of freed memory at the top of the heap
-for reuse (measured: 12,600 page faults, 1.7 CPU-s, the same peak RSS).
+unmaps it), so the next one is fresh memory that the kernel must fault in page by page. Fixed
+thresholds keep up to 64 MiB of freed memory at the top of the heap for reuse: a quarter less
+of pylog's CPU in B1 through the fluentd sink, at the same peak RSS (bench/run.py).
 
 glibc only: elsewhere (musl, say) nothing is changed.
 """

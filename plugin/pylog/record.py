@@ -276,12 +276,9 @@ def record_columns(lines: Sequence[LogEntry], ctx: ContainerContext, lead: bytes
     stream's part looked up), not a Python step per line; ``lead`` and ``end`` go around every
     record in the shared parts, at no cost per line. When the batch is :func:`plain_text` (one
     check for the batch), the messages are the lines themselves, not copied; else each is
-    decoded, JSON-escaped and encoded (three C calls a line). For the Elasticsearch sink, which
-    sends ~880-byte self-contained documents, building the records' columns and joining them a
-    request at a time instead of making each record (then each document) as a string took the
-    sink's encoding from 2.9 to 1.4 us a line (ids included), and pylog's CPU in B1 with that
-    sink from 5.5 to 3.8 s per million lines (bench/run.py, two runs side by side); taking plain
-    lines as they are took these columns from 0.45 to 0.28 us a line (20,000 short lines)."""
+    decoded, JSON-escaped and encoded (three C calls a line). What it buys: half the
+    Elasticsearch sink's encoding time a line against a string per record (bench/run.py, B1 side
+    by side); plain lines taken as they are save a third of the columns' time."""
     sources, times, texts = columns_of(lines)
     secs = list(map(floordiv, times, repeat(_NS)))
     date = {s: lead + b'{"@timestamp":"' + time.strftime("%Y-%m-%dT%H:%M:%S.",

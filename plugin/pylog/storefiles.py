@@ -98,10 +98,9 @@ def file_pieces(fd: int, is_gzip: bool, size: int | None = None, piece: int = 1 
     one to its end; a damaged compressed file gives what came before the damage.
 
     Reading a piece at a time keeps `docker logs` of a big container (pylog.logreader) and a
-    sink catching up through compressed files (pylog.delivery) from holding whole files. For
-    `docker logs` of 1,000,000 lines (bench/bench_logs.py, pieces decoded as Columns): pylog's
-    peak RSS while answering 710 -> 143 MB (56 MB before the read), its CPU 3.8 -> 1.8 s, the
-    time 1.43x -> 1.14x json-file's. A plain file is read from ``start`` (a frame start)."""
+    sink catching up through compressed files (pylog.delivery) from holding whole files: a fifth
+    of the memory and half the CPU for `docker logs` of 1,000,000 lines (bench/bench_logs.py).
+    A plain file is read from ``start`` (a frame start)."""
     offset = start
     if not is_gzip:
         while size is None or offset < size:

@@ -91,9 +91,8 @@ class FifoStream:
         """The FIFO has bytes. Move them; if that was a trickle (dockerd writes each frame on
         its own, so a busy container wakes the loop for every few lines), stop watching the FIFO
         for BATCH_WAIT and let a batch gather in the pipe instead. The first line after a quiet
-        spell is stored at once; lines of a burst wait BATCH_WAIT at most. What it buys: B1
-        (1,000,000 lines as fast as a container can), pylog with the store only, 1.61 -> 0.63
-        CPU-s per million lines."""
+        spell is stored at once; lines of a burst wait BATCH_WAIT at most. What it buys: 60%
+        less of pylog's CPU in B1 with the store only (bench/run.py)."""
         moved = self._move(READ_BUDGET)
         if moved is not None and moved < BATCH_BYTES:
             assert self._loop is not None and self._fd is not None

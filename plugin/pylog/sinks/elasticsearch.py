@@ -108,8 +108,8 @@ class ElasticsearchSink(Sink):
         self._reload_credentials = False
         self._setup_lock = asyncio.Lock()
         # Each batch's documents exist only while it is one of the BATCHES_AT_ONCE being sent:
-        # the other containers' deliveries wait with their lines (B2, 20 containers: pylog's
-        # peak RSS 559 -> 195 MB).
+        # the other containers' deliveries wait with their lines (a third of the peak RSS in
+        # B2, 20 containers at once).
         self._batches = asyncio.Semaphore(self.BATCHES_AT_ONCE)
         # Per container: _ids settled (created, duplicate, dead-lettered) in a batch that then
         # failed, so that the delivery's retry of the batch does not send them again.

@@ -29,7 +29,7 @@ def document_ids(lines: Sequence[Line], container_id: str) -> list[bytes]:
     batch, the digests of a batch base64-encoded as one string, then cut every 20 characters
     (15 bytes encode to 20 characters without padding). The hash itself is one comprehension
     step a line: ``blake2b(key, digest_size=15)`` through ``functools.partial`` and ``digest``
-    through ``methodcaller`` were each slower (0.73 -> 0.64 us a line). It is still the
+    through ``methodcaller`` were each slower (by about 0.1 us a line). It is still the
     sink's biggest cost (half of its CPU in bench/RESULTS.md's profile): the price of ids
     that make a batch sent again meet 409 whatever path it took."""
     sources, times, texts = columns_of(lines)
@@ -38,8 +38,7 @@ def document_ids(lines: Sequence[Line], container_id: str) -> list[bytes]:
                              map(stream.__getitem__, sources), texts))
     text = base64.urlsafe_b64encode(b"".join([_blake2b(k, digest_size=15).digest()
                                               for k in keys]))
-    # cut every 20 bytes by one struct call (its format cached by the struct module): 0.12 ->
-    # 0.02 us a line against a slice object and a getitem per id
+    # one struct call (its format cached) cuts every 20 bytes: a sixth of a slice per id
     ids = list(struct.unpack("20s" * len(sources), text))
     if len(set(ids)) == len(ids):
         return ids
