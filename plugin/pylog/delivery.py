@@ -286,11 +286,8 @@ class Delivery:
                 else:
                     self._sent(lines, rejected_before)
                     return
-                # Backoff before the next try, outside the except block: the error's traceback
-                # holds the failed try's locals (what the sink encoded from the batch: ~6 MB
-                # of fluentd messages), which every container's delivery kept through its
-                # backoff. With fluentd encoding only once connected: B2 with the sink down,
-                # pylog's peak RSS 180 -> 64 MB.
+                # Backoff outside the except block: the traceback holds the failed try's
+                # encoded batch, which every waiting delivery would keep (B2, sink down: RSS).
                 await asyncio.sleep(delay)
         finally:
             self.in_flight = 0

@@ -29,7 +29,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import msgpack
-from fluent.sender import EventTime
+from fluent.sender import EventTime  # event_time's reference (1.3 vs 0.2 us a line, timeit)
 
 from ..errors import OptionError
 from ..frames import columns_of
@@ -93,7 +93,8 @@ def parse_retries(name: str, value: str) -> int:
 
 def event_time(ns: int) -> bytes:
     """fluent-logger's EventTime (msgpack ext type 0: seconds, nanoseconds), packed; the same
-    bytes as ``msgpack.packb(EventTime.from_unix_nano(ns))``, ten times faster."""
+    bytes as ``msgpack.packb(EventTime.from_unix_nano(ns))`` (tests/test_event_time.py) at a
+    sixth of its cost."""
     secs, nanos = divmod(ns, 1_000_000_000)
     return b"\xd7\x00" + struct.pack(">II", secs, nanos)
 
@@ -154,7 +155,7 @@ def encode_parts(lines: Sequence[Line], ctx: ContainerContext, sub_second: bool,
     line, and the line bytes are copied once, into the message: this is the fluentd sink's hot
     loop. Only the string header and the line differ in size from entry to entry (the time is
     11 bytes, both sources' constant parts are as long), so the ends are one sum over the line
-    lengths: 0.53 -> 0.30 s per million lines, against summing the four parts' sizes."""
+    lengths, not over the four parts' sizes (about 40% of the encoding's time)."""
     sources, times, texts = columns_of(lines)  # texts: raw bytes, a msgpack str (as Docker's)
     count = len(texts)
     if not count:
@@ -285,10 +286,9 @@ class FluentdSink(Sink):
                     await self._drop_connection()  # the peer went away: do not write into it
                 if self._writer is None:
                     await asyncio.wait_for(self._connect(), self.timeout)
-                # Encoded only once it is this batch's turn on a connection: the other
-                # containers' deliveries wait with their lines, not with their messages too
-                # (B2, 20 containers: pylog's peak RSS 193 -> 83 MB), and nothing is encoded
-                # while fluentd cannot be reached.
+                # Encoded only once it is this batch's turn on a connection: waiting
+                # deliveries hold lines, not messages too (B2's peak RSS less than half), and
+                # nothing is encoded while fluentd cannot be reached.
                 await self._write_all(self.messages(lines, ctx))
             except (TimeoutError, OSError, SinkError, ValueError) as e:
                 await self._drop_connection()
