@@ -145,8 +145,8 @@ def test_a_broken_link_or_anchor_is_found(tmp_path: Path) -> None:
 
 
 def test_slugs_are_githubs() -> None:
-    assert slug("Set up on a fresh machine (Debian 12, as root)") == \
-        "set-up-on-a-fresh-machine-debian-12-as-root"
+    assert slug("Set up on a fresh machine (Debian 12 or 13, as root)") == \
+        "set-up-on-a-fresh-machine-debian-12-or-13-as-root"
     assert slug("Enable: `docker plugin enable --timeout 0`") == \
         "enable-docker-plugin-enable---timeout-0"
     assert slug("pylog's own log") == "pylogs-own-log"
