@@ -13,7 +13,7 @@ from aiohttp.test_utils import TestClient
 
 from pylog.driver import Driver
 from pylog.entry import LogEntry
-from pylog.timefmt import format_rfc3339_ns
+from tests.helpers_records import format_rfc3339_ns
 
 VECTORS = Path(__file__).parent / "vectors"
 REQUESTS = [json.loads(line) for line in (VECTORS / "requests.jsonl").read_text().splitlines()]

@@ -12,7 +12,6 @@ from pylog.entry import LogEntry
 from pylog.frames import (
     Columns,
     FrameDecoder,
-    decode_all,
     decode_batch,
     decode_columns,
     decode_frames,
@@ -21,9 +20,17 @@ from pylog.frames import (
     frame_lengths,
 )
 from pylog.record import ContainerContext
-from pylog.sinks.fluentd import context_pairs, encode_entries
+from pylog.sinks.fluentd import context_pairs, encode_parts
+from tests.helpers_frames import decode_all
 
 T0 = 1_795_319_769_123_456_789
+
+
+def encode_entries(lines: list[LogEntry], ctx: ContainerContext, sub_second: bool) -> list[bytes]:
+    """Each line as one msgpack ``[time, record]`` entry (the sink sends
+    :func:`encode_parts` joined per message)."""
+    parts, _ = encode_parts(lines, ctx, sub_second)
+    return [b"".join(parts[i:i + 4]) for i in range(0, len(parts), 4)]
 
 entries_st = st.lists(st.builds(
     LogEntry, source=st.sampled_from(["stdout", "stderr"]),

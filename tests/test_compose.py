@@ -44,6 +44,7 @@ from pylog.record import TimestampFormatter, build_context, record_json
 from pylog.sinks import configured_sinks
 from pylog.sinks.elasticsearch import ElasticsearchSink, template_mappings
 from pylog.sinks.fluentd import FluentdSink, context_pairs
+from tests.helpers_records import sharing_summary
 from tests.peers.fluentd_receiver import FluentdReceiver, _ext_hook
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -644,7 +645,7 @@ def test_the_demo_stack_fills_the_dashboard(saved_objects: list[dict[str, Any]],
     # `message` and `log` are the line in the two indices (the saved search shows both)
     assert used - sent == set(), used - sent
     assert REQUIRED <= sent
-    shared = [ctx.sharing_summary() for _, ctx in demo_contexts(compose_specs(config))]
+    shared = [sharing_summary(ctx) for _, ctx in demo_contexts(compose_specs(config))]
     assert {"net": ["demo-web"], "pid": ["demo-web"]} in shared
     hosts = [ctx.fields()["pylog"]["ns"] for _, ctx in demo_contexts(compose_specs(config))]
     assert any(ns["pid"]["is_host"] and ns["net"]["is_host"] for ns in hosts)

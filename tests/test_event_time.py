@@ -5,9 +5,17 @@ from __future__ import annotations
 import msgpack
 from fluent.sender import EventTime
 
-from pylog.sinks.fluentd import event_time
+from pylog.entry import LogEntry
+from pylog.record import ContainerContext
+from pylog.sinks.fluentd import encode_parts
+
+CTX = ContainerContext(container_id="c" * 64, name="web", image_name="img", image_id="sha256:0",
+                       tag="web", host_name="host")
 
 
 def test_event_time_is_fluent_loggers_bytes() -> None:
-    for ns in (0, 1, 999_999_999, 1_000_000_000, 1_764_900_000_123_456_789, (2**32 - 1) * 10**9):
-        assert event_time(ns) == msgpack.packb(EventTime.from_unix_nano(ns)), ns
+    times = (0, 1, 999_999_999, 1_000_000_000, 1_764_900_000_123_456_789, (2**32 - 1) * 10**9)
+    lines = [LogEntry(source="stdout", time_nano=ns, line=b"x") for ns in times]
+    parts, _ = encode_parts(lines, CTX, True)
+    for ns, head in zip(times, parts[0::4]):  # each entry's [time, record] header and time
+        assert head == b"\x92" + msgpack.packb(EventTime.from_unix_nano(ns)), ns

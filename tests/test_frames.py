@@ -15,10 +15,10 @@ from pylog.frames import (
     DEFAULT_MAX_FRAME,
     Chunk,
     FrameDecoder,
-    decode_all,
     decode_batch,
     encode_frame,
 )
+from tests.helpers_frames import decode_all
 
 VECTORS = Path(__file__).parent / "vectors"
 VECTOR_NAMES = ["basic", "binary", "hostns", "longline", "tty"]

@@ -15,9 +15,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from pylog.entry import LogEntry
-from pylog.frames import FrameDecoder, decode_all
+from pylog.frames import FrameDecoder
 from pylog.reassembly import MAX_PENDING, Reassembler
 from pylog.store import ContainerLog, StoreOptions
+from tests.helpers_frames import decode_all
 
 VECTORS = Path(__file__).parent / "vectors"
 CAPTURED = b"".join((VECTORS / f"{n}.fifo.bin").read_bytes()

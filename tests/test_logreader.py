@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import gzip
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -14,9 +14,9 @@ import pytest
 from pylog.entry import LogAttr, LogEntry
 from pylog.errors import RequestError
 from pylog.frames import FrameDecoder, decode_columns, encode_frame
-from pylog.logreader import ReadConfig, read_logs, render
+from pylog.logreader import ReadConfig, encode_for_docker, read_logs, select_entries
 from pylog.store import ContainerLog, Store, StoreOptions
-from pylog.timefmt import format_rfc3339_ns
+from tests.helpers_records import format_rfc3339_ns
 from tests.test_store import files
 
 VECTORS = Path(__file__).parent / "vectors"
@@ -32,6 +32,12 @@ def frame(i: int, size: int = 20, source: str = "stdout") -> bytes:
 
 def line_of(i: int, size: int = 20) -> bytes:
     return (b"%06d " % i).ljust(size, b"x")[:size] + b"\n"
+
+
+def render(entries: Sequence[LogEntry], cfg: ReadConfig) -> tuple[bytes, bool]:
+    """Frames for dockerd from stored entries; True as second value once past ``until``."""
+    selected, stop = select_entries(entries, cfg)
+    return encode_for_docker(selected), stop
 
 
 STORED_LEN = len(frame(0))  # the store keeps frames as they came: [len][LogEntry]

@@ -24,11 +24,11 @@ from pylog.record import (
     context_from_fields,
     env_map,
     plain_text,
-    record_dict,
     record_json,
     records,
     select,
 )
+from tests.helpers_records import record_dict, sharing_summary
 
 VECTORS = Path(__file__).parent / "vectors"
 TS_RE = re.compile(r"^(\d{4})-(\d\d)-(\d\d)T(\d\d):(\d\d):(\d\d)\.(\d{9})Z$")
@@ -251,7 +251,7 @@ def test_shared_with_names_the_other_registered_containers(info, options):
     assert ns["uts"] == {"key": reg.key_of(HOST["uts"]), "inode": HOST["uts"].inode,
                          "id": HOST["uts"].id, "is_host": True}
     assert ns["net"]["key"] == reg.key_of(sidecar.identities["net"]) != ns["mnt"]["key"]
-    assert ctx.sharing_summary() == {"net": sorted(["sidecar", STRANGER_ID[:12]]),
+    assert sharing_summary(ctx) == {"net": sorted(["sidecar", STRANGER_ID[:12]]),
                                      "pid": ["sidecar"]}
     # and the JSON a record carries says the same
     assert json.loads("{" + ctx.json_fragment + "}")["pylog"]["ns"] == ns

@@ -20,8 +20,9 @@ from pylog.cursor import Cursor
 from pylog.delivery import Position
 from pylog.durable import STATE, StateError, read_json, read_slots, write_json, write_slots
 from pylog.entry import LogEntry
-from pylog.frames import decode_all, encode_frame
+from pylog.frames import encode_frame
 from pylog.store import OPTIONS, SEQ, Store, StoreOptions
+from tests.helpers_frames import decode_all
 
 CID = "cea5473d46e89ae41d5b1672731285f919468b5b251442d7092dd21e35e109d1"
 T0 = 1_795_319_769_000_000_000

@@ -40,6 +40,7 @@ from pylog.sinks.elasticsearch import (
     AllCreated,
     Credentials,
     CredentialsError,
+    Doc,
     Docs,
     ElasticsearchSink,
     all_created,
@@ -56,6 +57,11 @@ CRED_VARS = ("ELASTICSEARCH_USERNAME", "ELASTICSEARCH_PASSWORD", "ELASTICSEARCH_
              "ELASTICSEARCH_CREDENTIALS_FILE")
 TS_RE = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{9}Z$")
 CID = "c0ffee" + "0" * 58
+
+
+def payload(doc: Doc) -> str:
+    """A document's action line and record line, each ending with a newline."""
+    return doc[1]
 
 
 @pytest.fixture(autouse=True)
@@ -306,7 +312,7 @@ def test_bulk_body_is_create_actions_with_the_records() -> None:
     docs = bulk_documents(batch, ctx())
     assert len(docs) == 4
     for doc, line in zip(docs, batch):
-        action, record, end = doc.payload.split("\n")
+        action, record, end = payload(doc).split("\n")
         assert end == "" and json.loads(action) == {"create": {"_id": doc.id}}
         r = json.loads(record)
         assert TS_RE.match(r["@timestamp"]) and r["stream"] == line.source
@@ -378,8 +384,8 @@ def test_bulk_documents_of_columns_are_those_of_entries() -> None:
 
 def test_big_batches_are_split_into_bounded_requests() -> None:
     docs = bulk_documents(lines(1000, start=1000), ctx())
-    size = len(docs[0].payload.encode())
-    assert {len(d.payload.encode()) for d in docs} == {size}
+    size = len(payload(docs[0]).encode())
+    assert {len(payload(d).encode()) for d in docs} == {size}
     parts = chunks(docs, 10 * size + 5)
     assert [len(p) for p in parts] == [10] * 100
     assert [d for p in parts for d in p] == list(docs)
@@ -391,15 +397,15 @@ def test_requests_are_bounded_in_bytes_not_characters() -> None:
     """Non-ASCII messages: the request size counts UTF-8 bytes (3 for each of these)."""
     wide = [LogEntry(source="stdout", time_nano=i, line="€".encode() * 300) for i in range(40)]
     docs = bulk_documents(lines(40) + wide, ctx())
-    sizes = [len(d.payload.encode()) for d in docs]
+    sizes = [len(payload(d).encode()) for d in docs]
     assert docs.sizes() == sizes
-    assert sizes[-1] - len(docs[-1].payload) == 600  # 300 characters of 3 bytes
+    assert sizes[-1] - len(payload(docs[-1])) == 600  # 300 characters of 3 bytes
     limit = 4 * sizes[-1]
     parts = chunks(docs, limit)
     assert [d for p in parts for d in p] == list(docs)
     for p in parts:
         assert len(p.body()) <= limit
-        assert p.body() == b"".join(d.payload.encode() for d in p)
+        assert p.body() == b"".join(payload(d).encode() for d in p)
     assert [len(p) for p in parts[-10:]] == [4] * 10  # the wide ones: 4 to a request
 
 
@@ -413,11 +419,11 @@ def test_picked_and_concatenated_documents_are_those_documents(indices: list[int
     assert list(picked) == [docs[i] for i in indices]
     assert picked.ids == [docs.ids[i] for i in indices]
     assert picked.sizes() == [docs.sizes()[i] for i in indices]
-    assert picked.body() == b"".join(docs[i].payload.encode() for i in indices)
+    assert picked.body() == b"".join(payload(docs[i]).encode() for i in indices)
     both = Docs.concat([picked, docs[1:3], docs.pick(indices[::-1])])
     assert list(both) == list(picked) + list(docs[1:3]) + [docs[i] for i in indices[::-1]]
-    assert both.sizes() == [len(d.payload.encode()) for d in both]
-    assert both.body() == b"".join(d.payload.encode() for d in both)
+    assert both.sizes() == [len(payload(d).encode()) for d in both]
+    assert both.body() == b"".join(payload(d).encode() for d in both)
 
 
 # ------------------------------------------------------------------------------ item handling

@@ -19,9 +19,10 @@ from hypothesis import strategies as st
 
 import pylog.store
 from pylog.entry import LogEntry
-from pylog.frames import FrameDecoder, decode_all, encode_frame
+from pylog.frames import FrameDecoder, encode_frame
 from pylog.logreader import ReadConfig, read_entries
 from pylog.store import OPTIONS, SEQ, WALKED, ContainerLog, Store, StoreOptions
+from tests.helpers_frames import decode_all
 
 VECTORS = Path(__file__).parent / "vectors"
 CID = "cea5473d46e89ae41d5b1672731285f919468b5b251442d7092dd21e35e109d1"

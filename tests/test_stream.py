@@ -14,9 +14,10 @@ import pytest
 
 import pylog.store
 from pylog.entry import LogEntry
-from pylog.frames import decode_all, encode_frame
+from pylog.frames import encode_frame
 from pylog.store import ContainerLog, Store, StoreOptions
 from pylog.stream import FifoStream
+from tests.helpers_frames import decode_all
 
 CID = "cea5473d46e89ae41d5b1672731285f919468b5b251442d7092dd21e35e109d1"
 T0 = 1_795_319_769_000_000_000
@@ -101,10 +102,10 @@ async def test_the_fifo_is_moved_into_the_store_until_end_of_stream(clog, fifo):
     await until(clog, lambda: clog.stats.bytes >= 100)
     fifo.write(data[100:])
     await until(clog, lambda: clog.stats.bytes == len(data))
-    assert stream.running and not ended
+    assert not stream.done.is_set() and not ended
     fifo.close()  # dockerd closes its end: end of stream
     await asyncio.wait_for(stream.done.wait(), TIMEOUT)
-    assert ended == [True] and not stream.running
+    assert ended == [True] and stream.done.is_set()
     assert stream.stats.bytes == len(data) and stream.stats.dropped_bytes == 0
     assert clog.stats.rotations == 2
     assert stored(clog) == list(range(25))
@@ -141,7 +142,7 @@ async def test_disk_full_keeps_the_fifo_flowing_and_counts_what_is_dropped(clog,
 
     await asyncio.wait_for(all_dropped(), TIMEOUT)
     assert pending(fifo.fd) == 0  # the FIFO was emptied all the same
-    assert stream.running
+    assert not stream.done.is_set()  # still reading
     assert clog.stats.dropped_bytes == stream.stats.dropped_bytes == len(lost)
     assert clog.stats.last_error.startswith("write:") and "No space" in clog.stats.last_error
     monkeypatch.undo()  # the disk has room again

@@ -9,7 +9,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from pylog.errors import RequestError
-from pylog.timefmt import ZERO_TIME, format_rfc3339_ns, parse_rfc3339_ns
+from pylog.timefmt import ZERO_TIME, parse_rfc3339_ns
+from tests.helpers_records import format_rfc3339_ns
 
 # 2026-11-22T03:56:09Z, the ContainerCreated second of the basic vector
 BASE = calendar.timegm((2026, 11, 22, 3, 56, 9, 0, 0, 0)) * 10**9

@@ -26,7 +26,6 @@ from .record import ContainerContext, TimestampFormatter, record_json
 
 log = logging.getLogger(__name__)
 
-CONTENT_TYPE = "application/vnd.docker.plugins.v1.2+json"
 DRIVER_KEY: web.AppKey[Driver] = web.AppKey("driver", Driver)
 
 

@@ -131,11 +131,6 @@ class Driver:
         self.store.close()
         self._worker.shutdown(wait=True)
 
-    async def collect_garbage(self) -> list[str]:
-        """Delete the stores of containers dockerd no longer knows (``docker rm``)."""
-        assert self.cleanup is not None
-        return await self.cleanup.collect()
-
     # ----------------------------------------------------------------- protocol
 
     def start_logging(self, file: Any, info: Any, resumed: bool = False) -> Attachment:

@@ -186,15 +186,6 @@ def frame_at(buf: bytes, pos: int, max_frame: int) -> int:
     return pos + 4 + n if avail >= 4 + n else 0
 
 
-def decode_all(data: bytes, max_frame: int = DEFAULT_MAX_FRAME) -> list[LogEntry]:
-    """Every valid entry of a complete byte string (a stored file, a captured stream)."""
-    dec = FrameDecoder(max_frame)
-    entries = dec.feed(data).entries
-    for chunk in dec.finish():
-        entries += chunk.entries
-    return entries
-
-
 def entry_at(fd: int, offset: int) -> LogEntry | None:
     """The entry of the whole frame that starts at ``offset`` in a stored file (two preads),
     or None if there is none there."""

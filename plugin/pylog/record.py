@@ -116,9 +116,6 @@ class ContainerContext:
             object.__setattr__(self, "_fragment", cached)
         return cached
 
-    def sharing_summary(self) -> dict[str, list[str]]:
-        return {t: list(v.shared_with) for t, v in (self.namespaces or {}).items() if v.shared_with}
-
 
 def _dedot(key: str) -> str:
     # Elasticsearch would turn "com.example.x" into nested objects that clash with a label
@@ -306,14 +303,6 @@ def records(lines: Sequence[LogEntry], ctx: ContainerContext) -> list[str]:
     cols = record_columns(lines, ctx)
     joined = map(b"".join, zip(cols.heads, cols.fractions, cols.messages, cols.tails))
     return list(map(methodcaller("decode"), joined))
-
-
-def record_dict(line: LogEntry, ctx: ContainerContext, ts: TimestampFormatter) -> dict[str, Any]:
-    out: dict[str, Any] = {"@timestamp": ts(line.time_nano),
-                           "message": line.line.decode("utf-8", "replace"),
-                           "stream": line.source}
-    out.update(ctx.fields())
-    return out
 
 
 def context_from_fields(fields: Mapping[str, Any]) -> ContainerContext:

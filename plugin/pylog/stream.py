@@ -114,8 +114,8 @@ class FifoStream:
         """Splice what the FIFO holds into the store, up to ``budget`` bytes: the bytes moved,
         or None if the stream ended (or had ended). One splice takes all the pipe holds; unless
         ``chase``, a splice that emptied it ends the call, rather than chasing dockerd's next
-        few writes one small splice at a time (that chase made 6,800 splices of 4 KiB out of
-        B1's 30 MB)."""
+        few writes one small splice at a time: fewer, bigger splices (counted in B1,
+        bench/run.py)."""
         fd = self._fd
         if fd is None:
             return None
@@ -183,7 +183,3 @@ class FifoStream:
     def close(self) -> None:
         """Stop reading now (end of stream not reached)."""
         self._finish()
-
-    @property
-    def running(self) -> bool:
-        return self._fd is not None

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import calendar
 import re
-import time
 
 from .errors import RequestError
 
@@ -31,9 +30,3 @@ def parse_rfc3339_ns(value: str | None) -> int | None:
         offset = (int(m.group(10)) * 60 + int(m.group(11))) * 60
         secs -= offset if m.group(9) == "+" else -offset
     return secs * 1_000_000_000 + frac
-
-
-def format_rfc3339_ns(ns: int) -> str:
-    """UTC with exactly nine fractional digits, as Elasticsearch ``date_nanos`` wants."""
-    secs, frac = divmod(ns, 1_000_000_000)
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(secs)) + f".{frac:09d}Z"

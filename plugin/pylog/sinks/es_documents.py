@@ -28,10 +28,9 @@ def document_ids(lines: Sequence[Line], container_id: str) -> list[bytes]:
     A column at a time, as the records are: the hashed bytes joined by a C call mapped over the
     batch, the digests of a batch base64-encoded as one string, then cut every 20 characters
     (15 bytes encode to 20 characters without padding). The hash itself is one comprehension
-    step a line: ``blake2b(key, digest_size=15)`` through ``functools.partial`` and ``digest``
-    through ``methodcaller`` were each slower (by about 0.1 us a line). It is still the
-    sink's biggest cost (half of its CPU in bench/RESULTS.md's profile): the price of ids
-    that make a batch sent again meet 409 whatever path it took."""
+    step a line, the cheapest form timed (``functools.partial`` or ``methodcaller`` cost more).
+    It is still the sink's biggest cost (half of its CPU in bench/RESULTS.md's profile): the
+    price of ids that make a batch sent again meet 409 whatever path it took."""
     sources, times, texts = columns_of(lines)
     stream = {s: s.encode() + b"\0" for s in set(sources)}
     keys = map(b"".join, zip(repeat(container_id.encode()), map(_ID_HEAD.pack, times),
@@ -55,18 +54,14 @@ def document_ids(lines: Sequence[Line], container_id: str) -> list[bytes]:
 
 class Doc(tuple[str, str]):
     """One document of a ``_bulk`` request, on its own: ``(id, payload)``, the payload being the
-    action line and the record line, each ending with ``\n``. For the rare paths (rejected
-    documents, tests); requests are made from :class:`Docs`' parts."""
+    action line and the record line, each ending with ``\n``. Only the dead-letter file makes
+    one; requests are made from :class:`Docs`' parts."""
 
     __slots__ = ()
 
     @property
     def id(self) -> str:
         return self[0]
-
-    @property
-    def payload(self) -> str:
-        return self[1]
 
     @property
     def source(self) -> str:

@@ -4,8 +4,9 @@ Records keep the keys of Docker's fluentd driver — ``container_id``, ``contain
 leading ``/``, as Docker sends it), ``source``, ``log``, and the selected labels and env vars as
 top-level keys — so existing fluentd configurations keep working; pylog adds ``container``,
 ``host``, ``process`` and ``pylog`` (the namespaces), as in the JSON form. Lines arrive whole, so
-the ``partial_*`` keys never appear. Times are fluent-logger's msgpack EventTime (nanoseconds)
-unless ``fluentd-sub-second-precision=false``.
+the ``partial_*`` keys never appear. Times are Forward's EventTime (msgpack ext type 0, seconds
+and nanoseconds: fluent-logger's bytes, tests/test_event_time.py) unless
+``fluentd-sub-second-precision=false``.
 
 One batch of lines becomes one or more PackedForward messages (``[tag, entries, option]``), each
 at most ``fluentd-buffer-limit`` bytes; with ``fluentd-request-ack`` each counts as delivered only
@@ -29,7 +30,6 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import msgpack
-from fluent.sender import EventTime  # event_time's reference (1.3 vs 0.2 us a line, timeit)
 
 from ..errors import OptionError
 from ..frames import columns_of
@@ -89,14 +89,6 @@ def parse_retries(name: str, value: str) -> int:
     if not value.isdigit():
         raise OptionError(f"invalid value {value!r} for log opt {name!r}: expected a number >= 0")
     return int(value)
-
-
-def event_time(ns: int) -> bytes:
-    """fluent-logger's EventTime (msgpack ext type 0: seconds, nanoseconds), packed; the same
-    bytes as ``msgpack.packb(EventTime.from_unix_nano(ns))`` (tests/test_event_time.py) at a
-    sixth of its cost."""
-    secs, nanos = divmod(ns, 1_000_000_000)
-    return b"\xd7\x00" + struct.pack(">II", secs, nanos)
 
 
 def _str_header(n: int) -> bytes:
@@ -192,14 +184,6 @@ def encode_parts(lines: Sequence[Line], ctx: ContainerContext, sub_second: bool,
     parts[2::4] = strs
     parts[3::4] = texts
     return parts, ends
-
-
-def encode_entries(lines: Sequence[Line], ctx: ContainerContext,
-                   sub_second: bool) -> list[bytes]:
-    """Each line as one msgpack ``[time, record]`` entry (tests and tools; the sink sends
-    :func:`encode_parts` joined per message)."""
-    parts, _ = encode_parts(lines, ctx, sub_second)
-    return [b"".join(parts[i:i + 4]) for i in range(0, len(parts), 4)]
 
 
 class FluentdSink(Sink):
@@ -352,4 +336,4 @@ class FluentdSink(Sink):
         await self._drop_connection()
 
 
-__all__ = ["EventTime", "FluentdSink", "event_time", "parse_duration", "parse_fluentd_address"]
+__all__ = ["FluentdSink", "parse_duration", "parse_fluentd_address"]
