@@ -19,3 +19,11 @@ def test_event_time_is_fluent_loggers_bytes() -> None:
     parts, _ = encode_parts(lines, CTX, True)
     for ns, head in zip(times, parts[0::4]):  # each entry's [time, record] header and time
         assert head == b"\x92" + msgpack.packb(EventTime.from_unix_nano(ns)), ns
+
+
+def test_times_eventtime_cannot_hold_are_clamped_by_fluent_loggers_packer() -> None:
+    times = (-5, 2**32 * 10**9 + 7)
+    parts, _ = encode_parts([LogEntry(source="stdout", time_nano=ns, line=b"x") for ns in times],
+                            CTX, True)
+    assert parts[0::4] == [b"\x92" + msgpack.packb(EventTime.from_unix_nano(0)),
+                           b"\x92" + msgpack.packb(EventTime.from_unix_nano(2**32 * 10**9 - 1))]

@@ -30,6 +30,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import msgpack
+from fluent.sender import EventTime  # the slow path's packer, the fast path's reference
 
 from ..errors import OptionError
 from ..frames import columns_of
@@ -172,8 +173,7 @@ def encode_parts(lines: Sequence[Line], ctx: ContainerContext, sub_second: bool,
             nanos = map(mod, times, repeat(1_000_000_000))
             heads = list(map(_HEAD_TIME.pack, repeat(b"\x92\xd7\x00"), secs, nanos))
         except struct.error:  # a time before 1970 or after 2106: EventTime has 32-bit seconds
-            heads = [_HEAD_TIME.pack(b"\x92\xd7\x00", *divmod(_clamp(t), 1_000_000_000))
-                     for t in times]
+            heads = [b"\x92" + msgpack.packb(EventTime.from_unix_nano(_clamp(t))) for t in times]
         ends = list(accumulate(map(add, sizes, repeat(_HEAD_TIME.size + len(mids[0])))))
     else:
         heads = [b"\x92" + msgpack.packb(t // 10**9) for t in times]
