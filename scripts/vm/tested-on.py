@@ -26,8 +26,9 @@ WHERE = {  # how each recorded machine is run, and what runs there
     "debian-12": ("guest: `scripts/vm-lane.sh debian-12`",
                   "pylog as a systemd service, then the lanes' e2e subset"),
     "debian-13": ("guest: `scripts/vm-lane.sh debian-13`",
-                  "pylog as a systemd service; `setup-host.sh`, `serve.sh` and README's first "
-                  "example; then the lanes' e2e subset and the Docker 29 unit tests"),
+                  "pylog as a systemd service; `setup-host.sh` (and `--for-tests`: docker-compose "
+                  "v2), `serve.sh`, README's first example and `test.sh` on the compose config "
+                  "tests; then the lanes' e2e subset and the Docker 29 unit tests"),
 }
 
 
