@@ -40,7 +40,6 @@ from pylog.sinks.elasticsearch import (
     AllCreated,
     Credentials,
     CredentialsError,
-    Doc,
     Docs,
     ElasticsearchSink,
     all_created,
@@ -50,6 +49,7 @@ from pylog.sinks.elasticsearch import (
     index_template,
     load_credentials,
 )
+from pylog.sinks.es_documents import Doc
 
 SECRET = "s3cr3t-Pa55word"
 API_KEY = "VnVhQ2ZHY0JDZGJrUW0tZTVhT3g6dWkybHAyYXhUTm1zeWFrdzl0dk5udw=="
@@ -620,16 +620,16 @@ async def test_all_created(tmp_path: Path) -> None:
     fake = FakeTransport()
     sink = make_sink(tmp_path, fake)
     await sink.send(lines(100), ctx())
-    assert (sink.created, sink.duplicates, sink.dead_lettered) == (100, 0, 0)
+    assert (sink.created, sink.duplicates, sink.dead_letters.count) == (100, 0, 0)
     assert len(fake.bulks()) == 1 and len(fake.bulks()[0].docs()) == 100
-    assert not sink.dead_letter_path.exists()
+    assert not sink.dead_letters.path.exists()
 
 
 async def test_409_is_a_duplicate_and_counts_as_delivered(tmp_path: Path) -> None:
     fake = FakeTransport(item=lambda i, d, t: 409 if message_of(d) % 2 else 201)
     sink = make_sink(tmp_path, fake)
     await sink.send(lines(10), ctx())
-    assert (sink.created, sink.duplicates, sink.dead_lettered) == (5, 5, 0)
+    assert (sink.created, sink.duplicates, sink.dead_letters.count) == (5, 5, 0)
     assert len(fake.bulks()) == 1
 
 
@@ -658,7 +658,7 @@ async def test_429_and_5xx_items_are_retried_alone(tmp_path: Path) -> None:
     first, second = fake.bulks()
     assert len(first.docs()) == 10
     assert sorted(message_of(d) for _, d in second.docs()) == [3, 5, 7]
-    assert (sink.created, sink.item_retries, sink.dead_lettered) == (10, 3, 0)
+    assert (sink.created, sink.item_retries, sink.dead_letters.count) == (10, 3, 0)
 
 
 async def test_a_whole_request_503_is_retried(tmp_path: Path) -> None:
@@ -678,13 +678,13 @@ async def test_items_refused_too_long_raise_and_the_retry_sends_only_the_rest(
     with pytest.raises(SinkError, match="2 of 10 documents still not taken.*503"):
         await sink.send(batch, ctx())
     assert len(fake.bulks()) == sink.ITEM_RETRIES + 1
-    assert sink.created == 7 and sink.dead_lettered == 1
+    assert sink.created == 7 and sink.dead_letters.count == 1
     # The delivery sends the same batch again: only the two unsettled documents go.
     down["on"] = False
     await sink.send(batch, ctx())
     assert sorted(message_of(d) for _, d in fake.bulks()[-1].docs()) == [8, 9]
-    assert sink.created == 9 and sink.dead_lettered == 1
-    assert len(sink.dead_letter_path.read_text().splitlines()) == 1  # not written twice
+    assert sink.created == 9 and sink.dead_letters.count == 1
+    assert len(sink.dead_letters.path.read_text().splitlines()) == 1  # not written twice
     times = {message_of(d): fake.sent[i] for i, d in fake.bulks()[0].docs()}
     assert times == {m: (sink.ITEM_RETRIES + 2 if m >= 8 else 1) for m in range(10)}
 
@@ -694,10 +694,10 @@ async def test_rejected_documents_go_to_the_dead_letter_file(tmp_path: Path) -> 
     sink = make_sink(tmp_path, fake)
     await sink.send(lines(6), ctx())
     await sink.send(lines(2, 10), ctx())  # no more rejections: the file is only appended to
-    assert (sink.created, sink.dead_lettered) == (6, 2)
+    assert (sink.created, sink.dead_letters.count) == (6, 2)
     assert len(fake.bulks()) == 2  # rejected documents are never sent again
     path = tmp_path / "state" / "dead-letter" / f"{sink.key}.ndjson"
-    assert path == sink.dead_letter_path and sink.key.startswith("elasticsearch-")
+    assert path == sink.dead_letters.path and sink.key.startswith("elasticsearch-")
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
     rows = [json.loads(x) for x in path.read_text().splitlines()]
@@ -715,21 +715,21 @@ async def test_mixed_201_409_429_500_400(tmp_path: Path) -> None:
     fake = FakeTransport(item=lambda i, d, t: plan[message_of(d) % 5] if t == 0 else 201)
     sink = make_sink(tmp_path, fake)
     await sink.send(lines(50), ctx())
-    assert (sink.created, sink.duplicates, sink.dead_lettered) == (30, 10, 10)
+    assert (sink.created, sink.duplicates, sink.dead_letters.count) == (30, 10, 10)
     assert sink.item_retries == 20 and len(fake.bulks()) == 2
-    assert len(sink.dead_letter_path.read_text().splitlines()) == 10
+    assert len(sink.dead_letters.path.read_text().splitlines()) == 10
 
 
 async def test_a_dead_letter_file_that_cannot_be_written_fails_the_batch(
         tmp_path: Path) -> None:
     fake = FakeTransport(item=lambda i, d, t: 400 if message_of(d) == 0 else 201)
     sink = make_sink(tmp_path, fake)
-    sink.dead_letter_path.mkdir(parents=True)  # a directory where the file should be
+    sink.dead_letters.path.mkdir(parents=True)  # a directory where the file should be
     with pytest.raises(SinkError, match="could not be kept"):
         await sink.send(lines(3), ctx())
-    sink.dead_letter_path.rmdir()
+    sink.dead_letters.path.rmdir()
     await sink.send(lines(3), ctx())  # the rejected one was not lost: it is tried again
-    assert sink.dead_lettered == 1 and sink.created == 2
+    assert sink.dead_letters.count == 1 and sink.created == 2
     assert len(fake.bulks()[-1].docs()) == 1
 
 
@@ -740,7 +740,7 @@ async def test_items_refused_for_reasons_not_their_own_are_not_dead_lettered(
     sink = make_sink(tmp_path, fake)
     with pytest.raises(SinkError, match=str(status)):
         await sink.send(lines(3), ctx())
-    assert sink.dead_lettered == 0 and not sink.dead_letter_path.exists()
+    assert sink.dead_letters.count == 0 and not sink.dead_letters.path.exists()
 
 
 async def test_an_unreachable_cluster_raises(tmp_path: Path) -> None:
@@ -765,8 +765,8 @@ async def test_a_single_document_too_big_for_the_server_is_dead_lettered(tmp_pat
     fake = FakeTransport(bulk_status=[413, 200])
     sink = make_sink(tmp_path, fake)
     await sink.send(lines(1), ctx())
-    assert sink.dead_lettered == 1
-    assert json.loads(sink.dead_letter_path.read_text())["status"] == 413
+    assert sink.dead_letters.count == 1
+    assert json.loads(sink.dead_letters.path.read_text())["status"] == 413
 
 
 async def test_requests_stay_under_the_bound(tmp_path: Path) -> None:
@@ -1055,7 +1055,7 @@ async def test_compact_answers_through_the_transport(
     fake_es.bulk_answer = answer
     async with opened_sink(tmp_path, f"http://127.0.0.1:{fake_es.port}") as sink:
         await sink.send(lines(300), ctx())
-    assert (sink.created, sink.duplicates, sink.dead_lettered) == counts
+    assert (sink.created, sink.duplicates, sink.dead_letters.count) == counts
 
 
 async def test_an_answer_with_too_few_items_is_an_error(tmp_path: Path, fake_es: FakeES) -> None:

@@ -71,7 +71,9 @@ def read_procs(files: list[Path]) -> list[int]:
 
 
 def scan_proc(container_id: str, proc: Path = Path("/proc")) -> list[int]:
-    """Every process whose cgroup names the container (slow: reads each process's cgroup)."""
+    """Every process whose cgroup names the container (slow: reads each process's cgroup).
+    Not psutil: it reads no cgroup file, and its /proc (PROCFS_PATH) is one for the whole
+    process, where this reads the /proc it is given (a managed plugin's host /proc, tests')."""
     found = []
     for name in os.listdir(proc):
         if not name.isdigit():

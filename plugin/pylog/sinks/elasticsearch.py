@@ -44,7 +44,7 @@ from ..options import Parser, parse_bool
 from ..reassembly import Line
 from ..record import ContainerContext
 from .base import Sink, SinkConfig, SinkError
-from .es_documents import Doc, Docs, bulk_documents, chunks, document_ids
+from .es_documents import Docs, bulk_documents, chunks, document_ids
 from .es_settings import (
     DEFAULT_INDEX,
     TEMPLATE_PRIORITY,
@@ -305,14 +305,6 @@ class ElasticsearchSink(Sink):
         settled.update(chunk.ids[i] for i, _, _ in rejected)
         self.rejected[container_id] = self.rejected.get(container_id, 0) + len(rejected)
 
-    @property
-    def dead_letter_path(self) -> Path:
-        return self.dead_letters.path
-
-    @property
-    def dead_lettered(self) -> int:
-        return self.dead_letters.count
-
     async def close(self) -> None:
         transport, self.transport = self.transport, None
         if transport is not None:
@@ -372,7 +364,7 @@ def _append(path: Path, data: bytes) -> None:
 
 # What other modules, the tests and the benchmark import from here (the sink's parts live in
 # es_settings, es_documents and es_transport).
-__all__ = ["DEFAULT_INDEX", "AllCreated", "Credentials", "CredentialsError", "Doc", "Docs",
+__all__ = ["DEFAULT_INDEX", "AllCreated", "Credentials", "CredentialsError", "Docs",
            "ElasticTransport", "ElasticsearchSink", "Transport", "_serializers", "all_created",
            "bulk_documents", "chunks", "document_ids", "index_template", "load_credentials",
            "parse_ca_cert", "parse_index", "parse_urls", "template_mappings"]
