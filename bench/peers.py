@@ -33,8 +33,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import gzip
-import io
 import json
 import os
 import re
@@ -43,13 +41,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-import msgpack
-
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from tests.peers.fluentd_receiver import FluentdReceiver, _ext_hook
+from tests.peers.fluentd_receiver import FluentdReceiver, forward_events
 
 NUMBER_DIGITS = 7  # every benchmark line ends with its number (at most 7 digits)
 
@@ -149,18 +145,6 @@ class Counter:
 # ----------------------------------------------------------------------------- forward
 
 
-def packed_records(blob: bytes) -> list[dict[str, Any]]:
-    """Every ``[time, record]`` entry of a PackedForward blob, unpacked into objects as fluentd's
-    in_forward does (times as EventTime), whoever sent it."""
-    entries = msgpack.Unpacker(io.BytesIO(blob), raw=False, ext_hook=_ext_hook,
-                               unicode_errors="surrogateescape")
-    return [record for _time, record in entries]
-
-
-def _logs(records: Any) -> list[Any]:
-    return [r.get("log") if isinstance(r, dict) else None for r in records]
-
-
 class CountingForward(FluentdReceiver):
     """FluentdReceiver (its connection handling and acks) that counts instead of keeping."""
 
@@ -170,21 +154,9 @@ class CountingForward(FluentdReceiver):
         t0 = time.perf_counter()
         self.messages += 1
         self.counter.messages += 1
-        tag = msg[0]
-        option: Any = {}
-        if isinstance(msg[1], (bytes, str)):  # PackedForward / CompressedPackedForward
-            blob = msg[1].encode("utf-8", "surrogateescape") if isinstance(msg[1], str) else msg[1]
-            option = msg[2] if len(msg) > 2 and isinstance(msg[2], dict) else {}
-            if option.get("compressed") == "gzip":
-                blob = gzip.decompress(blob)
-            self.counter.add_texts(tag, _logs(packed_records(blob)))
-        elif isinstance(msg[1], list):  # Forward
-            option = msg[2] if len(msg) > 2 and isinstance(msg[2], dict) else {}
-            self.counter.add_texts(tag, _logs(entry[1] for entry in msg[1]))
-        else:  # Message: [tag, time, record(, option)] - Docker's fluentd driver
-            record = msg[2] if isinstance(msg[2], dict) else {}
-            self.counter.add_texts(tag, [record.get("log")])
-            option = msg[3] if len(msg) > 3 and isinstance(msg[3], dict) else {}
+        tag, entries, option = forward_events(msg)  # every entry unpacked, as in_forward does
+        self.counter.add_texts(tag, [r.get("log") if isinstance(r, dict) else None
+                                     for _t, r in entries])
         self.counter.busy += time.perf_counter() - t0
         return option.get("chunk") if isinstance(option, dict) else None
 

@@ -16,6 +16,7 @@ from pylog.record import ContainerContext, NamespaceView
 from pylog.sinks.es_documents import bulk_documents
 from pylog.sinks.fluentd import FluentdSink
 from pylog.sinks.syslog import Encoder, octet_frame
+from tests.peers.fluentd_receiver import forward_events
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.peers import (  # noqa: E402
@@ -23,7 +24,6 @@ from bench.peers import (  # noqa: E402
     CountingForward,
     SyslogProtocol,
     bulk_texts,
-    packed_records,
     parse_syslog,
 )
 
@@ -62,13 +62,13 @@ def test_forward_unpacks_every_record_of_pylogs_messages(tmp_path: Path) -> None
 
 
 def test_forward_fails_on_a_damaged_record(tmp_path: Path) -> None:
-    blob = msgpack.unpackb(fluentd_messages(tmp_path)[0], raw=False)[1]
-    records = packed_records(blob)
-    assert records[0]["pylog"]["ns"]["net"]["key"] == f"{3:020x}"
+    tag, blob, option = msgpack.unpackb(fluentd_messages(tmp_path)[0], raw=False)
+    _tag, entries, _option = forward_events([tag, blob, option])
+    assert entries[0][1]["pylog"]["ns"]["net"]["key"] == f"{3:020x}"
     at = blob.index(b"container_name") + 14
     broken = blob[:at] + b"\xc1" + blob[at + 1:]  # 0xc1: never used in msgpack
     with pytest.raises(ValueError):
-        packed_records(broken)
+        forward_events([tag, broken, option])
 
 
 def test_syslog_parses_header_structured_data_and_message() -> None:

@@ -38,6 +38,23 @@ def _time(value: Any) -> tuple[int, bool]:
     return int(value) * 1_000_000_000, False
 
 
+def forward_events(msg: list[Any]) -> tuple[str, list[Any], dict[str, Any]]:
+    """A Forward message of any mode decoded as fluentd's in_forward does, every entry unpacked
+    into objects: (tag, its ``[time, record]`` entries, its option map)."""
+    tag = msg[0]
+    if isinstance(msg[1], (bytes, str)):  # PackedForward / CompressedPackedForward
+        blob = msg[1].encode("utf-8", "surrogateescape") if isinstance(msg[1], str) else msg[1]
+        option = msg[2] if len(msg) > 2 and isinstance(msg[2], dict) else {}
+        if option.get("compressed") == "gzip":
+            blob = gzip.decompress(blob)
+        return tag, list(msgpack.Unpacker(io.BytesIO(blob), raw=False, ext_hook=_ext_hook,
+                                          unicode_errors="surrogateescape")), option
+    if isinstance(msg[1], list):  # Forward
+        return tag, msg[1], msg[2] if len(msg) > 2 and isinstance(msg[2], dict) else {}
+    # Message
+    return tag, [(msg[1], msg[2])], msg[3] if len(msg) > 3 and isinstance(msg[3], dict) else {}
+
+
 @dataclass
 class Received:
     tag: str
@@ -106,24 +123,9 @@ class FluentdReceiver:
 
     def _handle(self, msg: list[Any]) -> str | None:
         self.messages += 1
-        tag = msg[0]
-        option: dict[str, Any] = {}
-        if isinstance(msg[1], (bytes, str)):  # PackedForward / CompressedPackedForward
-            blob = msg[1].encode("utf-8", "surrogateescape") if isinstance(msg[1], str) else msg[1]
-            option = msg[2] if len(msg) > 2 and isinstance(msg[2], dict) else {}
-            if option.get("compressed") == "gzip":
-                blob = gzip.decompress(blob)
-            entries = msgpack.Unpacker(io.BytesIO(blob), raw=False, ext_hook=_ext_hook,
-                                       unicode_errors="surrogateescape")
-            for t, record in entries:
-                self._add(tag, t, record)
-        elif isinstance(msg[1], list):  # Forward
-            option = msg[2] if len(msg) > 2 and isinstance(msg[2], dict) else {}
-            for t, record in msg[1]:
-                self._add(tag, t, record)
-        else:  # Message
-            self._add(tag, msg[1], msg[2])
-            option = msg[3] if len(msg) > 3 and isinstance(msg[3], dict) else {}
+        tag, entries, option = forward_events(msg)
+        for t, record in entries:
+            self._add(tag, t, record)
         return option.get("chunk")
 
     def _add(self, tag: str, t: Any, record: dict[str, Any]) -> None:
