@@ -27,7 +27,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
+from typing import Any
 
 from .cursor import Cursor
 from .durable import STATE
@@ -201,22 +202,21 @@ class Delivery:
         reassembler = Reassembler(self.max_line)
         waiter = self._waiter
         ahead: asyncio.Task[Batch] | None = None  # the next batch, read while one is sent
+
+        def read_next() -> Coroutine[Any, Any, Batch]:
+            waiter.clear()  # before the read takes frame_end: no write is missed
+            return reader.read(READ_BYTES,
+                               columns=self.sink.COLUMNS and not reassembler.pending)
+
         try:
             while True:
                 started = time.monotonic()
-                if ahead is None:
-                    waiter.clear()  # before the read takes frame_end: no write is missed
-                    batch = await reader.read(
-                        READ_BYTES, columns=self.sink.COLUMNS and not reassembler.pending)
-                else:
-                    batch, ahead = await ahead, None
+                batch, ahead = await (ahead or read_next()), None
                 if batch.entries:
                     if not self.first_unsent_ns:
                         self.first_unsent_ns = batch.entries[0].time_nano
                     lines, safe = _lines_of(batch, reassembler)
-                    waiter.clear()
-                    ahead = asyncio.create_task(reader.read(
-                        READ_BYTES, columns=self.sink.COLUMNS and not reassembler.pending))
+                    ahead = asyncio.create_task(read_next())
                     if lines:
                         await self._send(lines)
                     if safe is not None:
