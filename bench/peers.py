@@ -111,6 +111,7 @@ class Counter:
         self.tags: dict[str, Tally] = {}
         self.busy = 0.0
         self.messages = 0
+        self.bytes = 0  # received on the wire (request bodies as sent, for _bulk)
         self.unknown_requests: list[str] = []
 
     def tally(self, tag: str) -> Tally:
@@ -133,13 +134,15 @@ class Counter:
     def stats(self) -> dict[str, Any]:
         return {"tags": {k: v.as_dict() for k, v in self.tags.items()},
                 "events": sum(v.events for v in self.tags.values()),
-                "busy_s": self.busy, "messages": self.messages, "pid": os.getpid(),
+                "busy_s": self.busy, "messages": self.messages, "bytes": self.bytes,
+                "pid": os.getpid(),
                 "unknown_requests": self.unknown_requests[-5:]}
 
     def reset(self) -> None:
         self.tags.clear()
         self.busy = 0.0
         self.messages = 0
+        self.bytes = 0
 
 
 # ----------------------------------------------------------------------------- forward
@@ -149,6 +152,9 @@ class CountingForward(FluentdReceiver):
     """FluentdReceiver (its connection handling and acks) that counts instead of keeping."""
 
     counter: Counter
+
+    def _received(self, size: int) -> None:
+        self.counter.bytes += size
 
     def _handle(self, msg: list[Any]) -> str | None:
         t0 = time.perf_counter()
@@ -211,6 +217,7 @@ class SyslogProtocol(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         t0 = time.perf_counter()
+        self.counter.bytes += len(data)
         buf = self.buf + data if self.buf else data
         pos, size = 0, len(buf)
         by_tag: dict[str, list[bytes]] = {}
@@ -282,6 +289,7 @@ async def start_es(counter: Counter, port: int) -> int:
         body = await request.read()
         t0 = time.perf_counter()
         counter.messages += 1
+        counter.bytes += request.content_length or len(body)
         n = 0
         for tag, texts in bulk_texts(body).items():
             counter.add_texts(tag, texts)

@@ -424,7 +424,7 @@ class Peer:
         events, and the time of the last arrival."""
         st = self.stats()
         out = {"distinct": 0, "dups": 0, "events": 0, "last_ns": 0, "first_ns": 0,
-               "busy_s": st["busy_s"], "complete": True}
+               "busy_s": st["busy_s"], "bytes": st.get("bytes", 0), "complete": True}
         firsts = []
         for tag in tags:
             t = st["tags"].get(tag)
@@ -721,7 +721,9 @@ class Bench:
                     run.receivers[kind] = {
                         "events": p["events"], "span_s": span, "events_per_s": p["events"] / span,
                         "cpu_s": rcpu, "cpu_share": rcpu / span,
-                        "capacity_per_s": p["events"] / busy if busy > 0 else float("nan")}
+                        "capacity_per_s": p["events"] / busy if busy > 0 else float("nan"),
+                        "bytes_per_event": (p["bytes"] / p["events"] if p.get("bytes")
+                                            and p["events"] else float("nan"))}
             if config.store:
                 if config.builtin == "none":
                     pass
@@ -1032,8 +1034,9 @@ def scenario_table(sc: Scenario, runs: list[Run], order: list[str]) -> list[str]
     if rec:
         out += [f"Receivers in {sc.name} (median over rounds; each is its own process):", "",
                 ("| driver | receiver | events/s arriving (first→last) | receiver CPU share "
-                 "of that span | receiver capacity (events per CPU-s of handling) | duplicates |"),
-                "|---|---|---|---|---|---|"]
+                 "of that span | receiver capacity (events per CPU-s of handling) | "
+                 "bytes per line on the wire | duplicates |"),
+                "|---|---|---|---|---|---|---|"]
         for key in order:
             rs = [r for r in by.get(key, []) if r.receivers]
             if not rs:
@@ -1048,9 +1051,15 @@ def scenario_table(sc: Scenario, runs: list[Run], order: list[str]) -> list[str]
                     f"{med([v['events_per_s'] for v in vals]):,.0f} | "
                     f"{med([v['cpu_share'] for v in vals]) * 100:.0f}% | "
                     f"{(f'{med(cap):,.0f}' if cap else 'n/a (polled)')} | "
+                    f"{fmt_bytes([v.get('bytes_per_event', math.nan) for v in vals])} | "
                     f"{max(r.dups.get(kind, 0) for r in rs)} |")
         out.append("")
     return out
+
+
+def fmt_bytes(values: list[float]) -> str:
+    known = [v for v in values if not math.isnan(v)]
+    return f"{med(known):,.0f}" if known else "n/a (polled)"
 
 
 def target_lines(all_runs: list[Run], scs: dict[str, Scenario], scale: float = 1.0

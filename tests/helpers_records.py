@@ -21,7 +21,7 @@ def record_dict(line: LogEntry, ctx: ContainerContext, ts: TimestampFormatter) -
     out: dict[str, Any] = {"@timestamp": ts(line.time_nano),
                            "message": line.line.decode("utf-8", "replace"),
                            "stream": line.source}
-    out.update(ctx.fields())
+    out.update(ctx.record_fields())
     return out
 
 

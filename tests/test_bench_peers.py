@@ -64,7 +64,7 @@ def test_forward_unpacks_every_record_of_pylogs_messages(tmp_path: Path) -> None
 def test_forward_fails_on_a_damaged_record(tmp_path: Path) -> None:
     tag, blob, option = msgpack.unpackb(fluentd_messages(tmp_path)[0], raw=False)
     _tag, entries, _option = forward_events([tag, blob, option])
-    assert entries[0][1]["pylog"]["ns"]["net"]["key"] == f"{3:020x}"
+    assert entries[0][1]["pylog"]["ns_key"]["net"] == f"{3:020x}"
     at = blob.index(b"container_name") + 14
     broken = blob[:at] + b"\xc1" + blob[at + 1:]  # 0xc1: never used in msgpack
     with pytest.raises(ValueError):
@@ -84,8 +84,10 @@ def test_syslog_parses_header_structured_data_and_message() -> None:
     assert params[b"ns_net_key"] == f"{3:020x}".encode()
     assert parsed[2][2] == b""
     counter = Counter()
-    SyslogProtocol(counter).data_received(b"".join(map(octet_frame, msgs)))
+    wire = b"".join(map(octet_frame, msgs))
+    SyslogProtocol(counter).data_received(wire)
     assert counter.tags["tag1"].as_dict()["distinct"] == 2
+    assert counter.bytes == len(wire)  # bytes per line: what came on the wire
 
 
 def test_elasticsearch_parses_every_document() -> None:

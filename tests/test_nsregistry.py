@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 
 from pylog.namespaces import HeldNamespaces, NamespaceIdentity, hold_namespaces
-from pylog.nsregistry import KEY_HEX, NamespaceRegistry, SavedKeys, namespace_key
+from pylog.nsregistry import KEY_CHARS, NamespaceRegistry, SavedKeys, namespace_key
 from tests.test_namespaces import assert_closed
 
 BOOT = "0b6f5c0e-1d2a-4c8e-9a41-3f1e2d5c6b7a"
@@ -88,7 +88,7 @@ def _fds(n: int) -> list[int]:
 def test_key_shape_and_what_it_depends_on():
     with_id = NamespaceIdentity("net", 4026532184, 4, 8589934601)
     key = namespace_key(BOOT, with_id)
-    assert len(key) == KEY_HEX and int(key, 16) >= 0
+    assert len(key) == KEY_CHARS and key.isalnum() and key.isascii()
     assert key == namespace_key(BOOT, NamespaceIdentity("net", 1, 9, 8589934601))  # the id decides
     assert key != namespace_key(OTHER_BOOT, with_id)  # another boot or host
     assert key != namespace_key(BOOT, NamespaceIdentity("pid", 4026532184, 4, 8589934601))
@@ -144,16 +144,16 @@ def test_host_namespaces_and_ids_give_the_same_key_in_every_pylog():
 
 def test_saved_keys_are_taken_again_only_for_the_same_process_inode_and_boot():
     reg = NamespaceRegistry(boot_id=BOOT)
-    saved = SavedKeys(BOOT, 10, {"net": (5, "a" * KEY_HEX), "pid": (6, "b" * KEY_HEX)})
+    saved = SavedKeys(BOOT, 10, {"net": (5, "a" * KEY_CHARS), "pid": (6, "b" * KEY_CHARS)})
     reg.add("c", HeldNamespaces(10, {"net": _noid("net", 5), "pid": _noid("pid", 7)}, _fds(2)),
             saved)
-    assert reg.key_of(_noid("net", 5)) == "a" * KEY_HEX
-    assert reg.key_of(_noid("pid", 7)) != "b" * KEY_HEX  # another inode: another namespace
+    assert reg.key_of(_noid("net", 5)) == "a" * KEY_CHARS
+    assert reg.key_of(_noid("pid", 7)) != "b" * KEY_CHARS  # another inode: another namespace
     reg.close()
     for other in (SavedKeys(OTHER_BOOT, 10, saved.keys), SavedKeys(BOOT, 99, saved.keys)):
         reg = NamespaceRegistry(boot_id=BOOT)
         reg.add("c", HeldNamespaces(10, {"net": _noid("net", 5)}, _fds(1)), other)
-        assert reg.key_of(_noid("net", 5)) != "a" * KEY_HEX
+        assert reg.key_of(_noid("net", 5)) != "a" * KEY_CHARS
         reg.close()
 
 

@@ -19,7 +19,7 @@ VECTORS = Path(__file__).parent / "vectors"
 ALL_OPTIONS = {
     "mode", "max-buffer-size", "cache-disabled", "cache-max-size", "cache-max-file",
     "cache-compress", "tag", "labels", "labels-regex", "env", "env-regex",
-    "max-size", "max-file", "compress", "namespaces",
+    "max-size", "max-file", "compress", "namespaces", "identity",
 }
 SINK_OPTIONS = {name for cls in SINK_TYPES.values() for name in cls.OPTIONS}
 CORE_OPTIONS = set(ALL_OPTIONS)
@@ -55,6 +55,7 @@ def test_defaults(config):
     assert opts["max-file"] == 5
     assert opts["compress"] is True
     assert opts["namespaces"] is True  # enrichment is on unless switched off
+    assert opts["identity"] == "keys"  # each namespace by its key alone in a record
     assert opts.given == frozenset()
     assert set(opts.values) == ALL_OPTIONS
 
@@ -67,6 +68,8 @@ def test_allowed_options_are_exactly_the_documented_ones():
 @pytest.mark.parametrize("name,value,expected", [
     ("namespaces", "false", False),
     ("namespaces", "true", True),
+    ("identity", "full", "full"),
+    ("identity", "keys", "keys"),
     ("mode", "non-blocking", "non-blocking"),
     ("mode", "blocking", "blocking"),
     ("max-buffer-size", "4m", 4 << 20),
@@ -113,12 +116,13 @@ def test_all_options_at_once():
         "cache-max-size": "5m", "cache-max-file": "2", "cache-compress": "true",
         "tag": "{{.ImageName}}", "labels": "a", "labels-regex": "b", "env": "C", "env-regex": "D",
         "max-size": "10k", "max-file": "3", "compress": "false", "namespaces": "false",
+        "identity": "full",
     }
     assert set(config) == CORE_OPTIONS
     opts = parse_log_options(config)
     assert opts.given == frozenset(CORE_OPTIONS)
     assert opts["max-size"] == 10240 and opts["max-file"] == 3 and opts["compress"] is False
-    assert opts["namespaces"] is False
+    assert opts["namespaces"] is False and opts["identity"] == "full"
 
 
 def test_config_of_every_captured_start_logging_is_accepted():
@@ -167,6 +171,7 @@ def test_unknown_option_names_it_and_lists_allowed_ones(unknown):
     ("cache-compress", "2"),
     ("mode", "fast"),
     ("mode", "Blocking"),
+    ("identity", "compact"),
     ("labels-regex", "("),
     ("env-regex", "[a-"),
     ("tag", "{{json .}}"),

@@ -123,6 +123,27 @@ def test_host_ids_and_the_hosts_pid_namespace_are_kept_with_a_saved_context(info
     assert again.fields() == ctx.fields()  # read back after a reboot: the boot it ran in
 
 
+def test_records_name_namespaces_by_key_and_identity_full_adds_the_rest(info):
+    host_ns = {t: ident(t, 900 + i) for i, t in enumerate(("pid", "user"))}
+    full = parse_log_options({"identity": "full"})
+    for opts, is_full in ((parse_log_options({}), False), (full, True)):
+        ctx = build_context(info, opts, held(4242, net=100, pid=900), host_ns,
+                            registry=NamespaceRegistry(host_ns), host_name="node-1")
+        rec = ctx.record_fields()
+        whole = ctx.fields()["pylog"]["ns"]
+        assert rec["pylog"]["ns_key"] == {t: v["key"] for t, v in whole.items()}
+        assert rec["pylog"]["host_ns"] == ["pid"]
+        assert ("ns_inode" in rec["pylog"], "id" in rec["host"], "boot" in rec["host"],
+                "pid_ns_ino" in rec["host"], "id" in rec["container"]["image"]) == (is_full,) * 5
+        if is_full:
+            assert rec["pylog"]["ns_inode"] == {t: v["inode"] for t, v in whole.items()}
+            assert rec["pylog"]["ns_id"] == {t: v["id"] for t, v in whole.items()}
+            assert rec["host"] == ctx.fields()["host"]
+        # a stopped container's records, from its saved context, say the same
+        again = context_from_fields(json.loads(json.dumps(ctx.fields())))
+        assert again.record_fields() == rec and again.json_fragment == ctx.json_fragment
+
+
 def test_secret_env_never_appears_anywhere(info, options):
     ctx = build_context(info, options)
     entry = LogEntry(source="stdout", time_nano=BASE, line=b"hello stdout")
@@ -253,8 +274,13 @@ def test_shared_with_names_the_other_registered_containers(info, options):
     assert ns["net"]["key"] == reg.key_of(sidecar.identities["net"]) != ns["mnt"]["key"]
     assert sharing_summary(ctx) == {"net": sorted(["sidecar", STRANGER_ID[:12]]),
                                      "pid": ["sidecar"]}
-    # and the JSON a record carries says the same
-    assert json.loads("{" + ctx.json_fragment + "}")["pylog"]["ns"] == ns
+    # and the JSON a record carries says the same, each namespace by its key
+    pylog = json.loads("{" + ctx.json_fragment + "}")["pylog"]
+    assert pylog["ns_key"] == {t: v["key"] for t, v in ns.items()}
+    assert pylog["host_ns"] == sorted(t for t, v in ns.items() if v["is_host"]) == ["uts"]
+    assert pylog["ns_shared"] == {"net": sorted(["sidecar", STRANGER_ID[:12]]),
+                                  "pid": ["sidecar"]}
+    assert "ns_inode" not in pylog and "ns_id" not in pylog
 
 
 # ------------------------------------------------------------------ records
@@ -293,8 +319,8 @@ def test_record_json_is_one_valid_json_line(ctx, line, message):
     assert doc["stream"] == "stderr"
     assert doc["@timestamp"] == "2026-11-22T03:56:09.670262696Z"
     assert doc["container"]["name"] == "basic"
-    assert doc["pylog"]["ns"]["net"]["shared_with"] == ["sidecar"]
-    assert doc["pylog"]["ns"]["pid"]["is_host"] is True
+    assert doc["pylog"]["ns_shared"]["net"] == ["sidecar"]
+    assert "pid" in doc["pylog"]["host_ns"]
     assert doc == record_dict(e, ctx, TimestampFormatter())  # both forms say the same
     assert list(doc)[:3] == ["@timestamp", "message", "stream"]
 

@@ -10,11 +10,13 @@ import msgpack
 import pytest
 
 from pylog.entry import LogEntry
+from pylog.namespaces import NamespaceIdentity
+from pylog.nsregistry import namespace_key
 from pylog.options import parse_log_options
-from pylog.record import ContainerContext
+from pylog.record import ContainerContext, NamespaceView
 from pylog.sinks.base import SinkError
 from pylog.sinks.fluentd import FluentdSink
-from tests.peers.fluentd_receiver import FluentdReceiver
+from tests.peers.fluentd_receiver import FluentdReceiver, forward_events
 
 CID = "cea5473d46e89ae41d5b1672731285f919468b5b251442d7092dd21e35e109d1"
 
@@ -50,6 +52,28 @@ async def test_an_ack_that_does_not_come_is_an_error_after_the_read_timeout(
     finally:
         await s.close()
         await peer.stop()
+
+
+def test_a_record_with_eight_namespaces_is_at_most_three_times_dockers(tmp_path: Path) -> None:
+    """Docker's keys once (not again under ``container``), each namespace by its key."""
+    ns = {t: NamespaceView(t, 4026532184 + i, 8589934601 + i, t in ("cgroup", "user"),
+                           key=namespace_key("b", NamespaceIdentity(t, 4026532184 + i, 4, None)))
+          for i, t in enumerate(("cgroup", "ipc", "mnt", "net", "pid", "time", "user", "uts"))}
+    c = ContainerContext(CID, "web", "busybox:1.36", "sha256:" + "e6" * 32, CID[:12], "node-1",
+                         pid=4242, namespaces=ns, host_id="ab" * 16, boot_id="b" * 36)
+    lines = [LogEntry(source="stdout", time_nano=1_795_000_000_000_000_000 + i, line=b"hi")
+             for i in range(100)]
+    ((packed, _chunk),) = sink(tmp_path, 1).messages(lines, c)
+    message = msgpack.unpackb(packed, raw=False)
+    _tag, entries, _option = forward_events(message)
+    record = entries[0][1]
+    assert record["container_id"] == CID and record["container_name"] == "/web"
+    assert record["container"] == {"image": {"name": "busybox:1.36"}}
+    assert record["pylog"]["ns_key"] == {t: v.key for t, v in ns.items()}
+    dockers = msgpack.packb([msgpack.ExtType(0, bytes(8)), {
+        "container_id": CID, "container_name": "/web", "source": "stdout", "log": "hi"}])
+    per_line = len(message[1]) / len(lines)  # the entries, each [EventTime, record]
+    assert per_line <= 3 * len(dockers), (per_line, len(dockers))
 
 
 def test_docker_29_and_older_fluentd_options_are_accepted() -> None:

@@ -29,7 +29,17 @@ from dataclasses import dataclass
 from .hostid import host_identity
 from .namespaces import HeldNamespaces, NamespaceIdentity
 
-KEY_HEX = 20  # 80 bits: collisions stay unlikely (< 1e-6) up to 10^9 namespaces in one index
+KEY_BITS = 80  # collisions stay unlikely (< 1e-6) up to 10^9 namespaces in one index
+KEY_CHARS = 14  # 80 bits in base 62 (62**14 > 2**80): letters and digits, safe in every query
+_BASE62 = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+
+
+def _base62(value: int, width: int) -> str:
+    out = []
+    for _ in range(width):
+        value, digit = divmod(value, 62)
+        out.append(_BASE62[digit])
+    return "".join(reversed(out))
 
 
 def namespace_key(boot_id: str, ident: NamespaceIdentity, lifetime: int | None = None) -> str:
@@ -38,8 +48,9 @@ def namespace_key(boot_id: str, ident: NamespaceIdentity, lifetime: int | None =
         what = f"id:{ident.id}"
     else:
         what = f"ino:{ident.dev}:{ident.inode}" + ("" if lifetime is None else f":{lifetime}")
-    digest = hashlib.sha256(f"{boot_id}/{ident.type}/{what}".encode()).hexdigest()
-    return digest[:KEY_HEX]
+    digest = hashlib.sha256(f"{boot_id}/{ident.type}/{what}".encode()).digest()
+    # base 62, not hex: a record repeats eight keys on every line (6 bytes less each)
+    return _base62(int.from_bytes(digest[:KEY_BITS // 8]), KEY_CHARS)
 
 
 @dataclass(frozen=True)

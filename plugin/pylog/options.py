@@ -105,6 +105,7 @@ OPTION_GROUPS: dict[str, dict[str, tuple[Parser, Any]]] = {
     # Namespace enrichment.
     "enrichment": {
         "namespaces": (parse_bool, True),
+        "identity": (parse_choice(("keys", "full")), "keys"),
     },
     # The local store, with the options and defaults of Docker's `local` driver.
     "store": {

@@ -4,15 +4,18 @@ The context (identity, selected labels and env, tag, namespaces) is built once p
 whenever what it says changes (namespaces found, a sharing container comes or goes), and kept
 pre-encoded; per line only the time, stream and message are added.
 
-The JSON form, which the Elasticsearch sink indexes and ``pylog tail`` prints, uses ECS names:
+The JSON form, which the Elasticsearch sink indexes and ``pylog tail`` prints, uses ECS names;
+each namespace is its key alone, as the records of a busy container repeat it on every line
+(``--log-opt identity=full`` adds inodes, ids, the host's ids and the image id):
 
     {"@timestamp": "2026-11-22T03:56:09.670262696Z", "message": "hello", "stream": "stdout",
      "tag": "3f2a1b9c0d1e",
-     "container": {"id": ..., "name": ..., "image": {"name": ..., "id": ...}, "labels": {...}},
+     "container": {"id": ..., "name": ..., "image": {"name": ...}, "labels": {...}},
      "host": {"name": ...}, "process": {"pid": 12345},
-     "pylog": {"env": {...}, "ns": {"net": {"key": "5d0c3e9a8f1b2c4d6e7f", "inode": 4026532184,
-                                            "id": 8589934601, "is_host": false,
-                                            "shared_with": ["web"]}, ...}}}
+     "pylog": {"env": {...}, "ns_key": {"net": "3fZq8Lk2mPx0Wd", ...},
+               "host_ns": ["cgroup", "time", "user"], "ns_shared": {"net": ["web"]}}}
+
+:meth:`ContainerContext.fields` is the whole context (``pylog inspect``, ``context.json``).
 """
 
 from __future__ import annotations
@@ -75,6 +78,7 @@ class ContainerContext:
     host_id: str = ""  # the machine id (ECS host.id)
     boot_id: str = ""  # the boot the container ran in (ECS host.boot.id)
     host_pid_ns_ino: int | None = None  # the host's PID namespace inode (ECS host.pid_ns_ino)
+    identity: str = "keys"  # what records say of it: "keys" or "full" (--log-opt identity)
 
     def host_fields(self) -> dict[str, Any]:
         host: dict[str, Any] = {"name": self.host_name}
@@ -105,6 +109,30 @@ class ContainerContext:
             pylog["ns"] = {t: v.fields() for t, v in sorted(self.namespaces.items())}
         if pylog:
             out["pylog"] = pylog
+        if self.identity != "keys":
+            out["identity"] = self.identity
+        return out
+
+    def record_fields(self) -> dict[str, Any]:
+        """What each record says of the container, without the per-line keys: with
+        ``identity=keys`` each namespace by its key alone, the host's namespaces as one list."""
+        full = self.identity == "full"
+        image = {"name": self.image_name, "id": self.image_id} if full else \
+            {"name": self.image_name}
+        container: dict[str, Any] = {"id": self.container_id, "name": self.name, "image": image}
+        if self.labels:
+            container["labels"] = dict(self.labels)
+        host = self.host_fields() if full else {"name": self.host_name}
+        out: dict[str, Any] = {"tag": self.tag, "container": container, "host": host}
+        if self.pid is not None:
+            out["process"] = {"pid": self.pid}
+        pylog: dict[str, Any] = {}
+        if self.env:
+            pylog["env"] = dict(self.env)
+        if self.namespaces is not None:
+            pylog.update(namespace_fields(self.namespaces, full))
+        if pylog:
+            out["pylog"] = pylog
         return out
 
     @property
@@ -112,9 +140,28 @@ class ContainerContext:
         """The context's JSON members, ready to be spliced into each line's object."""
         cached: str | None = getattr(self, "_fragment", None)
         if cached is None:
-            cached = json.dumps(self.fields(), ensure_ascii=False, separators=(",", ":"))[1:-1]
+            cached = json.dumps(self.record_fields(), ensure_ascii=False, separators=(",", ":"))[1:-1]
             object.__setattr__(self, "_fragment", cached)
         return cached
+
+
+def namespace_fields(namespaces: Mapping[str, NamespaceView], full: bool) -> dict[str, Any]:
+    """``ns_key`` (type -> key), ``host_ns`` (the types that are the host's), ``ns_shared``
+    (type -> the other attached containers in it, where any); with ``full`` also ``ns_inode``
+    and ``ns_id`` (type -> the inode, the NS_GET_ID id where the kernel has it)."""
+    views = sorted(namespaces.items())
+    # A context saved before keys existed has none: its inode stands in (unique while held).
+    out: dict[str, Any] = {"ns_key": {t: v.key or f"ino{v.inode}" for t, v in views},
+                           "host_ns": [t for t, v in views if v.is_host]}
+    shared = {t: list(v.shared_with) for t, v in views if v.shared_with}
+    if shared:
+        out["ns_shared"] = shared
+    if full:
+        out["ns_inode"] = {t: v.inode for t, v in views}
+        ids = {t: v.id for t, v in views if v.id is not None}
+        if ids:
+            out["ns_id"] = ids
+    return out
 
 
 def _dedot(key: str) -> str:
@@ -176,6 +223,7 @@ def build_context(info: Mapping[str, Any], options: LogOptions,
         host_id=machine.machine_id,
         boot_id=machine.boot_id,
         host_pid_ns_ino=host["pid"].inode if host and "pid" in host else None,
+        identity=options["identity"],
     )
 
 
@@ -323,4 +371,4 @@ def context_from_fields(fields: Mapping[str, Any]) -> ContainerContext:
         labels=container.get("labels", {}), env=fields.get("pylog", {}).get("env", {}),
         pid=fields.get("process", {}).get("pid"), namespaces=namespaces,
         host_id=host.get("id", ""), boot_id=host.get("boot", {}).get("id", ""),
-        host_pid_ns_ino=host.get("pid_ns_ino"))
+        host_pid_ns_ino=host.get("pid_ns_ino"), identity=fields.get("identity", "keys"))

@@ -27,7 +27,7 @@ from typing import Any
 import pytest
 
 from pylog.namespaces import NS_TYPES, hold_namespaces
-from pylog.nsregistry import KEY_HEX
+from pylog.nsregistry import KEY_CHARS
 from tests.peers.fluentd_receiver import ThreadedReceiver, free_port
 
 from .conftest import Containers, logs, touch, wait
@@ -284,7 +284,7 @@ def test_namespace_identities_are_the_containers(managed: ManagedPlugin, contain
         for t, ident in expected.identities.items():
             assert ns[t]["inode"] == os.stat(f"/proc/{pid}/ns/{t}").st_ino == ident.inode, t
             assert ns[t].get("id") == ident.id, t
-            assert len(ns[t]["key"]) == KEY_HEX, t
+            assert len(ns[t]["key"]) == KEY_CHARS, t
     finally:
         expected.close()
     # The plugin has namespaces of its own (mnt, uts, ipc): "the host's" must still be the host's.
@@ -307,12 +307,14 @@ def test_fluentd_sink_reaches_localhost(managed: ManagedPlugin, containers: Cont
     try:
         n = 200
         cid = containers.run(managed.name, f"seq 1 {n}", f"fluentd-address={receiver.address}",
-                             "tag=managed.{{.ID}}")
+                             "tag=managed.{{.ID}}", "identity=full")
         events = receiver.wait_for(n, f"managed.{cid[:12]}", timeout=60)
         assert [e.record["log"] for e in events] == [str(i) for i in range(1, n + 1)]
         first = events[0].record
         assert first["container_id"] == cid and first["source"] == "stdout"
-        assert first["container"]["id"] == cid and "ns" in first["pylog"]
+        ns = json.loads(managed.cli("inspect", cid))["pylog"]["ns"]
+        assert first["pylog"]["ns_key"] == {t: v["key"] for t, v in ns.items()}
+        assert first["pylog"]["ns_inode"] == {t: v["inode"] for t, v in ns.items()}
         # The host's machine and boot, not the plugin image's (it has no /etc/machine-id).
         assert first["host"]["id"] == Path("/etc/machine-id").read_text().strip()
         assert first["host"]["boot"]["id"] == \

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from pylog.namespaces import NS_TYPES, hold_namespaces
-from pylog.nsregistry import KEY_HEX
+from pylog.nsregistry import KEY_CHARS
 from pylog.store import WALKED
 
 from .conftest import Containers, PylogServer, cli, new_server, wait
@@ -58,7 +58,7 @@ def test_identities_are_the_containers_own(pylog: PylogServer, containers: Conta
         for t, ident in expected.identities.items():
             assert ns[t]["inode"] == os.stat(f"/proc/{pid}/ns/{t}").st_ino == ident.inode, t
             assert ns[t].get("id") == ident.id, t  # absent where the kernel has no NS_GET_ID
-            assert len(ns[t]["key"]) == KEY_HEX, t
+            assert len(ns[t]["key"]) == KEY_CHARS, t
         for t in ("mnt", "uts", "ipc", "pid", "net"):
             assert ns[t]["is_host"] is False, t
     finally:
@@ -103,7 +103,8 @@ def test_shared_network_namespace_names_both(pylog: PylogServer, containers: Con
     # The records themselves say it, and `pylog ps` shows it at a glance.
     side_record = records(pylog, side)[-1]
     assert side_record["message"] == "side"
-    assert side_record["pylog"]["ns"]["net"]["shared_with"] == [web_name]
+    assert side_record["pylog"]["ns_shared"]["net"] == [web_name]
+    assert side_record["pylog"]["ns_key"] == {t: v["key"] for t, v in side_ns.items()}
     ps = cli(pylog, "ps")
     assert any(line.strip().startswith("net ") and web_name in line and side_name in line
                for line in ps.splitlines()), ps
@@ -133,8 +134,8 @@ def test_short_lived_rm_containers_get_their_namespaces_20_of_20(
         for cid in ids:
             recs = records(server, cid)
             assert [r["message"] for r in recs] == ["hi"]
-            ns = recs[0]["pylog"].get("ns")
-            if ns and not ns["mnt"]["is_host"] and not ns["pid"]["is_host"]:
+            fields = recs[0]["pylog"]
+            if "ns_key" in fields and not {"mnt", "pid"} & set(fields["host_ns"]):
                 found += 1
         assert found == 20, f"namespaces found for {found} of 20 short-lived containers"
     finally:
@@ -147,10 +148,10 @@ def test_recycled_inodes_still_get_different_keys(pylog: PylogServer,
     seen: dict[str, tuple[int, str]] = {}
     recycled = False
     for _ in range(5):
-        cid = containers.run(pylog.name, "echo once")
-        ns = records(pylog, cid)[-1]["pylog"]["ns"]
+        cid = containers.run(pylog.name, "echo once", "identity=full")
+        pylog_fields = records(pylog, cid)[-1]["pylog"]
         for t in ("ipc", "mnt", "net", "pid", "uts"):
-            inode, key = ns[t]["inode"], ns[t]["key"]
+            inode, key = pylog_fields["ns_inode"][t], pylog_fields["ns_key"][t]
             if t in seen:
                 assert key != seen[t][1], f"{t}: two containers got the same namespace key"
                 recycled |= inode == seen[t][0]
@@ -214,15 +215,15 @@ def test_namespaces_false_switches_the_lookup_off(pylog: PylogServer,
                                                   containers: Containers) -> None:
     cid = containers.run(pylog.name, "echo plain", "namespaces=false")
     rec = records(pylog, cid)[-1]
-    assert rec["message"] == "plain" and "ns" not in rec.get("pylog", {})
+    assert rec["message"] == "plain" and "ns_key" not in rec.get("pylog", {})
     assert "process" not in rec
 
 
 def test_pid_and_identity_survive_restart_of_the_container(pylog: PylogServer,
                                                            containers: Containers) -> None:
     cid = containers.run(pylog.name, "echo run")
-    first = records(pylog, cid)[-1]["pylog"]["ns"]["net"]["key"]
+    first = records(pylog, cid)[-1]["pylog"]["ns_key"]["net"]
     subprocess.run(["docker", "start", cid], check=True, capture_output=True)
     wait(cid)
-    second = records(pylog, cid)[-1]["pylog"]["ns"]["net"]["key"]
+    second = records(pylog, cid)[-1]["pylog"]["ns_key"]["net"]
     assert first != second, "a restarted container got the old namespace identity"

@@ -26,7 +26,7 @@ from pylog.cursor import Cursor
 from pylog.options import parse_log_options
 from pylog.sinks.elasticsearch import ElasticsearchSink
 
-from .conftest import Containers, PylogServer, new_server
+from .conftest import Containers, PylogServer, cli, new_server
 
 pytestmark = pytest.mark.e2e
 
@@ -187,6 +187,8 @@ def test_records_carry_the_fields_and_the_template_maps_them(
     assert by_message["first stdout"]["stream"] == "stdout"
     assert "bad utf8: \ufffd end" in by_message
     assert 'tab\tand "quotes" \\ backslash' in by_message
+    ns = json.loads(cli(pylog, "inspect", cid))["pylog"]["ns"]
+    keys = {t: v["key"] for t, v in ns.items()}
     for d in docs:
         assert TS_RE.match(d["@timestamp"]), d["@timestamp"]
         assert d["container"]["id"] == cid and d["container"]["name"] == f"es-{os.getpid()}"
@@ -194,9 +196,8 @@ def test_records_carry_the_fields_and_the_template_maps_them(
         assert d["container"]["labels"] == {"app": "shop"}
         assert d["pylog"]["env"] == {"MODE": "prod"} and "hush" not in json.dumps(d)
         assert d["host"]["name"] and d["tag"] == cid[:12]
-        net = d["pylog"]["ns"]["net"]
-        assert isinstance(net["inode"], int) and net["is_host"] is False
-        assert d["pylog"]["ns"]["user"]["is_host"] is True
+        assert d["pylog"]["ns_key"] == keys and "ns_inode" not in d["pylog"]
+        assert "net" not in d["pylog"]["host_ns"] and "user" in d["pylog"]["host_ns"]
     # Nanoseconds survive: no two lines of one stream have the same timestamp.
     stamps = [d["@timestamp"] for d in docs if d["stream"] == "stdout"]
     assert len(set(stamps)) == len(stamps)
@@ -216,10 +217,9 @@ def test_records_carry_the_fields_and_the_template_maps_them(
     assert container["id"]["type"] == container["name"]["type"] == "keyword"
     assert container["labels"]["properties"]["app"]["type"] == "keyword"
     assert mapping["pylog"]["properties"]["env"]["properties"]["MODE"]["type"] == "keyword"
-    net = mapping["pylog"]["properties"]["ns"]["properties"]["net"]["properties"]
-    assert net["inode"]["type"] == "long" and net["is_host"]["type"] == "boolean"
-    if "id" in net:  # NS_GET_ID: Linux 6.x
-        assert net["id"]["type"] == "long"
+    pylog_map = mapping["pylog"]["properties"]
+    assert pylog_map["ns_key"]["properties"]["net"]["type"] == "keyword"
+    assert pylog_map["host_ns"]["type"] == "keyword"
     # date_nanos answers a range query finer than a millisecond.
     first = min(stamps)
     hits = osmem.request("POST", f"/{INDEX}/_count", {"query": {"bool": {"filter": [

@@ -71,6 +71,7 @@ class FluentdReceiver:
     events: list[Received] = field(default_factory=list)
     messages: int = 0
     acks_sent: int = 0
+    bytes_received: int = 0  # on the wire, every message and connection alike
     ack: bool = True
     arrived: asyncio.Event = field(default_factory=asyncio.Event)
     _server: asyncio.base_events.Server | None = None
@@ -107,6 +108,7 @@ class FluentdReceiver:
                 data = await reader.read(1 << 20)
                 if not data:
                     return
+                self._received(len(data))
                 unpacker.feed(data)
                 for msg in unpacker:
                     chunk = self._handle(msg)
@@ -120,6 +122,9 @@ class FluentdReceiver:
         finally:
             self._clients.discard(writer)
             writer.close()
+
+    def _received(self, size: int) -> None:
+        self.bytes_received += size
 
     def _handle(self, msg: list[Any]) -> str | None:
         self.messages += 1

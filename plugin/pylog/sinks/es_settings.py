@@ -242,13 +242,10 @@ def template_mappings() -> dict[str, Any]:
     keyword = {"type": "keyword", "ignore_above": 1024}
     return {
         "dynamic_templates": [
-            {"pylog_ns_key": {"path_match": "pylog.ns.*.key", "mapping": keyword}},
-            {"pylog_ns_inode": {"path_match": "pylog.ns.*.inode", "mapping": {"type": "long"}}},
-            {"pylog_ns_id": {"path_match": "pylog.ns.*.id", "mapping": {"type": "long"}}},
-            {"pylog_ns_is_host": {"path_match": "pylog.ns.*.is_host",
-                                  "mapping": {"type": "boolean"}}},
-            {"pylog_ns_shared_with": {"path_match": "pylog.ns.*.shared_with",
-                                      "mapping": keyword}},
+            {"pylog_ns_key": {"path_match": "pylog.ns_key.*", "mapping": keyword}},
+            {"pylog_ns_shared": {"path_match": "pylog.ns_shared.*", "mapping": keyword}},
+            {"pylog_ns_inode": {"path_match": "pylog.ns_inode.*", "mapping": {"type": "long"}}},
+            {"pylog_ns_id": {"path_match": "pylog.ns_id.*", "mapping": {"type": "long"}}},
             {"container_labels": {"path_match": "container.labels.*",
                                   "match_mapping_type": "string", "mapping": keyword}},
             {"pylog_env": {"path_match": "pylog.env.*", "match_mapping_type": "string",
@@ -268,6 +265,7 @@ def template_mappings() -> dict[str, Any]:
                                     "boot": {"properties": {"id": keyword}},
                                     "pid_ns_ino": {"type": "long"}}},
             "process": {"properties": {"pid": {"type": "long"}}},
-            "pylog": {"properties": {"env": {"type": "object"}, "ns": {"type": "object"}}},
+            "pylog": {"properties": {"env": {"type": "object"}, "ns_key": {"type": "object"},
+                                     "host_ns": keyword}},
         },
     }

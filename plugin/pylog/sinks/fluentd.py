@@ -2,8 +2,9 @@
 
 Records keep the keys of Docker's fluentd driver — ``container_id``, ``container_name`` (with its
 leading ``/``, as Docker sends it), ``source``, ``log``, and the selected labels and env vars as
-top-level keys — so existing fluentd configurations keep working; pylog adds ``container``,
-``host``, ``process`` and ``pylog`` (the namespaces), as in the JSON form. Lines arrive whole, so
+top-level keys — so existing fluentd configurations keep working; pylog adds ``container``
+(its image and labels: the id and name are Docker's keys), ``host``, ``process`` and ``pylog``
+(the namespaces), as in the JSON form. Lines arrive whole, so
 the ``partial_*`` keys never appear. Times are Forward's EventTime (msgpack ext type 0, seconds
 and nanoseconds: fluent-logger's bytes, tests/test_event_time.py) unless
 ``fluentd-sub-second-precision=false``.
@@ -119,8 +120,9 @@ def context_pairs(ctx: ContainerContext) -> tuple[int, bytes]:
                              "container_name": "/" + ctx.name}
     pairs.update(ctx.labels)  # Docker's fluentd driver puts selected labels and env at the top
     pairs.update(ctx.env)
-    fields = ctx.fields()
+    fields = ctx.record_fields()
     fields.pop("tag", None)  # it is the fluentd tag
+    del fields["container"]["id"], fields["container"]["name"]  # Docker's keys above say them
     pairs.update(fields)
     body = b"".join(msgpack.packb(k) + msgpack.packb(v) for k, v in pairs.items())
     cached = (len(pairs), body)
