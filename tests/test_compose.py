@@ -12,7 +12,9 @@ runs and nothing but 127.0.0.1 is contacted.
   for containers like the demo's, and for the compose file's own containers as it configures
   them (which must fill every panel);
 - fluentd's index template maps the fields it shares with pylog's Elasticsearch sink exactly as
-  pylog does, so that the one data view over both indices has no type conflicts;
+  pylog does, so that the one data view over both indices has no type conflicts, for records
+  with ``identity=keys`` and ``identity=full`` alike; fluent.conf's filter gives records the
+  ``container.id`` and ``container.name`` pylog's Elasticsearch sink writes;
 - the setup script imports the files the way Kibana's import API wants (against a stand-in
   Kibana on 127.0.0.1).
 """
@@ -223,21 +225,75 @@ def test_fluentd_is_built_with_the_elasticsearch_output(config: dict[str, Any]) 
     assert Path(copied["fluent.conf"]).name == "fluent.conf"
 
 
+def _params(body: str) -> dict[str, str]:
+    params: dict[str, str] = {}
+    for line in body.splitlines():
+        line = line.split("#", 1)[0].strip()
+        if line and not line.startswith("<") and " " in line:
+            key, value = line.split(None, 1)
+            params.setdefault(key, value)
+    return params
+
+
 def fluent_conf() -> dict[str, dict[str, str]]:
-    """The <source> and the <match **> of fluent.conf, as {param: value} (no nesting needed)."""
+    """The top-level <source>, <filter **> and <match **> of fluent.conf, as {param: value};
+    ``record`` is the filter's <record> section."""
     text = (FLUENTD_DIR / "fluent.conf").read_text()
     out: dict[str, dict[str, str]] = {}
-    for section, body in re.findall(r"^<(source|match \*\*)>\n(.*?)^</(?:source|match)>", text,
+    order = []
+    for section, body in re.findall(r"^<(source|filter \*\*|match \*\*)>\n(.*?)"
+                                    r"^</(?:source|filter|match)>", text,
                                     re.MULTILINE | re.DOTALL):
-        params: dict[str, str] = {}
-        for line in body.splitlines():
-            line = line.split("#", 1)[0].strip()
-            if line and not line.startswith("<") and " " in line:
-                key, value = line.split(None, 1)
-                params.setdefault(key, value)
-        out[section.split()[0]] = params
-    assert set(out) == {"source", "match"}, out
+        kind = section.split()[0]
+        order.append(kind)
+        out[kind] = _params(re.sub(r"^\s*<record>\n.*?^\s*</record>\n", "", body,
+                                   flags=re.MULTILINE | re.DOTALL))
+        if kind == "filter":
+            (record,) = re.findall(r"^\s*<record>\n(.*?)^\s*</record>", body,
+                                   re.MULTILINE | re.DOTALL)
+            out["record"] = _params(record)
+    # the filter runs on the events before the match writes them
+    assert order == ["source", "filter", "match"], order
     return out
+
+
+# fluent.conf's <record>: each field, the Ruby expression that makes it from a record and what
+# that expression gives (Python's reading of it: no Ruby here)
+FLUENTD_RECORD = {
+    "container.id": ('${record["container_id"]}', lambda r: r["container_id"]),
+    "container.name": ('${record["container_name"]&.delete_prefix("/")}',
+                       lambda r: r["container_name"].removeprefix("/")),
+}
+
+
+def fluentd_filter(record: dict[str, Any]) -> dict[str, Any]:
+    """A record as fluent.conf's filter leaves it, its dotted keys expanded as Elasticsearch
+    expands them."""
+    out = json.loads(json.dumps(record))
+    for field, (_, make) in FLUENTD_RECORD.items():
+        *parents, leaf = field.split(".")
+        node = out
+        for part in parents:
+            node = node.setdefault(part, {})
+        assert leaf not in node, f"{field} is already in the record"
+        node[leaf] = make(record)
+    return out
+
+
+def test_fluentd_filter_adds_container_id_and_name_from_dockers_keys() -> None:
+    conf = fluent_conf()
+    assert conf["filter"] == {"@type": "record_transformer", "enable_ruby": "true"}
+    assert conf["record"] == {field: expr for field, (expr, _) in FLUENTD_RECORD.items()}
+    # and they say what pylog's Elasticsearch sink says of the same container
+    line = LogEntry(source="stdout", time_nano=1_795_319_769_670_262_696, line=b"x")
+    for _, ctx in demo_contexts(generic_specs()):
+        _, body = context_pairs(ctx)
+        flat = list(msgpack.Unpacker(io.BytesIO(body), raw=False))
+        pairs = dict(zip(flat[::2], flat[1::2], strict=True))
+        assert "id" not in pairs["container"] and "name" not in pairs["container"]
+        direct = json.loads(record_json(line, ctx, TimestampFormatter()))["container"]
+        through_fluentd = fluentd_filter(pairs)["container"]
+        assert through_fluentd == direct, ctx.name
 
 
 # ============================================================================ the demo containers
@@ -537,11 +593,11 @@ def _held(init_pid: int, own: int, /, **host_or_shared: int) -> HeldNamespaces:
 Spec = tuple[str, dict[str, str], dict[str, str], dict[str, str], str]
 
 
-def generic_specs() -> list[Spec]:
+def generic_specs(identity: str = "keys") -> list[Spec]:
     """Containers like the demo's, each sending through both sinks (no docker-compose needed)."""
     opts = {"fluentd-address": "localhost:24224", "elasticsearch-url": "http://localhost:9200",
             "elasticsearch-index": "pylog-direct", "tag": "{{.Name}}", "labels": "app",
-            "env": "MODE"}
+            "env": "MODE", "identity": identity}
     return [("demo-web", opts, {"app": "shop", "team": "x"}, {}, "own"),
             ("demo-sidecar", opts, {}, {"MODE": "demo", "DB_PASSWORD": "x"}, "shares-web"),
             ("demo-agent", opts, {}, {}, "host")]
@@ -607,15 +663,15 @@ def sent_fields(specs: list[Spec], tmp_path: Path) -> dict[str, set[str]]:
                 pairs = dict(zip(flat[::2], flat[1::2], strict=True))
                 assert len(pairs) == count
                 assert set(event.record) == set(pairs) | {"source", "log"}
-                fields = _flatten(event.record) | {"@timestamp"}  # include_timestamp true
+                # fluent.conf's filter, then include_timestamp true
+                fields = _flatten(fluentd_filter(event.record)) | {"@timestamp"}
                 out.setdefault(fluentd_index, set()).update(fields)
     return out
 
 
 # What the dashboard is about, as the records must carry it.
-REQUIRED = {"@timestamp", "container.name", "pylog.ns.net.id", "pylog.ns.net.inode",
-            "pylog.ns.pid.id", "pylog.ns.net.shared_with", "pylog.ns.pid.shared_with",
-            "pylog.ns.pid.is_host", "pylog.ns.net.is_host"}
+REQUIRED = {"@timestamp", "container.name", "pylog.ns_key.net", "pylog.ns_key.pid",
+            "pylog.ns_shared.net", "pylog.ns_shared.pid", "pylog.host_ns"}
 
 
 def test_every_field_the_saved_objects_use_is_one_pylog_sends(
@@ -647,8 +703,9 @@ def test_the_demo_stack_fills_the_dashboard(saved_objects: list[dict[str, Any]],
     assert REQUIRED <= sent
     shared = [sharing_summary(ctx) for _, ctx in demo_contexts(compose_specs(config))]
     assert {"net": ["demo-web"], "pid": ["demo-web"]} in shared
-    hosts = [ctx.fields()["pylog"]["ns"] for _, ctx in demo_contexts(compose_specs(config))]
-    assert any(ns["pid"]["is_host"] and ns["net"]["is_host"] for ns in hosts)
+    hosts = [ctx.record_fields()["pylog"]["host_ns"]
+             for _, ctx in demo_contexts(compose_specs(config))]
+    assert any({"pid", "net"} <= set(host_ns) for host_ns in hosts)
 
 
 def test_the_field_check_would_catch_a_misspelt_field(tmp_path: Path) -> None:
@@ -657,9 +714,9 @@ def test_the_field_check_would_catch_a_misspelt_field(tmp_path: Path) -> None:
     text = json.dumps(lens).replace('"container.name"', '"container.names"')
     assert "container.names" in referenced_fields(json.loads(text)) - sent
     kql = {"type": "search", "id": "x", "attributes": {"kibanaSavedObjectMeta": {
-        "searchSourceJSON": json.dumps({"query": {"query": "pylog.ns.pid.is_hots: true",
+        "searchSourceJSON": json.dumps({"query": {"query": "pylog.host_nss: pid",
                                                   "language": "kuery"}})}}}
-    assert referenced_fields(kql) == {"pylog.ns.pid.is_hots"}
+    assert referenced_fields(kql) == {"pylog.host_nss"}
 
 
 # ---------------------------------------------------------------------------- mappings
@@ -698,17 +755,23 @@ def test_fluentd_index_maps_shared_fields_as_pylog_does(tmp_path: Path) -> None:
         assert ours["properties"][key] == mapping, key
     # every field of a fluentd record is mapped, and as pylog maps it in its own index: the
     # data view over both indices has no conflicting types (only labels/env that Docker's
-    # fluentd driver puts at the top level are left to dynamic mapping)
-    per_index = sent_fields(generic_specs(), tmp_path)
-    top_level = set()
-    for _, ctx in demo_contexts(generic_specs()):
-        top_level |= set(ctx.labels) | set(ctx.env)
-    direct = next(i for i in per_index if i != conf["index_name"])
-    for field in per_index[conf["index_name"]] - top_level:
-        kind = _mapping_type(ours, field)
-        assert kind is not None, f"{field} is not mapped in {conf['template_file']}"
-        if field in per_index[direct]:
-            assert kind == _mapping_type(pylog_mappings, field), field
+    # fluentd driver puts at the top level are left to dynamic mapping); with identity=full
+    # too (inodes, ids, the host's ids, the image id)
+    for identity in ("keys", "full"):
+        per_index = sent_fields(generic_specs(identity), tmp_path)
+        top_level = set()
+        for _, ctx in demo_contexts(generic_specs(identity)):
+            top_level |= set(ctx.labels) | set(ctx.env)
+        direct = next(i for i in per_index if i != conf["index_name"])
+        if identity == "full":
+            assert {"pylog.ns_inode.net", "pylog.ns_id.net"} <= per_index[direct]
+        for field in per_index[conf["index_name"]] - top_level:
+            kind = _mapping_type(ours, field)
+            assert kind is not None, f"{field} is not mapped in {conf['template_file']}"
+            if field in per_index[direct]:
+                assert kind == _mapping_type(pylog_mappings, field), (identity, field)
+        # the filter's container.id and container.name are what pylog's own sink writes
+        assert {"container.id", "container.name"} <= per_index[conf["index_name"]]
 
 
 def test_dashboard_aggregates_only_aggregatable_fields(

@@ -30,8 +30,7 @@ DATA_VIEW_TITLE = "pylog-*"
 DASHBOARD_ID = "pylog-namespaces"
 
 CORE = "8.8.0"  # coreMigrationVersion: the saved-object document format of Kibana >= 8.8
-NS_TYPES = ("cgroup", "ipc", "mnt", "net", "pid", "time", "user", "uts")
-HOST_NS_QUERY = "pylog.ns.pid.is_host: true or pylog.ns.net.is_host: true"
+HOST_NS_QUERY = "pylog.host_ns: pid or pylog.host_ns: net"
 
 
 def _id(name: str) -> str:
@@ -47,17 +46,13 @@ def _dumps(value: Any) -> str:
 
 def data_view() -> dict[str, Any]:
     number_plain = {"id": "number", "params": {"pattern": "0"}}  # no thousands separators
+    # Only the fields of the default records (identity=keys): an inode or NS_GET_ID id is in
+    # records with --log-opt identity=full alone, and pylog inspect shows them for every container.
     formats = {"process.pid": number_plain}
-    labels: dict[str, dict[str, str]] = {}
-    for t in NS_TYPES:
-        formats[f"pylog.ns.{t}.inode"] = number_plain
-        formats[f"pylog.ns.{t}.id"] = number_plain
+    labels: dict[str, dict[str, str]] = {"pylog.host_ns": {"customLabel": "the host's namespaces"}}
     for t in ("net", "pid"):
-        labels[f"pylog.ns.{t}.key"] = {"customLabel": f"{t} namespace key"}
-        labels[f"pylog.ns.{t}.id"] = {"customLabel": f"{t} namespace id"}
-        labels[f"pylog.ns.{t}.inode"] = {"customLabel": f"{t} namespace inode"}
-        labels[f"pylog.ns.{t}.is_host"] = {"customLabel": f"in the host's {t} namespace"}
-        labels[f"pylog.ns.{t}.shared_with"] = {"customLabel": f"shares its {t} namespace with"}
+        labels[f"pylog.ns_key.{t}"] = {"customLabel": f"{t} namespace key"}
+        labels[f"pylog.ns_shared.{t}"] = {"customLabel": f"shares its {t} namespace with"}
     return {
         "type": "index-pattern",
         "id": DATA_VIEW_ID,
@@ -96,7 +91,8 @@ def over_time(name: str) -> tuple[str, dict[str, Any]]:
 
 
 def terms(name: str, field: str, label: str, order_by: str, data_type: str = "string",
-          size: int = 10, missing: bool = False) -> tuple[str, dict[str, Any]]:
+          size: int = 10, missing: bool = False,
+          include: tuple[str, ...] = ()) -> tuple[str, dict[str, Any]]:
     return _id(name), {"label": label, "customLabel": True, "dataType": data_type,
                        "operationType": "terms", "sourceField": field, "isBucketed": True,
                        "scale": "ordinal",
@@ -104,7 +100,7 @@ def terms(name: str, field: str, label: str, order_by: str, data_type: str = "st
                                   "orderBy": {"type": "column", "columnId": order_by},
                                   "orderDirection": "desc", "otherBucket": False,
                                   "missingBucket": missing, "parentFormat": {"id": "terms"},
-                                  "include": [], "exclude": [], "includeIsRegex": False,
+                                  "include": list(include), "exclude": [], "includeIsRegex": False,
                                   "excludeIsRegex": False}}
 
 
@@ -178,10 +174,10 @@ def lens_lines_per_container() -> dict[str, Any]:
 def lens_lines_per_netns() -> dict[str, Any]:
     layer = _id("per-netns/layer")
     n = count("per-netns/count")
-    ns = terms("per-netns/key", "pylog.ns.net.key", "Network namespace (key)", n[0])
+    ns = terms("per-netns/key", "pylog.ns_key.net", "Network namespace (key)", n[0])
     c = terms("per-netns/name", "container.name", "Container", n[0])
     return lens("pylog-lines-per-netns", "Log lines per network namespace",
-                "One bar per network namespace (pylog.ns.net.key, which unlike the inode never "
+                "One bar per network namespace (pylog.ns_key.net, which unlike the inode never "
                 "names two namespaces), split by the containers in it: containers that share "
                 "a namespace stack up in one bar.",
                 "lnsXY", layer, [ns, c, n], xy(layer, "bar_horizontal_stacked", ns[0], n[0], c[0]))
@@ -191,17 +187,17 @@ def lens_sharing_table() -> dict[str, Any]:
     layer = _id("sharing/layer")
     n = count("sharing/count")
     cols = [
-        terms("sharing/net", "pylog.ns.net.key", "net namespace key", n[0], size=20),
-        terms("sharing/pid", "pylog.ns.pid.key", "pid namespace key", n[0], size=20),
+        terms("sharing/net", "pylog.ns_key.net", "net namespace key", n[0], size=20),
+        terms("sharing/pid", "pylog.ns_key.pid", "pid namespace key", n[0], size=20),
         terms("sharing/name", "container.name", "Container", n[0], size=50),
-        last_value("sharing/net-shared", "pylog.ns.net.shared_with", "net shared with"),
-        last_value("sharing/pid-shared", "pylog.ns.pid.shared_with", "pid shared with"),
+        last_value("sharing/net-shared", "pylog.ns_shared.net", "net shared with"),
+        last_value("sharing/pid-shared", "pylog.ns_shared.pid", "pid shared with"),
         n,
     ]
     return lens("pylog-namespace-sharing", "Which containers share namespaces",
                 "Containers by network and PID namespace key (never names two namespaces, on "
                 "every kernel, across hosts and boots), with the other attached containers "
-                "pylog saw in the same namespace (shared_with, left out for the host's "
+                "pylog saw in the same namespace (pylog.ns_shared, left out for the host's "
                 "namespaces).",
                 "lnsDatatable", layer, cols, table(layer, cols))
 
@@ -211,8 +207,10 @@ def lens_host_namespaces() -> dict[str, Any]:
     n = count("host-ns/count")
     cols = [
         terms("host-ns/name", "container.name", "Container", n[0], size=50),
-        terms("host-ns/pid", "pylog.ns.pid.is_host", "host PID namespace", n[0], "boolean", 2),
-        terms("host-ns/net", "pylog.ns.net.is_host", "host network namespace", n[0], "boolean", 2),
+        # one row per container and host namespace, pid and net only: by Docker's defaults
+        # every container is in the host's time and user namespaces (and cgroup, on cgroup v1)
+        terms("host-ns/types", "pylog.host_ns", "the host's namespaces", n[0], size=2,
+              include=("net", "pid")),
         n,
     ]
     return lens("pylog-host-namespaces", "Containers in the host's PID or network namespace",
@@ -233,8 +231,7 @@ def search_host_namespaces() -> dict[str, Any]:
             "description": "The line is `message` in records from pylog's Elasticsearch sink "
                            "(index pylog-direct) and `log` in records that came through fluentd "
                            "(pylog-fluentd, Docker's fluentd key).",
-            "columns": ["container.name", "pylog.ns.pid.is_host", "pylog.ns.net.is_host",
-                        "message", "log"],
+            "columns": ["container.name", "pylog.host_ns", "message", "log"],
             "sort": [["@timestamp", "desc"]],
             "grid": {},
             "hideChart": False,
