@@ -128,6 +128,8 @@ CONFIGS: dict[str, Config] = {c.key: c for c in (
     Config("pylog", "pylog store", pylog=True),
     Config("pylog-fluentd", "pylog +fluentd", pylog=True, sinks=("forward",), fluentd=True,
            store=False),
+    Config("syslog", "docker syslog", builtin="syslog", sinks=("syslog",), store=False),
+    Config("pylog-syslog", "pylog +syslog", pylog=True, sinks=("syslog",), store=False),
     Config("pylog-es", "pylog +es", pylog=True, sinks=("es",), store=False),
     Config("pylog-es-osmem", "pylog +es to osmem-server", pylog=True, sinks=("osmem",),
            store=False, only=("E1",)),
@@ -595,6 +597,8 @@ class Bench:
                 opts["elasticsearch-url"] = self.peers[kind].url()
         if "syslog" in config.sinks:
             opts["syslog-address"] = self.peers["syslog"].url()
+            # RFC 5424 with microseconds from both (Docker's default is RFC 3164's seconds)
+            opts["syslog-format"] = "rfc5424micro"
         if config.down:
             opts["fluentd-address"] = f"tcp://127.0.0.1:{self.closed_port}"
         return opts
