@@ -29,7 +29,7 @@ def document_ids(lines: Sequence[Line], container_id: str) -> list[bytes]:
     batch, the digests of a batch base64-encoded as one string, then cut every 20 characters
     (15 bytes encode to 20 characters without padding). The hash itself is one comprehension
     step a line, the cheapest form timed (``functools.partial`` or ``methodcaller`` cost more).
-    It is still the sink's biggest cost (half of its CPU in bench/RESULTS.md's profile): the
+    It is still the sink's biggest cost (half of its CPU in a py-spy profile of B1): the
     price of ids that make a batch sent again meet 409 whatever path it took."""
     sources, times, texts = columns_of(lines)
     stream = {s: s.encode() + b"\0" for s in set(sources)}
