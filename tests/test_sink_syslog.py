@@ -38,15 +38,19 @@ CID = "3f2a1b9c0d1e" + "ab" * 26
 NS = {"net": NamespaceView("net", 4026532260, 5064, False, ("db",), "a1" * 10),
       "cgroup": NamespaceView("cgroup", 4026531835, 5, True, key="c5" * 10),
       "pid": NamespaceView("pid", 4026532187, 1077, False)}  # no key: saved by an older pylog
-SD = (f'[pylog@32473 container_id="{CID}" container_name="web" ns_cgroup="4026531835" '
-      f'ns_cgroup_key="{"c5" * 10}" ns_net="4026532260" ns_net_key="{"a1" * 10}" '
-      f'ns_pid="4026532187"]')
+SD = (f'[pylog@32473 container_id="{CID}" container_name="web" '
+      f'ns_cgroup_key="{"c5" * 10}" ns_net_key="{"a1" * 10}" ns_pid="4026532187"]')
+SD_FULL = (f'[pylog@32473 container_id="{CID}" container_name="web" ns_cgroup="4026531835" '
+           f'ns_cgroup_key="{"c5" * 10}" ns_net="4026532260" ns_net_key="{"a1" * 10}" '
+           f'ns_pid="4026532187"]')
 PID = os.getpid()
 
 
 def context(tag: str = "3f2a1b9c0d1e", name: str = "web", host: str = "vm",
-            namespaces: dict[str, NamespaceView] | None = NS) -> ContainerContext:
-    return ContainerContext(CID, name, "img:1", "sha256:abc", tag, host, namespaces=namespaces)
+            namespaces: dict[str, NamespaceView] | None = NS,
+            identity: str = "keys") -> ContainerContext:
+    return ContainerContext(CID, name, "img:1", "sha256:abc", tag, host, namespaces=namespaces,
+                            identity=identity)
 
 
 def entry(text: bytes | str, source: str = "stdout", t: int = T0) -> LogEntry:
@@ -263,6 +267,12 @@ def test_sd_escaping() -> None:
     assert structured_data(ctx) == (
         f'[pylog@32473 container_id="{CID}" container_name="we\\"ird\\\\na\\]me" '
         + SD.split('container_name="web" ')[1])
+
+
+def test_keys_name_the_namespaces_and_identity_full_adds_their_inodes() -> None:
+    # (the pid namespace's context has no key: an older pylog saved it; its inode stands in)
+    assert structured_data(context()) == SD
+    assert structured_data(context(identity="full")) == SD_FULL
 
 
 def test_no_namespaces_yet_means_no_ns_params() -> None:

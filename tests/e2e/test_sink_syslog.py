@@ -243,7 +243,9 @@ def test_every_transport_and_format(pylog: PylogServer, containers: Containers,
 def test_structured_data_has_the_containers_namespace_inodes(
         pylog: PylogServer, containers: Containers, rsyslogd: Rsyslogd) -> None:
     script = "while [ ! -e /tmp/go ]; do usleep 10000; done; echo up; exec sleep 1000"
-    cid = containers.start(pylog.name, script, f"syslog-address={rsyslogd.address('udp')}")
+    # identity=full: each namespace's inode beside its key (by default only the key)
+    cid = containers.start(pylog.name, script, f"syslog-address={rsyslogd.address('udp')}",
+                           "identity=full")
     deadline = time.monotonic() + 30
     while '"ns"' not in pylog_cli(pylog, "inspect", cid):  # the line comes after they are known
         assert time.monotonic() < deadline, "pylog found no namespaces in 30 s"

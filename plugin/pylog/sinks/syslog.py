@@ -8,11 +8,10 @@ differences:
 - the timestamp is the line's own (``time_nano``), not the time it was sent;
 - RFC 5424 messages carry a structured-data element with the container and its namespaces::
 
-      [pylog@32473 container_id="..." container_name="web" ns_cgroup="4026531835"
-       ns_cgroup_key="5d0c3e9a8f1b2c4d6e7f" ...]
+      [pylog@32473 container_id="..." container_name="web" ns_cgroup_key="3ZrWM4OLVH2bMG" ...]
 
-  (``ns_<type>`` is the inode, ``ns_<type>_key`` the namespace's key: see
-  :mod:`pylog.nsregistry`);
+  (``ns_<type>_key`` is the namespace's key, see :mod:`pylog.nsregistry`; with
+  ``identity=full`` each namespace's inode comes too, as ``ns_<type>``);
 
 - ``syslog-tls-skip-verify`` is a real boolean (``false`` verifies); verification is on by
   default and ``syslog-tls-ca-cert`` is the only CA trusted when given;
@@ -160,9 +159,11 @@ def sd_escape(value: str) -> str:
 
 def structured_data(ctx: ContainerContext) -> str:
     params = [("container_id", ctx.container_id), ("container_name", ctx.name)]
+    full = ctx.identity == "full"
     for t, ns in sorted((ctx.namespaces or {}).items()):
         name = f"ns_{_printusascii(t, 25)}"
-        params.append((name, str(ns.inode)))
+        if full or not ns.key:  # a context saved before keys: its inode is all there is
+            params.append((name, str(ns.inode)))
         if ns.key:  # the inode alone can name two namespaces over time; the key never does
             params.append((f"{name}_key", ns.key))
     return "[" + SD_ID + "".join(f' {k}="{sd_escape(v)}"' for k, v in params) + "]"
