@@ -90,25 +90,28 @@ class ContainerContext:
             host["pid_ns_ino"] = self.host_pid_ns_ino
         return host
 
-    def fields(self) -> dict[str, Any]:
-        """The nested JSON form, without the per-line keys."""
-        container: dict[str, Any] = {
-            "id": self.container_id, "name": self.name,
-            "image": {"name": self.image_name, "id": self.image_id},
-        }
+    def _assemble(self, image: dict[str, Any], host: dict[str, Any],
+                  namespaces: dict[str, Any]) -> dict[str, Any]:
+        """The nested form both :meth:`fields` and :meth:`record_fields` give, around the parts
+        in which they differ: the image, the host and the namespaces' members of ``pylog``."""
+        container: dict[str, Any] = {"id": self.container_id, "name": self.name, "image": image}
         if self.labels:
             container["labels"] = dict(self.labels)
-        out: dict[str, Any] = {"tag": self.tag, "container": container,
-                               "host": self.host_fields()}
+        out: dict[str, Any] = {"tag": self.tag, "container": container, "host": host}
         if self.pid is not None:
             out["process"] = {"pid": self.pid}
-        pylog: dict[str, Any] = {}
-        if self.env:
-            pylog["env"] = dict(self.env)
-        if self.namespaces is not None:
-            pylog["ns"] = {t: v.fields() for t, v in sorted(self.namespaces.items())}
+        pylog: dict[str, Any] = {"env": dict(self.env)} if self.env else {}
+        pylog.update(namespaces)
         if pylog:
             out["pylog"] = pylog
+        return out
+
+    def fields(self) -> dict[str, Any]:
+        """The nested JSON form, without the per-line keys."""
+        ns = {} if self.namespaces is None else {
+            "ns": {t: v.fields() for t, v in sorted(self.namespaces.items())}}
+        out = self._assemble({"name": self.image_name, "id": self.image_id},
+                             self.host_fields(), ns)
         if self.identity != "keys":
             out["identity"] = self.identity
         return out
@@ -117,30 +120,19 @@ class ContainerContext:
         """What each record says of the container, without the per-line keys: with
         ``identity=keys`` each namespace by its key alone, the host's namespaces as one list."""
         full = self.identity == "full"
-        image = {"name": self.image_name, "id": self.image_id} if full else \
-            {"name": self.image_name}
-        container: dict[str, Any] = {"id": self.container_id, "name": self.name, "image": image}
-        if self.labels:
-            container["labels"] = dict(self.labels)
-        host = self.host_fields() if full else {"name": self.host_name}
-        out: dict[str, Any] = {"tag": self.tag, "container": container, "host": host}
-        if self.pid is not None:
-            out["process"] = {"pid": self.pid}
-        pylog: dict[str, Any] = {}
-        if self.env:
-            pylog["env"] = dict(self.env)
-        if self.namespaces is not None:
-            pylog.update(namespace_fields(self.namespaces, full))
-        if pylog:
-            out["pylog"] = pylog
-        return out
+        ns = {} if self.namespaces is None else namespace_fields(self.namespaces, full)
+        if full:
+            return self._assemble({"name": self.image_name, "id": self.image_id},
+                                  self.host_fields(), ns)
+        return self._assemble({"name": self.image_name}, {"name": self.host_name}, ns)
 
     @property
     def json_fragment(self) -> str:
         """The context's JSON members, ready to be spliced into each line's object."""
         cached: str | None = getattr(self, "_fragment", None)
         if cached is None:
-            cached = json.dumps(self.record_fields(), ensure_ascii=False, separators=(",", ":"))[1:-1]
+            cached = json.dumps(self.record_fields(), ensure_ascii=False,
+                                separators=(",", ":"))[1:-1]
             object.__setattr__(self, "_fragment", cached)
         return cached
 
