@@ -36,7 +36,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -113,7 +113,7 @@ class ElasticsearchSink(Sink):
         self._batches = asyncio.Semaphore(self.BATCHES_AT_ONCE)
         # Per container: _ids settled (created, duplicate, dead-lettered) in a batch that then
         # failed, so that the delivery's retry of the batch does not send them again.
-        self._settled: dict[str, set[bytes]] = {}
+        self._settled: dict[str, Settled] = {}
 
     # ------------------------------------------------------------------ connection
 
@@ -221,10 +221,11 @@ class ElasticsearchSink(Sink):
             await self._setup(t)
         async with self._batches:
             docs = bulk_documents(lines, ctx)
-            settled = self._settled.setdefault(ctx.container_id, set())
+            settled = self._settled.setdefault(ctx.container_id, Settled())
             pending = docs
             if settled:
-                pending = docs.pick([i for i, d in enumerate(docs.ids) if d not in settled])
+                known = settled.resolved()
+                pending = docs.pick([i for i, d in enumerate(docs.ids) if d not in known])
             rounds = 0
             while pending:
                 retry: list[Docs] = []
@@ -245,7 +246,7 @@ class ElasticsearchSink(Sink):
                                         self.MAX_ITEM_RETRY_WAIT))  # backoff before re-sending
             self._settled.pop(ctx.container_id, None)
 
-    async def _bulk(self, t: Transport, chunk: Docs, settled: set[bytes],
+    async def _bulk(self, t: Transport, chunk: Docs, settled: Settled,
                     container_id: str = "") -> tuple[Docs, str]:
         """One _bulk request; returns the documents to send again (429/5xx; none: empty) and
         why."""
@@ -262,11 +263,11 @@ class ElasticsearchSink(Sink):
         items = bulk_items(body, len(chunk))
         if items is None:
             self.created += len(chunk)
-            settled.update(chunk.ids)
+            settled.add_whole(chunk.ids)
             return chunk[:0], ""
         return await self._settle(chunk, ItemOutcomes.of(items), settled, container_id)
 
-    async def _too_large(self, t: Transport, chunk: Docs, body: Any, settled: set[bytes],
+    async def _too_large(self, t: Transport, chunk: Docs, body: Any, settled: Settled,
                          container_id: str) -> tuple[Docs, str]:
         """A 413: each half sent on its own; a single document is dead-lettered."""
         if len(chunk) > 1:
@@ -279,7 +280,7 @@ class ElasticsearchSink(Sink):
                                 container_id)
         return chunk[:0], ""
 
-    async def _settle(self, chunk: Docs, out: ItemOutcomes, settled: set[bytes],
+    async def _settle(self, chunk: Docs, out: ItemOutcomes, settled: Settled,
                       container_id: str) -> tuple[Docs, str]:
         """Counts and settles what the server took, dead-letters what it rejected; returns the
         documents to send again and why."""
@@ -298,7 +299,7 @@ class ElasticsearchSink(Sink):
         return chunk.pick(out.retry), out.why
 
     async def _dead_letter(self, chunk: Docs, rejected: list[tuple[int, int, Any]],
-                           settled: set[bytes], container_id: str = "") -> None:
+                           settled: Settled, container_id: str = "") -> None:
         """Keep rejected documents (their places in ``chunk``) in the dead-letter file; only then
         are they settled."""
         await self.dead_letters.append(chunk, rejected)
@@ -312,6 +313,34 @@ class ElasticsearchSink(Sink):
                 await transport.close()
             except Exception as e:  # noqa: BLE001 - closing must not fail shutdown
                 log.debug("sink %s: closing the transport: %s", self.key, e)
+
+
+class Settled:
+    """The _ids of one container's batch that the server has settled (created, duplicate,
+    dead-lettered): only a batch that then fails needs them, when the delivery sends it again.
+    A request taken whole is kept as its list of ids, made a set only then (hashing every id
+    of every request cost 3% of the sink's CPU, B1)."""
+
+    __slots__ = ("ids", "whole")
+
+    def __init__(self) -> None:
+        self.ids: set[bytes] = set()
+        self.whole: list[list[bytes]] = []
+
+    def add_whole(self, ids: list[bytes]) -> None:
+        self.whole.append(ids)
+
+    def update(self, ids: Iterable[bytes]) -> None:
+        self.ids.update(ids)
+
+    def resolved(self) -> set[bytes]:
+        for ids in self.whole:
+            self.ids.update(ids)
+        self.whole.clear()
+        return self.ids
+
+    def __bool__(self) -> bool:
+        return bool(self.ids) or any(self.whole)
 
 
 class DeadLetterFile:
