@@ -394,6 +394,22 @@ def test_bulk_documents_of_columns_are_those_of_entries() -> None:
     assert bulk_documents(cols, ctx()) == bulk_documents(batch, ctx())
 
 
+@given(st.lists(st.tuples(st.sampled_from(["stdout", "stderr", "other"]),
+                          st.integers(min_value=-2**63, max_value=2**63 - 1),
+                          st.binary(min_size=1, max_size=30)), min_size=1, max_size=30),
+       st.integers(min_value=0, max_value=3))
+def test_the_size_of_a_batch_is_that_of_its_body(batch: list[tuple[str, int, bytes]],
+                                                 repeats: int) -> None:
+    """Counted without a running total (what a request taken whole needs): the same bytes as
+    the body, with repeated ids (``.1``), odd streams and lines that need escaping."""
+    entries = [LogEntry(source=s, time_nano=t, line=b) for s, t, b in batch]
+    entries += entries[:repeats]
+    docs = bulk_documents(entries, ctx())
+    assert docs.size() == len(docs.body()) == docs.ends[-1]
+    assert chunks(docs, docs.size()) == [docs]
+    assert sum(len(c.body()) for c in chunks(docs, max(1, docs.size() // 3))) == docs.size()
+
+
 def test_big_batches_are_split_into_bounded_requests() -> None:
     docs = bulk_documents(lines(1000, start=1000), ctx())
     size = len(payload(docs[0]).encode())

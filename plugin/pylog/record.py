@@ -274,6 +274,15 @@ class RecordColumns:
     fraction_size: int
     tail_size: int | None
 
+    def size(self) -> int:
+        """All the records' bytes."""
+        n = len(self.messages)
+        heads = (n * self.head_size if self.head_size is not None
+                 else sum(map(len, self.heads)))
+        tails = (n * self.tail_size if self.tail_size is not None
+                 else sum(map(len, self.tails)))
+        return heads + n * self.fraction_size + sum(map(len, self.messages)) + tails
+
     def sizes(self) -> list[int]:
         """Each record's size in bytes."""
         if self.head_size is not None and self.tail_size is not None:

@@ -83,7 +83,7 @@ class ElasticsearchSink(Sink):
         "elasticsearch-ca-cert": (parse_ca_cert, None),
         "elasticsearch-tls-skip-verify": (parse_bool, False),
     }
-    BULK_MAX_BYTES = 5 << 20  # per _bulk request
+    BULK_MAX_BYTES = 8 << 20  # per _bulk request: a delivery batch of short lines (~6 MB) in one
     ITEM_RETRIES = 5  # rounds of re-sending 429/5xx items inside one send
     BATCHES_AT_ONCE = 2  # containers' batches encoded and in _bulk requests at the same time
     ITEM_RETRY_WAIT = 0.5  # seconds, doubled each round

@@ -10,7 +10,6 @@ from bisect import bisect_right
 from collections.abc import Sequence
 from functools import lru_cache
 from itertools import accumulate, chain, repeat
-from operator import add
 from typing import Any
 
 from ..frames import columns_of
@@ -101,14 +100,30 @@ class Docs(Sequence[Doc]):
     the running total), so no per-document string is ever made: see :func:`record_columns` for
     what that buys. ``docs[i]`` is document i as a :class:`Doc`; a slice is a Docs."""
 
-    __slots__ = ("base", "ends", "ids", "parts")
+    __slots__ = ("_ends", "_total", "base", "ids", "parts")
 
-    def __init__(self, ids: list[bytes], parts: list[bytes], ends: list[int],
-                 base: int = 0) -> None:
+    def __init__(self, ids: list[bytes], parts: list[bytes], ends: list[int] | None = None,
+                 base: int = 0, total: int | None = None) -> None:
         self.ids = ids        # each document's _id
         self.parts = parts    # PARTS per document
-        self.ends = ends      # bytes up to the end of each document, from ``base``
         self.base = base
+        # The running total (bytes up to the end of each document, from ``base``) is made
+        # only when a request is cut out of the batch: one taken whole needs just its size.
+        self._ends = ends
+        self._total = total
+
+    @property
+    def ends(self) -> list[int]:
+        if self._ends is None:
+            sizes = map(sum, zip(*[map(len, self.parts[k::PARTS]) for k in range(PARTS)]))
+            self._ends = list(accumulate(sizes, initial=self.base))[1:]
+        return self._ends
+
+    def size(self) -> int:
+        """All the documents' bytes."""
+        if self._total is None:
+            self._total = self.ends[-1] - self.base if self.ids else 0
+        return self._total
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -176,13 +191,14 @@ def bulk_documents(lines: Sequence[Line], ctx: ContainerContext) -> Docs:
     parts[3::PARTS] = cols.fractions
     parts[4::PARTS] = cols.messages
     parts[5::PARTS] = cols.tails
-    sizes = map(add, map(len, ids), map(add, cols.sizes(), repeat(len(_ACTION))))
-    return Docs(ids, parts, list(accumulate(sizes)))
+    return Docs(ids, parts, total=n * len(_ACTION) + sum(map(len, ids)) + cols.size())
 
 
 def chunks(docs: Docs, max_bytes: int) -> list[Docs]:
     """Bulk requests of at most ``max_bytes`` (a bigger document goes alone); each request's
     end found by bisecting the running total of the sizes, not by a step per document."""
+    if docs.size() <= max_bytes:
+        return [docs] if len(docs) else []
     ends = docs.ends
     out: list[Docs] = []
     start, done = 0, docs.base  # first document of the request, bytes before it
