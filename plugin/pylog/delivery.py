@@ -43,6 +43,7 @@ from .store import ContainerLog
 
 log = logging.getLogger(__name__)
 
+MAX_RETRY_AFTER = 300.0  # seconds: the longest Retry-After a server's answer makes a batch wait
 READ_BYTES = 256 << 10  # one batch: up to 256 KiB of stored frames (~10,000 short lines); it is
 # also what a crash can make a sink receive twice
 
@@ -282,6 +283,9 @@ class Delivery:
                     if self.closing:
                         raise asyncio.CancelledError from e  # keep it stored for the next start
                     delay = min(self.sink.retry_wait * (2 ** attempt), self.sink.MAX_RETRY_WAIT)
+                    asked = getattr(e, "retry_after", None)  # the server's Retry-After
+                    if asked is not None:
+                        delay = max(delay, min(asked, MAX_RETRY_AFTER))
                     attempt += 1
                 else:
                     self._sent(lines, rejected_before)

@@ -65,6 +65,28 @@ def parse_regex(name: str, value: str) -> re.Pattern[str]:
         raise OptionError(f"invalid value {value!r} for log opt {name!r}: bad regex: {e}") from None
 
 
+_DURATION_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def parse_duration(name: str, value: str) -> float:
+    """A Go duration (``500ms``, ``1s``, ``1m30s``) in seconds; a bare number is seconds."""
+    text = value.strip()
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    total, pos = 0.0, 0
+    for m in re.finditer(r"(\d+(?:\.\d+)?)(ns|us|µs|ms|s|m|h)", text):
+        if m.start() != pos:
+            break
+        total += float(m.group(1)) * _DURATION_UNITS[m.group(2)]
+        pos = m.end()
+    if pos != len(text) or not text:
+        raise OptionError(f"invalid value {value!r} for log opt {name!r}: expected a duration "
+                          f"such as 500ms, 1s or 1m30s")
+    return total
+
+
 def parse_choice(choices: tuple[str, ...]) -> Callable[[str, str], str]:
     def parse(name: str, value: str) -> str:
         if value not in choices:

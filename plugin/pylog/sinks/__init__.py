@@ -12,12 +12,14 @@ from ..options import OPTION_GROUPS, LogOptions
 from .base import Sink, SinkConfig, SinkError
 from .elasticsearch import ElasticsearchSink
 from .fluentd import FluentdSink
+from .otlp import OtlpSink
 from .syslog import SyslogSink
 
 SINK_TYPES: dict[str, type[Sink]] = {
     FluentdSink.KIND: FluentdSink,
     ElasticsearchSink.KIND: ElasticsearchSink,
     SyslogSink.KIND: SyslogSink,
+    OtlpSink.KIND: OtlpSink,
 }
 for _cls in SINK_TYPES.values():
     OPTION_GROUPS[_cls.KIND] = _cls.OPTIONS

@@ -21,7 +21,12 @@ from ..record import ContainerContext
 
 
 class SinkError(Exception):
-    """A batch was not delivered; the delivery retries it with backoff."""
+    """A batch was not delivered; the delivery retries it with backoff, waiting at least
+    ``retry_after`` seconds when the server asked for that (a 429's or 503's Retry-After)."""
+
+    def __init__(self, message: str, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 @dataclass(frozen=True)

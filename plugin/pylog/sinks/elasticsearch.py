@@ -34,7 +34,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import os
 import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -44,6 +43,7 @@ from ..options import Parser, parse_bool
 from ..reassembly import Line
 from ..record import ContainerContext
 from .base import Sink, SinkConfig, SinkError
+from .deadletter import append_file
 from .es_documents import Docs, bulk_documents, chunks, document_ids
 from .es_settings import (
     DEFAULT_INDEX,
@@ -368,7 +368,7 @@ class DeadLetterFile:
                                    "document": document}, ensure_ascii=False) + "\n")
         data = "".join(out).encode("utf-8", "replace")
         try:
-            await asyncio.to_thread(_append, self.path, data)  # disk I/O: off the loop
+            await asyncio.to_thread(append_file, self.path, data)  # disk I/O: off the loop
         except OSError as e:
             raise SinkError(f"{len(rejected)} documents were rejected and could not be kept "
                             f"in {self.path}: {e.strerror or e}") from None
@@ -377,18 +377,6 @@ class DeadLetterFile:
         log.warning("sink %s: Elasticsearch rejected %d documents (first: %d %s); appended to "
                     "%s (%d so far)", self.sink_key, len(rejected), first_status,
                     _reason(first_error).split(":")[0], self.path, self.count)
-
-
-def _append(path: Path, data: bytes) -> None:
-    """Append ``data`` to ``path`` (created 0600, its directory 0700)."""
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-    try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view):]
-    finally:
-        os.close(fd)
 
 
 # What other modules, the tests and the benchmark import from here (the sink's parts live in

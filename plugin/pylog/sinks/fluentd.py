@@ -20,7 +20,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import os
-import re
 import ssl
 import struct
 from bisect import bisect_right
@@ -35,7 +34,7 @@ from fluent.sender import EventTime  # the slow path's packer, the fast path's r
 
 from ..errors import OptionError
 from ..frames import columns_of
-from ..options import parse_bool, parse_size
+from ..options import parse_bool, parse_duration, parse_size
 from ..reassembly import Line
 from ..record import ContainerContext
 from .base import Sink, SinkError
@@ -43,28 +42,6 @@ from .base import Sink, SinkError
 DEFAULT_PORT = 24224
 _NOTHING = object()
 IN_FLIGHT = 4  # messages written and not yet acked, at most (each up to fluentd-buffer-limit)
-_DURATION_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
-
-
-def parse_duration(name: str, value: str) -> float:
-    """A Go duration (``500ms``, ``1s``, ``1m30s``) in seconds; a bare number is seconds."""
-    text = value.strip()
-    try:
-        return float(text)
-    except ValueError:
-        pass
-    total, pos = 0.0, 0
-    for m in re.finditer(r"(\d+(?:\.\d+)?)(ns|us|µs|ms|s|m|h)", text):
-        if m.start() != pos:
-            break
-        total += float(m.group(1)) * _DURATION_UNITS[m.group(2)]
-        pos = m.end()
-    if pos != len(text) or not text:
-        raise OptionError(f"invalid value {value!r} for log opt {name!r}: expected a duration "
-                          f"such as 500ms, 1s or 1m30s")
-    return total
-
-
 def parse_fluentd_address(name: str, value: str) -> tuple[str, str, int | str]:
     """``tcp://host:port``, ``tls://host:port``, ``unix:///path``, or ``host[:port]``."""
     text = value.strip()
