@@ -19,6 +19,12 @@ for a sender's bytes:
   ``PUT _data_stream``, ``POST <index>/_bulk`` — parsing every action and document as JSON and
   answering every ``create`` with 201.
 
+- ``otlp``: an OpenTelemetry collector's OTLP/HTTP logs receiver — ``POST /v1/logs``, gunzipped
+  by aiohttp as by the collector's HTTP server, every request parsed as an
+  ``ExportLogsServiceRequest`` with the opentelemetry-proto classes (protobuf or OTLP/JSON),
+  every record's body read; answered with an ``ExportLogsServiceResponse``. The tag is the
+  resource's ``pylog.tag``.
+
 Every receiver keeps, per tag (the fluentd tag, the syslog APP-NAME, the record's ``tag``), how
 many lines arrived, which distinct lines (by the number the benchmark's lines end with: ``seq``
 output, or 4 KiB lines ending in a 7-digit number), duplicates, and the wall-clock times
@@ -318,12 +324,55 @@ async def start_es(counter: Counter, port: int) -> int:
     return int(runner.addresses[0][1])
 
 
+async def start_otlp(counter: Counter, port: int) -> int:
+    from aiohttp import web
+    from google.protobuf import json_format
+    from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import (
+        ExportLogsServiceRequest,
+        ExportLogsServiceResponse,
+    )
+
+    empty = ExportLogsServiceResponse()
+
+    async def export(request: web.Request) -> web.Response:
+        body = await request.read()
+        t0 = time.perf_counter()
+        counter.messages += 1
+        counter.bytes += request.content_length or len(body)
+        msg = ExportLogsServiceRequest()
+        as_json = request.content_type == "application/json"
+        if as_json:
+            json_format.Parse(body.decode(), msg)
+        else:
+            msg.ParseFromString(body)
+        for rl in msg.resource_logs:
+            tag = next((kv.value.string_value for kv in rl.resource.attributes
+                        if kv.key == "pylog.tag"), "?")
+            counter.add_texts(tag, [r.body.string_value for sl in rl.scope_logs
+                                    for r in sl.log_records])
+        counter.busy += time.perf_counter() - t0
+        if as_json:
+            return web.Response(text=json_format.MessageToJson(empty),
+                                content_type="application/json")
+        return web.Response(body=empty.SerializeToString(),
+                            content_type="application/x-protobuf")
+
+    app = web.Application(client_max_size=256 << 20)
+    app.router.add_post("/v1/logs", export)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", port, reuse_address=True)
+    await site.start()
+    return int(runner.addresses[0][1])
+
+
 # ----------------------------------------------------------------------------- main
 
 
 async def main(args: argparse.Namespace) -> None:
     counter = Counter()
-    start = {"forward": start_forward, "syslog": start_syslog, "es": start_es}[args.kind]
+    start = {"forward": start_forward, "syslog": start_syslog, "es": start_es,
+             "otlp": start_otlp}[args.kind]
     port = await start(counter, args.port)
     print(json.dumps({"port": port, "pid": os.getpid()}), flush=True)
     loop = asyncio.get_running_loop()
@@ -347,6 +396,6 @@ async def main(args: argparse.Namespace) -> None:
 
 if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("kind", choices=("forward", "syslog", "es"))
+    ap.add_argument("kind", choices=("forward", "syslog", "es", "otlp"))
     ap.add_argument("--port", type=int, default=0)
     asyncio.run(main(ap.parse_args()))

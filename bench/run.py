@@ -131,6 +131,7 @@ CONFIGS: dict[str, Config] = {c.key: c for c in (
     Config("syslog", "docker syslog", builtin="syslog", sinks=("syslog",), store=False),
     Config("pylog-syslog", "pylog +syslog", pylog=True, sinks=("syslog",), store=False),
     Config("pylog-es", "pylog +es", pylog=True, sinks=("es",), store=False),
+    Config("pylog-otlp", "pylog +otlp", pylog=True, sinks=("otlp",), store=False),
     Config("pylog-es-osmem", "pylog +es to osmem-server", pylog=True, sinks=("osmem",),
            store=False, only=("E1",)),
     Config("pylog-all", "pylog +fluentd+es+syslog", pylog=True,
@@ -448,7 +449,8 @@ class Peer:
     def url(self) -> str:
         return {"forward": f"tcp://127.0.0.1:{self.port}",
                 "syslog": f"tcp://127.0.0.1:{self.port}",
-                "es": f"http://127.0.0.1:{self.port}"}[self.kind]
+                "es": f"http://127.0.0.1:{self.port}",
+                "otlp": f"http://127.0.0.1:{self.port}"}[self.kind]
 
     def close(self) -> None:
         if self.proc.poll() is None:
@@ -595,6 +597,8 @@ class Bench:
         for kind in ("es", "osmem"):
             if kind in config.sinks:
                 opts["elasticsearch-url"] = self.peers[kind].url()
+        if "otlp" in config.sinks:
+            opts["otlp-endpoint"] = self.peers["otlp"].url()
         if "syslog" in config.sinks:
             opts["syslog-address"] = self.peers["syslog"].url()
             # RFC 5424 with microseconds from both (Docker's default is RFC 3164's seconds)

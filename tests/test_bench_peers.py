@@ -7,6 +7,7 @@ import json
 import sys
 from pathlib import Path
 
+import aiohttp
 import msgpack
 import pytest
 
@@ -15,6 +16,7 @@ from pylog.options import parse_log_options
 from pylog.record import ContainerContext, NamespaceView
 from pylog.sinks.es_documents import bulk_documents
 from pylog.sinks.fluentd import FluentdSink
+from pylog.sinks.otlp_encode import content_type, request_body
 from pylog.sinks.syslog import Encoder, octet_frame
 from tests.peers.fluentd_receiver import forward_events
 
@@ -25,6 +27,7 @@ from bench.peers import (  # noqa: E402
     SyslogProtocol,
     bulk_texts,
     parse_syslog,
+    start_otlp,
 )
 
 CID = "c0ffee" * 10 + "abcd"
@@ -97,3 +100,19 @@ def test_elasticsearch_parses_every_document() -> None:
     broken = body.replace(b'"message":"line 0000007"', b'"message":"line 0000007')
     with pytest.raises(json.JSONDecodeError):
         bulk_texts(broken)
+
+
+@pytest.mark.parametrize("protocol", ["http/protobuf", "http/json"])
+async def test_otlp_parses_every_record(protocol: str) -> None:
+    counter = Counter()
+    port = await start_otlp(counter, 0)
+    headers = {"content-type": content_type(protocol), "content-encoding": "gzip"}
+    async with aiohttp.ClientSession() as session:
+        async with session.post(f"http://127.0.0.1:{port}/v1/logs", headers=headers,
+                                data=request_body(lines(50), ctx(), protocol, True)) as resp:
+            assert resp.status == 200
+        async with session.post(f"http://127.0.0.1:{port}/v1/logs", data=b"\xff garbage",
+                                headers={"content-type": content_type(protocol)}) as resp:
+            assert resp.status >= 400  # an undecodable request fails, counting nothing
+    tally = counter.tags["tag1"].as_dict()
+    assert tally["events"] == 50 and tally["distinct"] == 50 and counter.messages == 2

@@ -99,7 +99,7 @@ class OtlpReceiver:
         self.requests.append({"headers": dict(request.headers), "media": media,
                               "bytes": int(request.headers.get("content-length", len(data))),
                               "records": count, "status": answer.status,
-                              "path": request.path})
+                              "path": request.path, "at": time.monotonic()})
         self.arrived.set()
         return self._reply(answer, media)
 
