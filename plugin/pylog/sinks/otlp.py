@@ -18,21 +18,17 @@ Connection errors and timeouts are retried like every sink's (the spool keeps th
 
 from __future__ import annotations
 
-import asyncio
-import logging
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
-import aiohttp
-
 from ..options import parse_bool, parse_choice, parse_duration
 from ..reassembly import Line
 from ..record import ContainerContext
-from .base import Sink, SinkConfig, SinkError
-from .deadletter import DeadLetters
+from .base import SinkConfig
 from .es_settings import parse_ca_cert
-from .otlp_encode import content_type, dead_rows, error_text, partial_success, request_body
+from .http_push import Answer, HttpPushSink
+from .otlp_encode import content_type, error_text, partial_success, request_body
 from .otlp_settings import (
     COMPRESSIONS,
     PROTOCOLS,
@@ -40,14 +36,11 @@ from .otlp_settings import (
     env_headers,
     logs_url,
     parse_endpoint,
-    retry_after,
     tls_context,
 )
 
-log = logging.getLogger(__name__)
 
-
-class OtlpSink(Sink):
+class OtlpSink(HttpPushSink):
     KIND = "otlp"
     ADDRESS_OPTION = "otlp-endpoint"
     COLUMNS = True
@@ -71,11 +64,7 @@ class OtlpSink(Sink):
         self.headers = {**env_headers(), "content-type": content_type(self.protocol)}
         if self.compress:
             self.headers["content-encoding"] = "gzip"
-        self.dead_letters = DeadLetters(state_dir / "dead-letter" / f"{self.key}.ndjson",
-                                        self.key)
-        self.accepted = 0  # records the server took
         self.partially_rejected = 0  # records a partial_success answer named as rejected
-        self._session: aiohttp.ClientSession | None = None
 
     @classmethod
     def configure(cls, values: Any) -> SinkConfig | None:
@@ -84,67 +73,25 @@ class OtlpSink(Sink):
             env_headers()  # a malformed header variable fails docker run, naming it
         return config
 
-    @property
-    def target(self) -> str:
-        return self.url
+    def encode(self, lines: Sequence[Line], ctx: ContainerContext) -> list[tuple[int, bytes]]:
+        return [(len(lines), request_body(lines, ctx, self.protocol, self.compress))]
 
-    def _client(self) -> aiohttp.ClientSession:
-        if self._session is None or self._session.closed:
-            self._session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(ssl=self.ssl if self.ssl is not None else False),
-                timeout=aiohttp.ClientTimeout(total=self.timeout))
-        return self._session
+    def retryable(self, status: int) -> bool:
+        return status in RETRYABLE
 
-    async def send(self, lines: Sequence[Line], ctx: ContainerContext) -> None:
-        if not lines:
-            return
-        body = await asyncio.to_thread(request_body, lines, ctx, self.protocol, self.compress)
-        try:
-            async with self._client().post(self.url, data=body, headers=self.headers) as resp:
-                status, answer = resp.status, await resp.read()
-                media = resp.headers.get("content-type", "")
-                wait = retry_after(resp.headers.get("retry-after"))
-        except (TimeoutError, aiohttp.ClientError) as e:
-            raise SinkError(f"POST {self.url}: {type(e).__name__}: {e}") from None
-        if 200 <= status < 300:
-            await self._taken(lines, ctx, answer, media)
-        elif status in RETRYABLE:
-            raise SinkError(f"POST {self.url}: {status} {error_text(answer, media)}",
-                            retry_after=wait)
-        elif status == 413 and len(lines) > 1:
-            items = list(lines)  # Columns have no slices
-            half = len(items) // 2
-            await self.send(items[:half], ctx)
-            await self.send(items[half:], ctx)
-        else:
-            await self._refused(lines, ctx, status, error_text(answer, media))
+    def error_text(self, answer: Answer) -> str:
+        return error_text(answer.body, answer.media)
 
-    async def _taken(self, lines: Sequence[Line], ctx: ContainerContext, answer: bytes,
-                     media: str) -> None:
-        rejected, message = partial_success(answer, media)
+    async def taken(self, lines: Sequence[Line], ctx: ContainerContext, answer: Answer) -> None:
+        rejected, message = partial_success(answer.body, answer.media)
         rejected = min(rejected, len(lines))
         self.accepted += len(lines) - rejected
         if rejected:
             await self.dead_letters.append(
-                [{"status": 200, "container_id": ctx.container_id,
+                [{"status": answer.status, "container_id": ctx.container_id,
                   "rejected_log_records": rejected, "error": message, "records": len(lines),
                   "first_time_unix_nano": lines[0].time_nano,
                   "last_time_unix_nano": lines[-1].time_nano}],
                 f"the server rejected {rejected} of {len(lines)} records ({message[:100]!r})")
             self.partially_rejected += rejected
-            self._reject(ctx, rejected)
-
-    async def _refused(self, lines: Sequence[Line], ctx: ContainerContext, status: int,
-                       error: str) -> None:
-        await self.dead_letters.append(dead_rows(lines, ctx, status, error),
-                                       f"the server refused {len(lines)} records for good "
-                                       f"({status} {error[:100]!r})")
-        self._reject(ctx, len(lines))
-
-    def _reject(self, ctx: ContainerContext, n: int) -> None:
-        self.rejected[ctx.container_id] = self.rejected.get(ctx.container_id, 0) + n
-
-    async def close(self) -> None:
-        session, self._session = self._session, None
-        if session is not None:
-            await session.close()
+            self.reject(ctx, rejected)

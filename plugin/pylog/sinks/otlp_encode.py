@@ -175,12 +175,3 @@ def _status_message(body: bytes) -> str | None:
     except IndexError:
         return None
     return message if pos == len(body) else None
-
-
-def dead_rows(lines: Sequence[Line], ctx: ContainerContext, status: int, error: str
-              ) -> list[dict[str, Any]]:
-    """The dead-letter rows of a refused batch: each line with its time and stream."""
-    sources, times, texts = columns_of(lines)
-    return [{"status": status, "error": error, "container_id": ctx.container_id,
-             "time_unix_nano": t, "stream": s, "body": text.decode("utf-8", "replace")}
-            for s, t, text in zip(sources, times, texts)]
