@@ -169,7 +169,7 @@ class Delivery:
                         raise
                     attempt = 0 if not self._failure else attempt
                     self._restarted(e)
-                delay = min(self.sink.retry_wait * 2 ** attempt, self.sink.MAX_RETRY_WAIT)
+                delay = min(self.sink.retry_wait * 2 ** attempt, self.sink.max_retry_wait)
                 attempt += 1
                 await asyncio.sleep(delay)  # outside the except block: see _send
         finally:
@@ -282,7 +282,7 @@ class Delivery:
                                   self.sink.status.last_error)
                     if self.closing:
                         raise asyncio.CancelledError from e  # keep it stored for the next start
-                    delay = min(self.sink.retry_wait * (2 ** attempt), self.sink.MAX_RETRY_WAIT)
+                    delay = min(self.sink.retry_wait * (2 ** attempt), self.sink.max_retry_wait)
                     asked = getattr(e, "retry_after", None)  # the server's Retry-After
                     if asked is not None:
                         delay = max(delay, min(asked, MAX_RETRY_AFTER))

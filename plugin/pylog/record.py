@@ -79,6 +79,8 @@ class ContainerContext:
     boot_id: str = ""  # the boot the container ran in (ECS host.boot.id)
     host_pid_ns_ino: int | None = None  # the host's PID namespace inode (ECS host.pid_ns_ino)
     identity: str = "keys"  # what records say of it: "keys" or "full" (--log-opt identity)
+    # compose/swarm service and project (Loki's label names: compose_service...), from labels
+    orchestration: Mapping[str, str] = field(default_factory=dict)
 
     def host_fields(self) -> dict[str, Any]:
         host: dict[str, Any] = {"name": self.host_name}
@@ -114,6 +116,8 @@ class ContainerContext:
                              self.host_fields(), ns)
         if self.identity != "keys":
             out["identity"] = self.identity
+        if self.orchestration:
+            out["orchestration"] = dict(self.orchestration)
         return out
 
     def record_fields(self) -> dict[str, Any]:
@@ -156,6 +160,13 @@ def namespace_fields(namespaces: Mapping[str, NamespaceView], full: bool) -> dic
     return out
 
 
+# The labels Docker Compose and swarm set, under the names Loki's Docker driver gives them.
+ORCHESTRATION_LABELS = {"com.docker.compose.service": "compose_service",
+                        "com.docker.compose.project": "compose_project",
+                        "com.docker.swarm.service.name": "swarm_service",
+                        "com.docker.stack.namespace": "swarm_stack"}
+
+
 def _dedot(key: str) -> str:
     # Elasticsearch would turn "com.example.x" into nested objects that clash with a label
     # "com.example"; Beats replaces the dots, and so do we.
@@ -184,7 +195,8 @@ def build_context(info: Mapping[str, Any], options: LogOptions,
                   host_name: str | None = None,
                   names: Mapping[str, str] | None = None) -> ContainerContext:
     """``names`` maps the IDs of other attached containers to their names, for shared_with."""
-    labels = select(info.get("ContainerLabels") or {}, options["labels"], options["labels-regex"])
+    all_labels = info.get("ContainerLabels") or {}
+    labels = select(all_labels, options["labels"], options["labels-regex"])
     env = select(env_map(info.get("ContainerEnv")), options["env"], options["env-regex"])
     namespaces = None
     container_id = str(info.get("ContainerID") or "")
@@ -216,6 +228,8 @@ def build_context(info: Mapping[str, Any], options: LogOptions,
         boot_id=machine.boot_id,
         host_pid_ns_ino=host["pid"].inode if host and "pid" in host else None,
         identity=options["identity"],
+        orchestration={name: str(all_labels[key]) for key, name in ORCHESTRATION_LABELS.items()
+                       if all_labels.get(key)},
     )
 
 
@@ -372,4 +386,5 @@ def context_from_fields(fields: Mapping[str, Any]) -> ContainerContext:
         labels=container.get("labels", {}), env=fields.get("pylog", {}).get("env", {}),
         pid=fields.get("process", {}).get("pid"), namespaces=namespaces,
         host_id=host.get("id", ""), boot_id=host.get("boot", {}).get("id", ""),
-        host_pid_ns_ino=host.get("pid_ns_ino"), identity=fields.get("identity", "keys"))
+        host_pid_ns_ino=host.get("pid_ns_ino"), identity=fields.get("identity", "keys"),
+        orchestration=fields.get("orchestration", {}))

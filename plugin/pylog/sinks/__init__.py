@@ -12,6 +12,7 @@ from ..options import OPTION_GROUPS, LogOptions
 from .base import Sink, SinkConfig, SinkError
 from .elasticsearch import ElasticsearchSink
 from .fluentd import FluentdSink
+from .loki import LokiSink
 from .otlp import OtlpSink
 from .syslog import SyslogSink
 
@@ -20,6 +21,7 @@ SINK_TYPES: dict[str, type[Sink]] = {
     ElasticsearchSink.KIND: ElasticsearchSink,
     SyslogSink.KIND: SyslogSink,
     OtlpSink.KIND: OtlpSink,
+    LokiSink.KIND: LokiSink,
 }
 for _cls in SINK_TYPES.values():
     OPTION_GROUPS[_cls.KIND] = _cls.OPTIONS

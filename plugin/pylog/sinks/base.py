@@ -92,6 +92,11 @@ class Sink:
         return str(value)
 
     @property
+    def max_retry_wait(self) -> float:
+        """The backoff's cap, in seconds."""
+        return self.MAX_RETRY_WAIT
+
+    @property
     def retry_wait(self) -> float:
         if self.RETRY_WAIT_OPTION is None:
             return 1.0

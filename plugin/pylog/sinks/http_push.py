@@ -49,6 +49,7 @@ class HttpPushSink(Sink):
     headers: dict[str, str]
     timeout: float
     ssl: ssl.SSLContext | None = None
+    server_hostname: str | None = None  # the name to check the server's certificate against
 
     def __init__(self, config: SinkConfig, state_dir: Path) -> None:
         super().__init__(config, state_dir)
@@ -90,7 +91,8 @@ class HttpPushSink(Sink):
 
     async def post(self, body: bytes) -> Answer:
         try:
-            async with self._client().post(self.url, data=body, headers=self.headers) as resp:
+            async with self._client().post(self.url, data=body, headers=self.headers,
+                                           server_hostname=self.server_hostname) as resp:
                 return Answer(resp.status, await resp.read(),
                               resp.headers.get("content-type", ""),
                               retry_after(resp.headers.get("retry-after")))

@@ -1,0 +1,138 @@
+"""Loki push requests from a container's lines: few stream labels (the host, the user's external
+labels — ``container_name`` by default —, compose or swarm service and project, the stream as
+``source``) and everything else per container as structured metadata (Loki 3), never as labels:
+an inode or a container ID as a label would make a new stream per container run. Protobuf
+(Loki's ``logproto.PushRequest``) compressed with snappy, or Loki's JSON, gzipped. See
+docs/loki.md for the mapping to the JSON record."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import re
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import cramjam
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from ..frames import columns_of
+from ..proto.loki_push_pb2 import EntryAdapter, LabelPairAdapter, PushRequest, StreamAdapter
+from ..reassembly import Line
+from ..record import ContainerContext
+from ..tag import render_tag
+
+_NOT_NAME = re.compile(r"[^a-zA-Z0-9_]")
+ENTRY_OVERHEAD = 24  # bytes a pushed entry takes besides its line and metadata (time, framing)
+
+
+def _name(text: str) -> str:
+    """A Loki label (or structured metadata) name: other characters made ``_``."""
+    name = _NOT_NAME.sub("_", text)
+    return name if name[:1].isalpha() or name[:1] == "_" else "_" + name
+
+
+def stream_labels(ctx: ContainerContext, external: Sequence[tuple[str, str]],
+                  source: str) -> dict[str, str]:
+    info = {"ContainerID": ctx.container_id, "ContainerName": "/" + ctx.name,
+            "ContainerImageName": ctx.image_name, "ContainerImageID": ctx.image_id}
+    labels = {name: render_tag(template, info) for name, template in external}
+    labels.update(ctx.orchestration)
+    labels["host"] = ctx.host_name
+    labels["source"] = source
+    return {k: v for k, v in labels.items() if v}
+
+
+def label_text(labels: dict[str, str]) -> str:
+    """Prometheus' form, as the push API's ``labels`` wants it: ``{a="x", b="y"}``."""
+    return "{" + ", ".join(f'{k}={json.dumps(v, ensure_ascii=False)}'
+                           for k, v in sorted(labels.items())) + "}"
+
+
+def structured_metadata(ctx: ContainerContext) -> dict[str, str]:
+    """Per container: the ID, image, pid, selected labels and env, each namespace's key (with
+    ``identity=full`` also inodes, ids, host and boot ids), as Loki structured metadata."""
+    out = {"container_id": ctx.container_id, "image_name": ctx.image_name, "tag": ctx.tag}
+    if ctx.pid is not None:
+        out["pid"] = str(ctx.pid)
+    for key, value in sorted(ctx.labels.items()):
+        out[_name(f"label_{key}")] = value
+    for key, value in sorted(ctx.env.items()):
+        out[_name(f"env_{key}")] = value
+    views = sorted((ctx.namespaces or {}).items())
+    for t, v in views:
+        out[f"ns_{t}"] = v.key or f"ino{v.inode}"
+        if v.shared_with:
+            out[f"ns_{t}_shared"] = ",".join(v.shared_with)
+    if views:
+        out["host_ns"] = ",".join(t for t, v in views if v.is_host)
+    if ctx.identity == "full":
+        out.update({"image_id": ctx.image_id, "host_id": ctx.host_id, "boot_id": ctx.boot_id})
+        for t, v in views:
+            out[f"ns_{t}_inode"] = str(v.inode)
+            if v.id is not None:
+                out[f"ns_{t}_id"] = str(v.id)
+    return {k: v for k, v in out.items() if v}
+
+
+def _parts(lines: Sequence[Line], per_entry: int, max_bytes: int
+           ) -> Iterator[tuple[list[str], list[int], list[bytes]]]:
+    """The batch's columns cut into pushes of about ``max_bytes`` (a line bigger alone)."""
+    sources, times, texts = columns_of(lines)
+    start, size = 0, 0
+    for i, text in enumerate(texts):
+        cost = len(text) + per_entry
+        if i > start and size + cost > max_bytes:
+            yield sources[start:i], times[start:i], texts[start:i]
+            start, size = i, 0
+        size += cost
+    if start < len(texts):
+        yield sources[start:], times[start:], texts[start:]
+
+
+def push_bodies(lines: Sequence[Line], ctx: ContainerContext,
+                external: Sequence[tuple[str, str]], json_format: bool, max_bytes: int
+                ) -> list[tuple[int, bytes]]:
+    """The request bodies of a batch, each with its count of lines: snappy-compressed protobuf,
+    or gzipped JSON; a stream (labels) per source in each, entries in the batch's order."""
+    meta = structured_metadata(ctx)
+    per_entry = ENTRY_OVERHEAD + sum(len(k) + len(v) + 4 for k, v in meta.items())
+    out = []
+    for sources, times, texts in _parts(lines, per_entry, max_bytes):
+        by_source: dict[str, list[int]] = {}
+        for i, s in enumerate(sources):
+            by_source.setdefault(s, []).append(i)
+        labels = {s: stream_labels(ctx, external, s) for s in by_source}
+        if json_format:
+            body = gzip.compress(_json_body(by_source, labels, times, texts, meta), 1)
+        else:
+            body = bytes(cramjam.snappy.compress_raw(
+                _proto_body(by_source, labels, times, texts, meta)))
+        out.append((len(texts), body))
+    return out
+
+
+def _proto_body(by_source: dict[str, list[int]], labels: dict[str, dict[str, str]],
+                times: list[int],
+                texts: list[bytes], meta: dict[str, str]) -> bytes:
+    pairs = [LabelPairAdapter(name=k, value=v) for k, v in meta.items()]
+    streams = []
+    for s, idx in by_source.items():
+        entries = [EntryAdapter(timestamp=Timestamp(seconds=times[i] // 1_000_000_000,
+                                                    nanos=times[i] % 1_000_000_000),
+                                line=texts[i].decode("utf-8", "replace"),
+                                structuredMetadata=pairs) for i in idx]
+        streams.append(StreamAdapter(labels=label_text(labels[s]), entries=entries))
+    data: bytes = PushRequest(streams=streams).SerializeToString()
+    return data
+
+
+def _json_body(by_source: dict[str, list[int]], labels: dict[str, dict[str, str]],
+               times: list[int],
+               texts: list[bytes], meta: dict[str, str]) -> bytes:
+    streams: list[dict[str, Any]] = []
+    for s, idx in by_source.items():
+        streams.append({"stream": labels[s], "values": [
+            [str(times[i]), texts[i].decode("utf-8", "replace"), meta] for i in idx]})
+    return json.dumps({"streams": streams}, ensure_ascii=False,
+                      separators=(",", ":")).encode()
