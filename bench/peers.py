@@ -25,6 +25,11 @@ for a sender's bytes:
   every record's body read; answered with an ``ExportLogsServiceResponse``. The tag is the
   resource's ``pylog.tag``.
 
+- ``loki``: Loki's push API — ``POST /loki/api/v1/push``, snappy then ``logproto.PushRequest``
+  (or gunzipped JSON), every stream's labels parsed, every entry and its structured metadata
+  read (:func:`tests.peers.loki_receiver.decode_push`); answered 204. The tag is the entry's
+  structured metadata ``tag``.
+
 Every receiver keeps, per tag (the fluentd tag, the syslog APP-NAME, the record's ``tag``), how
 many lines arrived, which distinct lines (by the number the benchmark's lines end with: ``seq``
 output, or 4 KiB lines ending in a 7-digit number), duplicates, and the wall-clock times
@@ -366,13 +371,40 @@ async def start_otlp(counter: Counter, port: int) -> int:
     return int(runner.addresses[0][1])
 
 
+async def start_loki(counter: Counter, port: int) -> int:
+    from aiohttp import web
+
+    from tests.peers.loki_receiver import decode_push
+
+    async def push(request: web.Request) -> web.Response:
+        body = await request.read()
+        t0 = time.perf_counter()
+        counter.messages += 1
+        counter.bytes += request.content_length or len(body)
+        by_tag: dict[str, list[str]] = {}
+        for e in decode_push(body, request.headers.get("content-type", "")):
+            by_tag.setdefault(e.metadata.get("tag", "?"), []).append(e.line)
+        for tag, texts in by_tag.items():
+            counter.add_texts(tag, texts)
+        counter.busy += time.perf_counter() - t0
+        return web.Response(status=204)
+
+    app = web.Application(client_max_size=256 << 20)
+    app.router.add_post("/loki/api/v1/push", push)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", port, reuse_address=True)
+    await site.start()
+    return int(runner.addresses[0][1])
+
+
 # ----------------------------------------------------------------------------- main
 
 
 async def main(args: argparse.Namespace) -> None:
     counter = Counter()
     start = {"forward": start_forward, "syslog": start_syslog, "es": start_es,
-             "otlp": start_otlp}[args.kind]
+             "otlp": start_otlp, "loki": start_loki}[args.kind]
     port = await start(counter, args.port)
     print(json.dumps({"port": port, "pid": os.getpid()}), flush=True)
     loop = asyncio.get_running_loop()
@@ -396,6 +428,6 @@ async def main(args: argparse.Namespace) -> None:
 
 if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("kind", choices=("forward", "syslog", "es", "otlp"))
+    ap.add_argument("kind", choices=("forward", "syslog", "es", "otlp", "loki"))
     ap.add_argument("--port", type=int, default=0)
     asyncio.run(main(ap.parse_args()))

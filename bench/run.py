@@ -132,6 +132,7 @@ CONFIGS: dict[str, Config] = {c.key: c for c in (
     Config("pylog-syslog", "pylog +syslog", pylog=True, sinks=("syslog",), store=False),
     Config("pylog-es", "pylog +es", pylog=True, sinks=("es",), store=False),
     Config("pylog-otlp", "pylog +otlp", pylog=True, sinks=("otlp",), store=False),
+    Config("pylog-loki", "pylog +loki", pylog=True, sinks=("loki",), store=False),
     Config("pylog-es-osmem", "pylog +es to osmem-server", pylog=True, sinks=("osmem",),
            store=False, only=("E1",)),
     Config("pylog-all", "pylog +fluentd+es+syslog", pylog=True,
@@ -450,7 +451,8 @@ class Peer:
         return {"forward": f"tcp://127.0.0.1:{self.port}",
                 "syslog": f"tcp://127.0.0.1:{self.port}",
                 "es": f"http://127.0.0.1:{self.port}",
-                "otlp": f"http://127.0.0.1:{self.port}"}[self.kind]
+                "otlp": f"http://127.0.0.1:{self.port}",
+                "loki": f"http://127.0.0.1:{self.port}/loki/api/v1/push"}[self.kind]
 
     def close(self) -> None:
         if self.proc.poll() is None:
@@ -599,6 +601,8 @@ class Bench:
                 opts["elasticsearch-url"] = self.peers[kind].url()
         if "otlp" in config.sinks:
             opts["otlp-endpoint"] = self.peers["otlp"].url()
+        if "loki" in config.sinks:
+            opts["loki-url"] = self.peers["loki"].url()
         if "syslog" in config.sinks:
             opts["syslog-address"] = self.peers["syslog"].url()
             # RFC 5424 with microseconds from both (Docker's default is RFC 3164's seconds)

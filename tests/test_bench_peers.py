@@ -16,6 +16,7 @@ from pylog.options import parse_log_options
 from pylog.record import ContainerContext, NamespaceView
 from pylog.sinks.es_documents import bulk_documents
 from pylog.sinks.fluentd import FluentdSink
+from pylog.sinks.loki_encode import push_bodies
 from pylog.sinks.otlp_encode import content_type, request_body
 from pylog.sinks.syslog import Encoder, octet_frame
 from tests.peers.fluentd_receiver import forward_events
@@ -27,6 +28,7 @@ from bench.peers import (  # noqa: E402
     SyslogProtocol,
     bulk_texts,
     parse_syslog,
+    start_loki,
     start_otlp,
 )
 
@@ -116,3 +118,19 @@ async def test_otlp_parses_every_record(protocol: str) -> None:
             assert resp.status >= 400  # an undecodable request fails, counting nothing
     tally = counter.tags["tag1"].as_dict()
     assert tally["events"] == 50 and tally["distinct"] == 50 and counter.messages == 2
+
+
+@pytest.mark.parametrize("fmt", [False, True])
+async def test_loki_decodes_every_entry(fmt: bool) -> None:
+    counter = Counter()
+    port = await start_loki(counter, 0)
+    body = push_bodies(lines(50), ctx(), (), fmt, 1 << 20)[0][1]
+    headers = {"content-type": "application/json" if fmt else "application/x-protobuf"}
+    if fmt:
+        headers["content-encoding"] = "gzip"
+    async with aiohttp.ClientSession() as session:
+        async with session.post(f"http://127.0.0.1:{port}/loki/api/v1/push", data=body,
+                                headers=headers) as resp:
+            assert resp.status == 204
+    tally = counter.tags["tag1"].as_dict()
+    assert tally["events"] == 50 and tally["distinct"] == 50
