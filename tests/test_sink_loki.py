@@ -9,14 +9,17 @@ import json
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from pylog.entry import LogEntry
 from pylog.errors import OptionError
 from pylog.options import parse_log_options
+from pylog.proto.loki_push_pb2 import PushRequest
 from pylog.record import ContainerContext, NamespaceView, build_context
 from pylog.sinks import SinkError, configured_sinks
 from pylog.sinks.loki import LokiSink
-from pylog.sinks.loki_encode import label_text
+from pylog.sinks.loki_encode import _proto_body, label_text, proto_body_reference
 from tests.peers.loki_receiver import LokiReceiver, Reply, parse_labels
 
 CID = "c0ffee" + "2" * 58
@@ -207,3 +210,21 @@ def test_options_are_checked_naming_the_option(monkeypatch: pytest.MonkeyPatch) 
     monkeypatch.setenv("LOKI_USERNAME", "u")
     with pytest.raises(OptionError, match="LOKI_PASSWORD"):
         configured_sinks(parse_log_options({"loki-url": url}))
+
+
+@given(st.lists(st.tuples(st.sampled_from(["stdout", "stderr"]),
+                          st.integers(min_value=-2**62, max_value=2**63 - 1),
+                          st.binary(max_size=40)), min_size=1, max_size=20),
+       st.dictionaries(st.from_regex(r"[a-z_]{1,8}", fullmatch=True), st.text(max_size=12),
+                       max_size=4))
+def test_the_push_written_by_hand_is_the_message_classes_push(
+        batch: list[tuple[str, int, bytes]], meta: dict[str, str]) -> None:
+    by_source: dict[str, list[int]] = {}
+    for i, (s, _, _) in enumerate(batch):
+        by_source.setdefault(s, []).append(i)
+    labels = {s: {"source": s, "host": "vm"} for s in by_source}
+    times, texts = [t for _, t, _ in batch], [b for _, _, b in batch]
+    mine = PushRequest.FromString(_proto_body(by_source, labels, times, texts, meta))
+    reference = PushRequest.FromString(
+        proto_body_reference(by_source, labels, times, texts, meta))
+    assert mine == reference

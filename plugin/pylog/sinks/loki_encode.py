@@ -112,9 +112,56 @@ def push_bodies(lines: Sequence[Line], ctx: ContainerContext,
     return out
 
 
+def _varint(n: int) -> bytes:
+    if n < 0x80:
+        return bytes((n,))
+    out = bytearray()
+    while n >= 0x80:
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+def _field(tag: int, data: bytes) -> bytes:
+    """A length-delimited field: its tag byte, the length, the bytes."""
+    return bytes((tag,)) + _varint(len(data)) + data
+
+
+def _utf8(texts: list[bytes]) -> list[bytes]:
+    """The lines as valid UTF-8 (a proto3 string must be; Loki refuses the push otherwise):
+    as they are when the batch is, else each bad one with U+FFFD."""
+    try:
+        b"\n".join(texts).decode()
+        return texts
+    except UnicodeDecodeError:
+        return [t.decode("utf-8", "replace").encode() for t in texts]
+
+
 def _proto_body(by_source: dict[str, list[int]], labels: dict[str, dict[str, str]],
-                times: list[int],
-                texts: list[bytes], meta: dict[str, str]) -> bytes:
+                times: list[int], texts: list[bytes], meta: dict[str, str]) -> bytes:
+    """``logproto.PushRequest`` written field by field: the structured metadata, the same on
+    every entry, is encoded once and appended to each (the message classes copy it into every
+    entry; tests/test_sink_loki.py checks the bytes against them)."""
+    tail = b"".join(_field(0x1A, _field(0x0A, k.encode()) + _field(0x12, v.encode()))
+                    for k, v in meta.items())
+    lines = _utf8(texts)
+    streams = []
+    for s, idx in by_source.items():
+        entries = []
+        for i in idx:
+            secs, nanos = divmod(times[i], 1_000_000_000)
+            ts = b"\x08" + _varint(secs & 0xFFFFFFFFFFFFFFFF) + (
+                b"\x10" + _varint(nanos) if nanos else b"")
+            entries.append(_field(0x12, _field(0x0A, ts) + _field(0x12, lines[i]) + tail))
+        streams.append(_field(0x0A, _field(0x0A, label_text(labels[s]).encode())
+                              + b"".join(entries)))
+    return b"".join(streams)
+
+
+def proto_body_reference(by_source: dict[str, list[int]], labels: dict[str, dict[str, str]],
+                         times: list[int], texts: list[bytes], meta: dict[str, str]) -> bytes:
+    """The same request built with the message classes (for the tests)."""
     pairs = [LabelPairAdapter(name=k, value=v) for k, v in meta.items()]
     streams = []
     for s, idx in by_source.items():
