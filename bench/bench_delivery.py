@@ -42,6 +42,9 @@ from pylog.options import parse_log_options
 from pylog.record import ContainerContext, build_context, record_columns
 from pylog.sinks.elasticsearch import ElasticsearchSink, bulk_documents, chunks, document_ids
 from pylog.sinks.fluentd import FluentdSink, encode_parts
+from pylog.sinks.loki_encode import push_bodies
+from pylog.sinks.loki_settings import DEFAULT_EXTERNAL_LABELS, parse_external_labels
+from pylog.sinks.otlp_encode import request_body
 
 VECTORS = Path(__file__).resolve().parent.parent / "tests" / "vectors"
 
@@ -127,6 +130,11 @@ def main() -> None:
                     d, ElasticsearchSink.BULK_MAX_BYTES)))
     print(f"  ({size / n:.0f} bytes per document on the wire)")
     docs.clear()  # memory for the sends
+    step("otlp: request bodies, enriched (request_body: protobuf, gzip)",
+         lambda: [request_body(batch, enriched, "http/protobuf", True) for batch in batches])
+    labels = parse_external_labels("", DEFAULT_EXTERNAL_LABELS)
+    step("loki: push bodies, enriched (push_bodies: protobuf, snappy)",
+         lambda: [push_bodies(batch, enriched, labels, False, 1 << 20) for batch in batches])
     peer = subprocess.Popen([sys.executable, str(Path(__file__).parent / "peers.py"), "es"],
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:

@@ -137,7 +137,7 @@ class Delivery:
 
     @property
     def rejected(self) -> int:
-        """Lines the sink refused for good (Elasticsearch: dead-lettered documents)."""
+        """Lines the sink's server refused for good (dead-lettered: Elasticsearch, OTLP, Loki)."""
         if self.done:
             return self._rejected_before + self._rejected_final
         return self._rejected_before + self.sink.rejected.get(self.container_id, 0)

@@ -239,8 +239,9 @@ class PylogCollector(Collector):
             "store's retention deleted them before the sink read them)", [*DELIVERY_LABELS,
                                                                           "reason"])
         dropped_lines = _counter(
-            "pylog_dropped_lines", "Lines lost, by reason: rejected_by_sink (Elasticsearch "
-            "refused the document for good; it is kept in the dead-letter file)",
+            "pylog_dropped_lines", "Lines lost, by reason: rejected_by_sink (the sink's server "
+            "refused the line for good: Elasticsearch, OTLP, Loki; it is kept in the "
+            "dead-letter file)",
             [*DELIVERY_LABELS, "reason"])
         for v in container_views(driver, now):
             labels = [v.container_id[:12], v.name]
