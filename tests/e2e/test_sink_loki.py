@@ -75,7 +75,7 @@ def test_labels_and_metadata_match_docker_inspect_and_proc(
         for t in NS_TYPES:
             assert m[f"ns_{t}"] == keys[t], t
         host = [t for t in NS_TYPES
-                if os.stat(f"/proc/1/ns/{t}").st_ino == os.stat(f"/proc/{pid}/ns/{t}").st_ino]
+                if os.stat(f"/proc/self/ns/{t}").st_ino == os.stat(f"/proc/{pid}/ns/{t}").st_ino]
         assert set(m["host_ns"].split(",")) - {"time"} == set(host)
     touch(cid, "/tmp/go")
     assert wait(cid) == 0

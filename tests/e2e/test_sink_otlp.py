@@ -86,7 +86,7 @@ def test_resource_and_records_match_docker_inspect_and_proc(
     for t in NS_TYPES:
         assert res[f"pylog.ns.{t}.inode"] == os.stat(f"/proc/{pid}/ns/{t}").st_ino, t
         assert res[f"pylog.ns.{t}.key"] == keys[t], t
-        host = os.stat(f"/proc/1/ns/{t}").st_ino == os.stat(f"/proc/{pid}/ns/{t}").st_ino
+        host = os.stat(f"/proc/self/ns/{t}").st_ino == os.stat(f"/proc/{pid}/ns/{t}").st_ino
         assert res[f"pylog.ns.{t}.is_host"] is host, t
     by_body = {r.body: r for r in records}
     assert by_body["first stdout"].attributes == {"log.iostream": "stdout"}
