@@ -8,6 +8,9 @@ import json
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
 
 from pylog.delivery import MAX_RETRY_AFTER
 from pylog.entry import LogEntry
@@ -17,7 +20,7 @@ from pylog.options import parse_log_options
 from pylog.record import ContainerContext, NamespaceView
 from pylog.sinks import SinkError, configured_sinks
 from pylog.sinks.otlp import OtlpSink
-from pylog.sinks.otlp_encode import _status_message, export_request
+from pylog.sinks.otlp_encode import _status_message, export_request, protobuf_request
 from pylog.sinks.otlp_settings import env_headers, parse_headers, retry_after
 from tests.peers.otlp_receiver import Answer, OtlpReceiver
 
@@ -232,3 +235,13 @@ def test_a_status_message_is_read_off_the_wire() -> None:
     # google.rpc.Status{code: 3, message: "bad"}
     assert _status_message(b"\x08\x03\x12\x03bad") == "bad"
     assert _status_message(b"not a status at all") is None
+
+
+@given(st.lists(st.tuples(st.sampled_from(["stdout", "stderr"]),
+                          st.integers(min_value=-2**63, max_value=2**63 - 1),
+                          st.binary(max_size=300)), min_size=1, max_size=20))
+def test_the_protobuf_written_by_hand_is_the_message_classes_request(
+        batch: list[tuple[str, int, bytes]]) -> None:
+    entries = [LogEntry(source=s, time_nano=t, line=b) for s, t, b in batch]
+    mine = ExportLogsServiceRequest.FromString(protobuf_request(entries, ctx(), 99))
+    assert mine == export_request(entries, ctx(), 99)

@@ -21,6 +21,7 @@ from ..proto.loki_push_pb2 import EntryAdapter, LabelPairAdapter, PushRequest, S
 from ..reassembly import Line
 from ..record import ContainerContext
 from ..tag import render_tag
+from .protowire import field, utf8, varint
 
 _NOT_NAME = re.compile(r"[^a-zA-Z0-9_]")
 ENTRY_OVERHEAD = 24  # bytes a pushed entry takes besides its line and metadata (time, framing)
@@ -112,50 +113,30 @@ def push_bodies(lines: Sequence[Line], ctx: ContainerContext,
     return out
 
 
-def _varint(n: int) -> bytes:
-    if n < 0x80:
-        return bytes((n,))
-    out = bytearray()
-    while n >= 0x80:
-        out.append((n & 0x7F) | 0x80)
-        n >>= 7
-    out.append(n)
-    return bytes(out)
-
-
-def _field(tag: int, data: bytes) -> bytes:
-    """A length-delimited field: its tag byte, the length, the bytes."""
-    return bytes((tag,)) + _varint(len(data)) + data
-
-
-def _utf8(texts: list[bytes]) -> list[bytes]:
-    """The lines as valid UTF-8 (a proto3 string must be; Loki refuses the push otherwise):
-    as they are when the batch is, else each bad one with U+FFFD."""
-    try:
-        b"\n".join(texts).decode()
-        return texts
-    except UnicodeDecodeError:
-        return [t.decode("utf-8", "replace").encode() for t in texts]
-
-
 def _proto_body(by_source: dict[str, list[int]], labels: dict[str, dict[str, str]],
                 times: list[int], texts: list[bytes], meta: dict[str, str]) -> bytes:
     """``logproto.PushRequest`` written field by field: the structured metadata, the same on
     every entry, is encoded once and appended to each (the message classes copy it into every
-    entry; tests/test_sink_loki.py checks the bytes against them)."""
-    tail = b"".join(_field(0x1A, _field(0x0A, k.encode()) + _field(0x12, v.encode()))
+    entry; tests/test_sink_loki.py checks the bytes against them). The Timestamp's seconds
+    part is made once a second."""
+    tail = b"".join(field(0x1A, field(0x0A, k.encode()) + field(0x12, v.encode()))
                     for k, v in meta.items())
-    lines = _utf8(texts)
+    lines = utf8(texts)
+    seconds: dict[int, bytes] = {}
     streams = []
     for s, idx in by_source.items():
         entries = []
         for i in idx:
             secs, nanos = divmod(times[i], 1_000_000_000)
-            ts = b"\x08" + _varint(secs & 0xFFFFFFFFFFFFFFFF) + (
-                b"\x10" + _varint(nanos) if nanos else b"")
-            entries.append(_field(0x12, _field(0x0A, ts) + _field(0x12, lines[i]) + tail))
-        streams.append(_field(0x0A, _field(0x0A, label_text(labels[s]).encode())
-                              + b"".join(entries)))
+            head = seconds.get(secs)
+            if head is None:
+                head = seconds[secs] = b"\x08" + varint(secs)
+            ts = head + b"\x10" + varint(nanos) if nanos else head
+            line = lines[i]
+            entry = b"\x0a" + varint(len(ts)) + ts + b"\x12" + varint(len(line)) + line + tail
+            entries.append(b"\x12" + varint(len(entry)) + entry)
+        streams.append(field(0x0A, field(0x0A, label_text(labels[s]).encode())
+                             + b"".join(entries)))
     return b"".join(streams)
 
 

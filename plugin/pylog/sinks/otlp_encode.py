@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import struct
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -29,6 +30,7 @@ from .. import __version__
 from ..frames import columns_of
 from ..reassembly import Line
 from ..record import ContainerContext
+from .protowire import field, utf8, varint
 
 SCOPE = InstrumentationScope(name="pylog", version=__version__)
 GZIP_LEVEL = 1  # a collector's receiver pays for every byte; level 1 takes most of the gain
@@ -66,8 +68,8 @@ def resource_attributes(ctx: ContainerContext) -> dict[str, Any]:
     for key, value in sorted(ctx.env.items()):
         out[f"pylog.env.{key}"] = value
     for t, view in sorted((ctx.namespaces or {}).items()):
-        for field, value in view.fields().items():
-            out[f"pylog.ns.{t}.{field}"] = value
+        for name, value in view.fields().items():
+            out[f"pylog.ns.{t}.{name}"] = value
     return out
 
 
@@ -75,12 +77,13 @@ def export_request(lines: Sequence[Line], ctx: ContainerContext,
                    observed_ns: int | None = None) -> ExportLogsServiceRequest:
     """The request for one container's batch: each line's time, the time pylog handed it on
     (``observed_time_unix_nano``, one for the batch), the whole line as the body, its stream
-    as ``log.iostream``. No severity: a stream says nothing of it (docs/otlp.md)."""
+    as ``log.iostream``. No severity: a stream says nothing of it (docs/otlp.md). A time
+    before 1970 (none comes from dockerd) is sent as 0: the field is unsigned."""
     observed = time.time_ns() if observed_ns is None else observed_ns
     sources, times, texts = columns_of(lines)
     streams = {s: [KeyValue(key="log.iostream", value=AnyValue(string_value=s))]
                for s in set(sources)}
-    records = [LogRecord(time_unix_nano=t, observed_time_unix_nano=observed,
+    records = [LogRecord(time_unix_nano=max(t, 0), observed_time_unix_nano=observed,
                          body=AnyValue(string_value=text.decode("utf-8", "replace")),
                          attributes=streams[s])
                for s, t, text in zip(sources, times, texts)]
@@ -103,8 +106,39 @@ def encode(request: ExportLogsServiceRequest, protocol: str, compress: bool) -> 
 
 def request_body(lines: Sequence[Line], ctx: ContainerContext, protocol: str,
                  compress: bool) -> bytes:
-    """:func:`export_request` then :func:`encode`: both grow with the batch, for a worker."""
-    return encode(export_request(lines, ctx), protocol, compress)
+    """The request's body for a worker to make: protobuf written by :func:`protobuf_request`,
+    OTLP/JSON through the message classes (:func:`export_request`, :func:`encode`)."""
+    if protocol == "http/json":
+        return encode(export_request(lines, ctx), protocol, compress)
+    data = protobuf_request(lines, ctx)
+    return gzip.compress(data, GZIP_LEVEL) if compress else data
+
+
+_FIXED64 = struct.Struct("<Q")
+
+
+def protobuf_request(lines: Sequence[Line], ctx: ContainerContext,
+                     observed_ns: int | None = None) -> bytes:
+    """:func:`export_request` serialized, with each LogRecord written field by field (time,
+    body, ``log.iostream``, observed time) and the rest by the classes: a fifth of the CPU of
+    a LogRecord object a line (bench/bench_delivery.py); tests/test_sink_otlp.py parses it
+    with the classes and compares."""
+    observed = time.time_ns() if observed_ns is None else observed_ns
+    sources, times, texts = columns_of(lines)
+    tail = {s: field(0x32, KeyValue(key="log.iostream", value=AnyValue(string_value=s))
+                     .SerializeToString()) + b"\x59" + _FIXED64.pack(observed)
+            for s in set(sources)}
+    records = []
+    for s, t, text in zip(sources, times, utf8(texts)):
+        body = b"\x0a" + varint(len(text)) + text  # AnyValue.string_value
+        rec = b"\x09" + _FIXED64.pack(max(t, 0)) + b"\x2a" + varint(len(body)) \
+            + body + tail[s]
+        records.append(b"\x12" + varint(len(rec)) + rec)  # ScopeLogs.log_records
+    resource = Resource(attributes=[KeyValue(key=k, value=any_value(v))
+                                    for k, v in resource_attributes(ctx).items()])
+    scope_logs = field(0x0A, SCOPE.SerializeToString()) + b"".join(records)
+    resource_logs = field(0x0A, resource.SerializeToString()) + field(0x12, scope_logs)
+    return field(0x0A, resource_logs)
 
 
 def content_type(protocol: str) -> str:
