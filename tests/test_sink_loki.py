@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import json
+import ssl
 from pathlib import Path
 
 import pytest
@@ -21,6 +22,7 @@ from pylog.sinks import SinkError, configured_sinks
 from pylog.sinks.loki import LokiSink
 from pylog.sinks.loki_encode import _proto_body, label_text, proto_body_reference
 from tests.peers.loki_receiver import LokiReceiver, Reply, parse_labels
+from tests.peers.rsyslog import TlsFiles
 
 CID = "c0ffee" + "2" * 58
 T0 = 1_795_000_000_123_456_789
@@ -228,3 +230,44 @@ def test_the_push_written_by_hand_is_the_message_classes_push(
     reference = PushRequest.FromString(
         proto_body_reference(by_source, labels, times, texts, meta))
     assert mine == reference
+
+
+@pytest.fixture(scope="module")
+def tls(tmp_path_factory: pytest.TempPathFactory) -> TlsFiles:
+    return TlsFiles.make(tmp_path_factory.mktemp("tls"))
+
+
+@pytest.mark.parametrize("host, opts, works", [
+    ("localhost", {}, False),  # verified by default
+    ("localhost", {"loki-tls-ca-file": "ca.pem"}, False),  # the server wants a client cert
+    ("localhost", {"loki-tls-ca-file": "ca.pem", "loki-tls-cert-file": "client.pem",
+                   "loki-tls-key-file": "client.key"}, True),
+    ("127.0.0.1", {"loki-tls-ca-file": "ca.pem", "loki-tls-cert-file": "client.pem",
+                   "loki-tls-key-file": "client.key"}, False),  # the cert names localhost
+    ("127.0.0.1", {"loki-tls-ca-file": "ca.pem", "loki-tls-cert-file": "client.pem",
+                   "loki-tls-key-file": "client.key", "loki-tls-server-name": "localhost"},
+     True),
+    ("localhost", {"loki-tls-insecure-skip-verify": "true", "loki-tls-cert-file": "client.pem",
+                   "loki-tls-key-file": "client.key"}, True),
+])
+async def test_tls_verified_by_default_with_client_certificates(
+        tmp_path: Path, tls: TlsFiles, host: str, opts: dict[str, str], works: bool) -> None:
+    server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server.load_cert_chain(tls.server_pem, tls.server_key)
+    server.load_verify_locations(tls.ca_pem)
+    server.verify_mode = ssl.CERT_REQUIRED
+    peer = LokiReceiver()
+    port = await peer.start(ssl_context=server)
+    opts = {k: str(tls.directory / v) if k.endswith("-file") else v for k, v in opts.items()}
+    s = sink(tmp_path, f"https://{host}:{port}/loki/api/v1/push", **opts)
+    try:
+        if works:
+            await s.send(lines(2), ctx())
+            assert len(peer.entries) == 2
+        else:
+            with pytest.raises(SinkError):
+                await s.send(lines(2), ctx())
+            assert not peer.entries
+    finally:
+        await s.close()
+        await peer.stop()

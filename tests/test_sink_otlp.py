@@ -5,6 +5,7 @@ environment, what each answer does (retry with Retry-After, dead-letter, partial
 from __future__ import annotations
 
 import json
+import ssl
 from pathlib import Path
 
 import pytest
@@ -23,6 +24,7 @@ from pylog.sinks.otlp import OtlpSink
 from pylog.sinks.otlp_encode import _status_message, export_request, protobuf_request
 from pylog.sinks.otlp_settings import env_headers, parse_headers, retry_after
 from tests.peers.otlp_receiver import Answer, OtlpReceiver
+from tests.peers.rsyslog import TlsFiles
 
 CID = "c0ffee" + "1" * 58
 T0 = 1_795_000_000_123_456_789
@@ -245,3 +247,43 @@ def test_the_protobuf_written_by_hand_is_the_message_classes_request(
     entries = [LogEntry(source=s, time_nano=t, line=b) for s, t, b in batch]
     mine = ExportLogsServiceRequest.FromString(protobuf_request(entries, ctx(), 99))
     assert mine == export_request(entries, ctx(), 99)
+
+
+@pytest.fixture(scope="module")
+def tls(tmp_path_factory: pytest.TempPathFactory) -> TlsFiles:
+    return TlsFiles.make(tmp_path_factory.mktemp("tls"))
+
+
+def server_context(tls: TlsFiles, client_ca: bool = False) -> ssl.SSLContext:
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.load_cert_chain(tls.server_pem, tls.server_key)
+    if client_ca:
+        ctx.load_verify_locations(tls.ca_pem)
+        ctx.verify_mode = ssl.CERT_REQUIRED
+    return ctx
+
+
+@pytest.mark.parametrize("opts, works", [
+    ({}, False),  # verified by default: the test CA is not the system's
+    ({"otlp-ca-cert": "ca"}, True),
+    ({"otlp-ca-cert": "wrong-ca"}, False),
+    ({"otlp-tls-skip-verify": "true"}, True),
+])
+async def test_tls_is_verified_by_default(tmp_path: Path, tls: TlsFiles, opts: dict[str, str],
+                                          works: bool) -> None:
+    peer = OtlpReceiver()
+    port = await peer.start(ssl_context=server_context(tls))
+    opts = {k: str(tls.directory / f"{v}.pem") if k == "otlp-ca-cert" else v
+            for k, v in opts.items()}
+    s = sink(tmp_path, f"https://localhost:{port}", **opts)
+    try:
+        if works:
+            await s.send(lines(2), ctx())
+            assert len(peer.records) == 2
+        else:
+            with pytest.raises(SinkError, match="(?i)certificate"):
+                await s.send(lines(2), ctx())
+            assert not peer.records
+    finally:
+        await s.close()
+        await peer.stop()

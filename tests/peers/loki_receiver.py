@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import ssl
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -78,12 +79,13 @@ class LokiReceiver:
         self._runner: web.AppRunner | None = None
         self.port = 0
 
-    async def start(self, port: int = 0) -> int:
+    async def start(self, port: int = 0, ssl_context: ssl.SSLContext | None = None) -> int:
         app = web.Application(client_max_size=256 << 20)
         app.router.add_post("/loki/api/v1/push", self._push)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", port or self.port)
+        site = web.TCPSite(self._runner, "127.0.0.1", port or self.port,
+                           ssl_context=ssl_context)
         await site.start()
         self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
         return self.port
