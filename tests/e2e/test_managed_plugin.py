@@ -200,7 +200,9 @@ def test_manifest_and_process(managed: ManagedPlugin, containers: Containers) ->
     env = {e.split("=", 1)[0]: e.split("=", 1)[1] for e in info["Settings"]["Env"]}
     assert env == {"LOG_LEVEL": "info", "ELASTICSEARCH_USERNAME": "",
                    "ELASTICSEARCH_PASSWORD": "", "ELASTICSEARCH_API_KEY": "",
-                   "ELASTICSEARCH_CREDENTIALS_FILE": "", "METRICS_ADDRESS": ""}
+                   "ELASTICSEARCH_CREDENTIALS_FILE": "", "OTEL_EXPORTER_OTLP_HEADERS": "",
+                   "OTEL_EXPORTER_OTLP_LOGS_HEADERS": "", "LOKI_USERNAME": "",
+                   "LOKI_PASSWORD": "", "LOKI_BEARER_TOKEN": "", "METRICS_ADDRESS": ""}
 
     pids = managed.processes()
     assert len(pids) == 1, f"expected one pylog serve in the plugin, found {pids}"
