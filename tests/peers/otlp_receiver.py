@@ -98,7 +98,9 @@ class OtlpReceiver:
         if 200 <= answer.status < 300:
             count = self._keep(msg)
         self.busy_s += time.process_time() - t0
+        received = sum(len(sl.log_records) for rl in msg.resource_logs for sl in rl.scope_logs)
         self.requests.append({"headers": dict(request.headers), "media": media,
+                              "received": received,
                               "bytes": int(request.headers.get("content-length", len(data))),
                               "records": count, "status": answer.status,
                               "path": request.path, "at": time.monotonic()})
