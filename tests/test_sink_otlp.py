@@ -20,9 +20,10 @@ from pylog.frames import Columns
 from pylog.options import parse_log_options
 from pylog.record import ContainerContext, NamespaceView
 from pylog.sinks import SinkError, configured_sinks
+from pylog.sinks.http_push import retry_after
 from pylog.sinks.otlp import OtlpSink
 from pylog.sinks.otlp_encode import _status_message, export_request, protobuf_request
-from pylog.sinks.otlp_settings import env_headers, parse_headers, retry_after
+from pylog.sinks.otlp_settings import env_headers, parse_headers
 from tests.peers.otlp_receiver import Answer, OtlpReceiver
 from tests.peers.rsyslog import TlsFiles
 

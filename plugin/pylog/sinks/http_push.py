@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import ssl
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +22,6 @@ from ..reassembly import Line
 from ..record import ContainerContext
 from .base import Sink, SinkConfig, SinkError
 from .deadletter import DeadLetters
-from .otlp_settings import retry_after
 
 
 @dataclass(frozen=True)
@@ -29,6 +30,36 @@ class Answer:
     body: bytes
     media: str  # the answer's content type
     retry_after: float | None  # seconds, from a Retry-After header
+
+
+def tls_context(url: str, ca: str | None, verify: bool, cert: str | None = None,
+                key: str | None = None) -> ssl.SSLContext | None:
+    """None for http; else verified against the system's CAs or ``ca`` unless ``verify`` is
+    off, with a client certificate if ``cert`` (and its ``key``) are given."""
+    if not url.startswith("https:"):
+        return None
+    ctx = ssl.create_default_context(cafile=ca)
+    if cert:
+        ctx.load_cert_chain(cert, key)
+    if not verify:
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+    return ctx
+
+
+def retry_after(value: str | None) -> float | None:
+    """Seconds from a Retry-After header (delay-seconds or an HTTP date); None if absent or
+    unreadable."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())
 
 
 def dead_rows(lines: Sequence[Line], ctx: ContainerContext, status: int, error: str

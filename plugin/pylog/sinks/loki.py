@@ -28,7 +28,7 @@ from ..options import parse_bool, parse_choice, parse_duration, parse_positive_i
 from ..reassembly import Line
 from ..record import ContainerContext
 from .base import SinkConfig
-from .http_push import Answer, HttpPushSink, dead_rows
+from .http_push import Answer, HttpPushSink, dead_rows, tls_context
 from .loki_encode import push_bodies
 from .loki_settings import (
     DEFAULT_EXTERNAL_LABELS,
@@ -37,7 +37,6 @@ from .loki_settings import (
     parse_external_labels,
     parse_file,
     parse_loki_url,
-    tls_context,
 )
 
 _IGNORED = re.compile(r"total ignored: (\d+) out of (\d+)")
@@ -88,8 +87,9 @@ class LokiSink(HttpPushSink):
         self.external = config["loki-external-labels"]
         self._max_backoff = float(config["loki-max-backoff"])
         self.ssl = tls_context(self.url, config["loki-tls-ca-file"],
-                               config["loki-tls-cert-file"], config["loki-tls-key-file"],
-                               config["loki-tls-insecure-skip-verify"])
+                               not config["loki-tls-insecure-skip-verify"],
+                               config["loki-tls-cert-file"], config["loki-tls-key-file"])
+        # loki-tls-server-name is the name each request checks (HttpPushSink.post)
         self.server_hostname = config["loki-tls-server-name"]
         self.headers = {"content-type": "application/json" if self.json
                         else "application/x-protobuf"}

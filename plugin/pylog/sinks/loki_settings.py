@@ -8,7 +8,6 @@ from __future__ import annotations
 import base64
 import os
 import re
-import ssl
 from collections.abc import Mapping
 from urllib.parse import urlsplit
 
@@ -85,16 +84,3 @@ def credentials(env: Mapping[str, str] | None = None) -> str | None:
     if user and password:
         return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
     return None
-
-
-def tls_context(url: str, ca: str | None, cert: str | None, key: str | None,
-                skip_verify: bool) -> ssl.SSLContext | None:
-    if not url.startswith("https:"):
-        return None
-    ctx = ssl.create_default_context(cafile=ca)
-    if cert:
-        ctx.load_cert_chain(cert, key)
-    if skip_verify:
-        ctx.check_hostname = False
-        ctx.verify_mode = ssl.CERT_NONE
-    return ctx  # loki-tls-server-name is the name each request checks (HttpPushSink.post)

@@ -27,7 +27,7 @@ from ..reassembly import Line
 from ..record import ContainerContext
 from .base import SinkConfig
 from .es_settings import parse_ca_cert
-from .http_push import Answer, HttpPushSink
+from .http_push import Answer, HttpPushSink, tls_context
 from .otlp_encode import content_type, error_text, partial_success, request_body
 from .otlp_settings import (
     COMPRESSIONS,
@@ -36,7 +36,6 @@ from .otlp_settings import (
     env_headers,
     logs_url,
     parse_endpoint,
-    tls_context,
 )
 
 

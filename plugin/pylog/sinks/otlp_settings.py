@@ -5,10 +5,7 @@ log-opts, which ``docker inspect`` shows), the TLS context."""
 from __future__ import annotations
 
 import os
-import ssl
-import time
 from collections.abc import Mapping
-from email.utils import parsedate_to_datetime
 from urllib.parse import unquote, urlsplit
 
 from ..errors import OptionError
@@ -69,30 +66,3 @@ def env_headers(env: Mapping[str, str] | None = None) -> dict[str, str]:
     headers = parse_headers(env.get(ENV_HEADERS, ""), ENV_HEADERS)
     headers.update(parse_headers(env.get(ENV_LOGS_HEADERS, ""), ENV_LOGS_HEADERS))
     return headers
-
-
-def tls_context(endpoint: str, ca_cert: str | None, verify: bool) -> ssl.SSLContext | None:
-    """None for http; else verified against the system's CAs or ``ca_cert`` unless ``verify``
-    is off (``otlp-tls-skip-verify=true``)."""
-    if not endpoint.startswith("https:"):
-        return None
-    ctx = ssl.create_default_context(cafile=ca_cert)
-    if not verify:
-        ctx.check_hostname = False
-        ctx.verify_mode = ssl.CERT_NONE
-    return ctx
-
-
-def retry_after(value: str | None) -> float | None:
-    """Seconds from a Retry-After header (delay-seconds or an HTTP date); None if absent or
-    unreadable."""
-    if not value:
-        return None
-    value = value.strip()
-    if value.isdigit():
-        return float(value)
-    try:
-        when = parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    return max(0.0, when.timestamp() - time.time())
