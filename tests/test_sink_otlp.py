@@ -134,7 +134,7 @@ async def test_headers_come_from_the_environment_and_logs_ones_win(
 @pytest.mark.parametrize("status", [429, 502, 503, 504])
 async def test_retryable_answers_fail_the_batch_with_the_servers_retry_after(
         tmp_path: Path, peer: OtlpReceiver, status: int) -> None:
-    peer.answers.append(Answer(status, {"Retry-After": "7"}, message="slow down"))
+    peer.replies.append(Answer(status, {"Retry-After": "7"}, message="slow down"))
     s = sink(tmp_path, peer.url)
     try:
         with pytest.raises(SinkError, match=f"{status} slow down") as err:
@@ -149,7 +149,7 @@ async def test_retryable_answers_fail_the_batch_with_the_servers_retry_after(
 @pytest.mark.parametrize("status", [400, 401, 404, 500])
 async def test_other_errors_are_final_and_dead_lettered(tmp_path: Path, peer: OtlpReceiver,
                                                         status: int) -> None:
-    peer.answers.append(Answer(status, message="bad things"))
+    peer.replies.append(Answer(status, message="bad things"))
     s = sink(tmp_path, peer.url)
     try:
         await s.send(lines(3), ctx())  # no exception: the batch is settled, not retried
@@ -166,7 +166,7 @@ async def test_other_errors_are_final_and_dead_lettered(tmp_path: Path, peer: Ot
 
 async def test_a_partial_success_is_counted_and_dead_lettered(tmp_path: Path,
                                                               peer: OtlpReceiver) -> None:
-    peer.answers.append(Answer(200, rejected=2, message="2 too old"))
+    peer.replies.append(Answer(200, rejected=2, message="2 too old"))
     s = sink(tmp_path, peer.url)
     try:
         await s.send(lines(5), ctx())
@@ -179,7 +179,7 @@ async def test_a_partial_success_is_counted_and_dead_lettered(tmp_path: Path,
 
 
 async def test_a_request_too_large_is_halved(tmp_path: Path, peer: OtlpReceiver) -> None:
-    peer.answers.append(Answer(413))
+    peer.replies.append(Answer(413))
     s = sink(tmp_path, peer.url)
     try:
         await s.send(lines(4), ctx())

@@ -24,6 +24,7 @@ from osmem_server import OsmemError, OsmemServer
 
 from pylog.cursor import Cursor
 from pylog.options import parse_log_options
+from pylog.sinks.base import Sink
 from pylog.sinks.elasticsearch import ElasticsearchSink
 
 from .conftest import Containers, PylogServer, cli, new_server
@@ -114,9 +115,8 @@ def osmem() -> Iterator[Osmem]:
     server.stop()
 
 
-def sink_key(*opts: str) -> str:
-    config = ElasticsearchSink.configure(
-        parse_log_options(dict(o.split("=", 1) for o in opts)).values)
+def sink_key(*opts: str, sink: type[Sink] = ElasticsearchSink) -> str:
+    config = sink.configure(parse_log_options(dict(o.split("=", 1) for o in opts)).values)
     assert config is not None
     return config.key
 

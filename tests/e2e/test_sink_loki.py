@@ -11,13 +11,12 @@ from collections.abc import Iterator
 
 import pytest
 
-from pylog.cursor import Cursor
-from pylog.options import parse_log_options
 from pylog.sinks.loki import LokiSink
 from tests.peers.loki_receiver import Reply, ThreadedLokiReceiver
 
 from .conftest import Containers, PylogServer, cli, touch, wait
-from .test_sink_elasticsearch import eventually, refused_run
+from .test_sink_elasticsearch import delivered, eventually, refused_run
+from .test_sink_elasticsearch import sink_key as es_sink_key
 from .test_sink_otlp import NS_TYPES, inspect
 
 pytestmark = pytest.mark.e2e
@@ -31,20 +30,7 @@ def loki() -> Iterator[ThreadedLokiReceiver]:
 
 
 def sink_key(*opts: str) -> str:
-    config = LokiSink.configure(parse_log_options(dict(o.split("=", 1) for o in opts)).values)
-    assert config is not None
-    return config.key
-
-
-def delivered(pylog: PylogServer, cid: str, key: str, timeout: float = 120) -> None:
-    directory = pylog.container_dir(cid)
-
-    def state() -> tuple[int, int]:
-        pos = Cursor(directory, key).load()
-        return (-1, 0) if pos is None else (pos.offset,
-                                            (directory / "container.log").stat().st_size)
-
-    eventually(state, lambda s: s[0] == s[1], timeout, f"the {key} cursor at the log's end")
+    return es_sink_key(*opts, sink=LokiSink)
 
 
 SCRIPT = """echo first stdout; echo first stderr >&2; head -c 40000 /dev/zero | tr '\\0' x; echo

@@ -14,12 +14,12 @@ from pathlib import Path
 import pytest
 
 from pylog.cursor import Cursor
-from pylog.options import parse_log_options
 from pylog.sinks.otlp import OtlpSink
 from tests.peers.otlp_receiver import Answer, ThreadedOtlpReceiver
 
 from .conftest import Containers, PylogServer, cli, touch, wait
-from .test_sink_elasticsearch import eventually, refused_run
+from .test_sink_elasticsearch import delivered, eventually, refused_run
+from .test_sink_elasticsearch import sink_key as es_sink_key
 
 pytestmark = pytest.mark.e2e
 
@@ -34,20 +34,7 @@ def otlp() -> Iterator[ThreadedOtlpReceiver]:
 
 
 def sink_key(*opts: str) -> str:
-    config = OtlpSink.configure(parse_log_options(dict(o.split("=", 1) for o in opts)).values)
-    assert config is not None
-    return config.key
-
-
-def delivered(pylog: PylogServer, cid: str, key: str, timeout: float = 120) -> None:
-    directory = pylog.container_dir(cid)
-
-    def state() -> tuple[int, int]:
-        pos = Cursor(directory, key).load()
-        return (-1, 0) if pos is None else (pos.offset,
-                                            (directory / "container.log").stat().st_size)
-
-    eventually(state, lambda s: s[0] == s[1], timeout, f"the {key} cursor at the log's end")
+    return es_sink_key(*opts, sink=OtlpSink)
 
 
 def inspect(cid: str) -> dict:
@@ -124,7 +111,7 @@ def test_an_outage_of_15_s_loses_nothing(pylog: PylogServer, containers: Contain
 def test_a_400_goes_to_the_dead_letter_file(pylog: PylogServer, containers: Containers,
                                             otlp: ThreadedOtlpReceiver) -> None:
     # Every push refused: the two lines may go in one batch or two (as the store had them).
-    otlp.answer(*[Answer(400, message="invalid request")] * 10)
+    otlp.reply(*[Answer(400, message="invalid request")] * 10)
     opt = f"otlp-endpoint={otlp.url}"
     key = sink_key(opt)
     cid = containers.run(pylog.name, "echo one; echo two", opt)
@@ -140,7 +127,7 @@ def test_a_400_goes_to_the_dead_letter_file(pylog: PylogServer, containers: Cont
 
 def test_a_429_waits_for_its_retry_after(pylog: PylogServer, containers: Containers,
                                          otlp: ThreadedOtlpReceiver) -> None:
-    otlp.answer(Answer(429, {"Retry-After": "4"}, message="slow down"))
+    otlp.reply(Answer(429, {"Retry-After": "4"}, message="slow down"))
     opt = f"otlp-endpoint={otlp.url}"
     cid = containers.run(pylog.name, "seq 1 100", opt)
     otlp.wait_for(100)

@@ -19,6 +19,7 @@ import cramjam
 from aiohttp import web
 
 from pylog.proto.loki_push_pb2 import PushRequest
+from tests.peers.threaded import ThreadedPeer
 
 _PAIR = re.compile(r'\s*([a-zA-Z_][a-zA-Z0-9_]*)\s*=\s*"((?:[^"\\]|\\.)*)"\s*(,|$)')
 
@@ -126,38 +127,15 @@ class LokiReceiver:
         await asyncio.wait_for(enough(), timeout)
 
 
-class ThreadedLokiReceiver:
+class ThreadedLokiReceiver(ThreadedPeer):
     """A LokiReceiver on its own loop in a thread, for synchronous (e2e) tests."""
 
     def __init__(self) -> None:
-        from tests.peers.threaded import LoopThread
-        self.thread = LoopThread()
-        self.peer = LokiReceiver()
-        self.port = self.thread.run(self.peer.start())
-
-    @property
-    def url(self) -> str:
-        return self.peer.url
+        super().__init__(LokiReceiver())
 
     def entries(self) -> list[Entry]:
         return self.thread.call(list, self.peer.entries)
 
-    def requests(self) -> list[dict[str, Any]]:
-        return self.thread.call(list, self.peer.requests)
-
-    def reply(self, *replies: Reply) -> None:
-        self.thread.call(self.peer.replies.extend, list(replies))
-
-    def wait_for(self, count: int, timeout: float = 120) -> list[Entry]:
-        self.thread.run(self.peer.wait_for(count, timeout), timeout=timeout + 5)
+    def wait_for(self, count: int, timeout: float = 120) -> list[Entry]:  # type: ignore[override]
+        super().wait_for(count, timeout)
         return self.entries()
-
-    def stop_listening(self) -> None:
-        self.thread.run(self.peer.stop())
-
-    def start_listening(self) -> None:
-        self.thread.run(self.peer.start())
-
-    def close(self) -> None:
-        self.thread.run(self.peer.stop())
-        self.thread.stop()

@@ -22,6 +22,8 @@ from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import (
 )
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue
 
+from tests.peers.threaded import ThreadedPeer
+
 
 def plain(value: AnyValue) -> Any:
     """An AnyValue as a Python value."""
@@ -58,7 +60,7 @@ class OtlpReceiver:
     def __init__(self) -> None:
         self.records: list[Record] = []
         self.requests: list[dict[str, Any]] = []  # per request: headers, media, bytes, count
-        self.answers: list[Answer] = []  # answered in turn, then 200s
+        self.replies: list[Answer] = []  # answered in turn, then 200s
         self.arrived = asyncio.Event()
         self.busy_s = 0.0  # time spent decoding
         self._runner: web.AppRunner | None = None
@@ -93,7 +95,7 @@ class OtlpReceiver:
             json_format.Parse(data.decode(), msg)
         else:
             msg.ParseFromString(data)
-        answer = self.answers.pop(0) if self.answers else Answer()
+        answer = self.replies.pop(0) if self.replies else Answer()
         count = 0
         if 200 <= answer.status < 300:
             count = self._keep(msg)
@@ -143,38 +145,15 @@ class OtlpReceiver:
         await asyncio.wait_for(enough(), timeout)
 
 
-class ThreadedOtlpReceiver:
+class ThreadedOtlpReceiver(ThreadedPeer):
     """An OtlpReceiver on its own loop in a thread, for synchronous (e2e) tests."""
 
     def __init__(self) -> None:
-        from tests.peers.threaded import LoopThread
-        self.thread = LoopThread()
-        self.peer = OtlpReceiver()
-        self.port = self.thread.run(self.peer.start())
-
-    @property
-    def url(self) -> str:
-        return self.peer.url
+        super().__init__(OtlpReceiver())
 
     def records(self) -> list[Record]:
         return self.thread.call(list, self.peer.records)
 
-    def requests(self) -> list[dict[str, Any]]:
-        return self.thread.call(list, self.peer.requests)
-
-    def answer(self, *answers: Answer) -> None:
-        self.thread.call(self.peer.answers.extend, list(answers))
-
-    def wait_for(self, count: int, timeout: float = 120) -> list[Record]:
-        self.thread.run(self.peer.wait_for(count, timeout), timeout=timeout + 5)
+    def wait_for(self, count: int, timeout: float = 120) -> list[Record]:  # type: ignore[override]
+        super().wait_for(count, timeout)
         return self.records()
-
-    def stop_listening(self) -> None:
-        self.thread.run(self.peer.stop())
-
-    def start_listening(self) -> None:
-        self.thread.run(self.peer.start())
-
-    def close(self) -> None:
-        self.thread.run(self.peer.stop())
-        self.thread.stop()

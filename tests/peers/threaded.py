@@ -27,3 +27,38 @@ class LoopThread:
     def stop(self) -> None:
         self.loop.call_soon_threadsafe(self.loop.stop)
         self._thread.join(10)
+
+
+class ThreadedPeer:
+    """An HTTP receiver (tests/peers/otlp_receiver.py, loki_receiver.py) on its own loop in a
+    thread, for synchronous (e2e) tests. The peer has ``start(port)``, ``stop()``, ``url``,
+    ``requests``, ``replies`` and ``wait_for(count, timeout)``."""
+
+    def __init__(self, peer: Any) -> None:
+        self.thread = LoopThread()
+        self.peer = peer
+        self.port = self.thread.run(peer.start())
+
+    @property
+    def url(self) -> str:
+        return str(self.peer.url)
+
+    def requests(self) -> list[dict[str, Any]]:
+        return self.thread.call(list, self.peer.requests)
+
+    def reply(self, *replies: Any) -> None:
+        """Answers for the next requests, in turn."""
+        self.thread.call(self.peer.replies.extend, list(replies))
+
+    def wait_for(self, count: int, timeout: float = 120) -> None:
+        self.thread.run(self.peer.wait_for(count, timeout), timeout=timeout + 5)
+
+    def stop_listening(self) -> None:
+        self.thread.run(self.peer.stop())
+
+    def start_listening(self) -> None:
+        self.thread.run(self.peer.start())
+
+    def close(self) -> None:
+        self.thread.run(self.peer.stop())
+        self.thread.stop()
