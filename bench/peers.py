@@ -270,6 +270,17 @@ async def start_syslog(counter: Counter, port: int) -> int:
 _ITEM = b'{"create":{"status":201}}'
 
 
+async def serve(app: Any, port: int) -> int:
+    """Serve an aiohttp app on 127.0.0.1:port (0: a free one); the port it got."""
+    from aiohttp import web
+
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", port, reuse_address=True)
+    await site.start()
+    return int(runner.addresses[0][1])
+
+
 def bulk_texts(body: bytes) -> dict[str, list[str]]:
     """The ``message`` of every document of a _bulk body, by the document's ``tag``: every
     action and document parsed as JSON, as Elasticsearch does before indexing."""
@@ -322,11 +333,7 @@ async def start_es(counter: Counter, port: int) -> int:
     app.router.add_post("/_bulk", bulk)
     app.router.add_post("/{index}/_bulk", bulk)
     app.router.add_route("*", "/{tail:.*}", other)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", port, reuse_address=True)
-    await site.start()
-    return int(runner.addresses[0][1])
+    return await serve(app, port)
 
 
 async def start_otlp(counter: Counter, port: int) -> int:
@@ -364,16 +371,11 @@ async def start_otlp(counter: Counter, port: int) -> int:
 
     app = web.Application(client_max_size=256 << 20)
     app.router.add_post("/v1/logs", export)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", port, reuse_address=True)
-    await site.start()
-    return int(runner.addresses[0][1])
+    return await serve(app, port)
 
 
 async def start_loki(counter: Counter, port: int) -> int:
     from aiohttp import web
-
     from tests.peers.loki_receiver import decode_push
 
     async def push(request: web.Request) -> web.Response:
@@ -391,11 +393,7 @@ async def start_loki(counter: Counter, port: int) -> int:
 
     app = web.Application(client_max_size=256 << 20)
     app.router.add_post("/loki/api/v1/push", push)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", port, reuse_address=True)
-    await site.start()
-    return int(runner.addresses[0][1])
+    return await serve(app, port)
 
 
 # ----------------------------------------------------------------------------- main

@@ -10,17 +10,18 @@ import ssl
 from pathlib import Path
 
 import pytest
+from google.protobuf.timestamp_pb2 import Timestamp
 from hypothesis import given
 from hypothesis import strategies as st
 
 from pylog.entry import LogEntry
 from pylog.errors import OptionError
 from pylog.options import parse_log_options
-from pylog.proto.loki_push_pb2 import PushRequest
+from pylog.proto.loki_push_pb2 import EntryAdapter, LabelPairAdapter, PushRequest, StreamAdapter
 from pylog.record import ContainerContext, NamespaceView, build_context
 from pylog.sinks import SinkError, configured_sinks
 from pylog.sinks.loki import LokiSink
-from pylog.sinks.loki_encode import _proto_body, label_text, proto_body_reference
+from pylog.sinks.loki_encode import _proto_body, label_text
 from tests.peers.loki_receiver import LokiReceiver, Reply, parse_labels
 from tests.peers.rsyslog import TlsFiles
 
@@ -271,3 +272,18 @@ async def test_tls_verified_by_default_with_client_certificates(
     finally:
         await s.close()
         await peer.stop()
+
+
+def proto_body_reference(by_source: dict[str, list[int]], labels: dict[str, dict[str, str]],
+                         times: list[int], texts: list[bytes], meta: dict[str, str]) -> bytes:
+    """The same request built with the message classes (for the tests)."""
+    pairs = [LabelPairAdapter(name=k, value=v) for k, v in meta.items()]
+    streams = []
+    for s, idx in by_source.items():
+        entries = [EntryAdapter(timestamp=Timestamp(seconds=times[i] // 1_000_000_000,
+                                                    nanos=times[i] % 1_000_000_000),
+                                line=texts[i].decode("utf-8", "replace"),
+                                structuredMetadata=pairs) for i in idx]
+        streams.append(StreamAdapter(labels=label_text(labels[s]), entries=entries))
+    data: bytes = PushRequest(streams=streams).SerializeToString()
+    return data

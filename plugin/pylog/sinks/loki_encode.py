@@ -14,10 +14,8 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 import cramjam
-from google.protobuf.timestamp_pb2 import Timestamp
 
 from ..frames import columns_of
-from ..proto.loki_push_pb2 import EntryAdapter, LabelPairAdapter, PushRequest, StreamAdapter
 from ..reassembly import Line
 from ..record import ContainerContext
 from ..tag import render_tag
@@ -138,21 +136,6 @@ def _proto_body(by_source: dict[str, list[int]], labels: dict[str, dict[str, str
         streams.append(field(0x0A, field(0x0A, label_text(labels[s]).encode())
                              + b"".join(entries)))
     return b"".join(streams)
-
-
-def proto_body_reference(by_source: dict[str, list[int]], labels: dict[str, dict[str, str]],
-                         times: list[int], texts: list[bytes], meta: dict[str, str]) -> bytes:
-    """The same request built with the message classes (for the tests)."""
-    pairs = [LabelPairAdapter(name=k, value=v) for k, v in meta.items()]
-    streams = []
-    for s, idx in by_source.items():
-        entries = [EntryAdapter(timestamp=Timestamp(seconds=times[i] // 1_000_000_000,
-                                                    nanos=times[i] % 1_000_000_000),
-                                line=texts[i].decode("utf-8", "replace"),
-                                structuredMetadata=pairs) for i in idx]
-        streams.append(StreamAdapter(labels=label_text(labels[s]), entries=entries))
-    data: bytes = PushRequest(streams=streams).SerializeToString()
-    return data
 
 
 def _json_body(by_source: dict[str, list[int]], labels: dict[str, dict[str, str]],
