@@ -21,9 +21,12 @@ ALL_OPTIONS = {
     "cache-compress", "tag", "labels", "labels-regex", "env", "env-regex",
     "max-size", "max-file", "compress", "namespaces", "identity",
 }
+# What sinks are sent: tested in test_multiline.py (two of them cannot go together).
+LINE_OPTIONS = {"multiline-pattern", "multiline-datetime-format", "multiline-timeout",
+                "multiline-max-lines", "multiline-max-bytes"}
 SINK_OPTIONS = {name for cls in SINK_TYPES.values() for name in cls.OPTIONS}
 CORE_OPTIONS = set(ALL_OPTIONS)
-ALL_OPTIONS |= SINK_OPTIONS
+ALL_OPTIONS |= SINK_OPTIONS | LINE_OPTIONS
 
 
 def start_logging_infos() -> list[dict]:

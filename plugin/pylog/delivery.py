@@ -32,12 +32,13 @@ from typing import Any
 
 from .cursor import Cursor
 from .durable import STATE
-from .frames import Columns
+from .multiline import MultilineRules
 from .pacing import INGEST
 from .position import Position
 from .reader import Batch, LogReader
-from .reassembly import Line, Reassembler
+from .reassembly import Line
 from .record import ContainerContext
+from .shaping import Shaper, Taken
 from .sinks.base import Sink, SinkError
 from .store import ContainerLog
 
@@ -48,25 +49,6 @@ READ_BYTES = 256 << 10  # one batch: up to 256 KiB of stored frames (~10,000 sho
 # also what a crash can make a sink receive twice
 
 
-def _lines_of(batch: Batch, reassembler: Reassembler) -> tuple[Sequence[Line], int | None]:
-    """A batch's lines for the sink, and the offset the cursor may move to after them (only
-    where no line is half-read; None: nowhere in this batch)."""
-    entries, ends = batch.entries, batch.ends
-    if isinstance(entries, Columns):
-        return entries, ends[-1]  # whole lines, as columns
-    if not reassembler.pending and not any([e.partial for e in entries]):  # noqa: C419
-        return entries, ends[-1]  # whole lines already: the common case
-    lines: list[Line] = []
-    safe = None
-    for entry, end in zip(entries, ends):
-        line = reassembler.push(entry)
-        if line is not None:
-            lines.append(line)
-        if not reassembler.pending:
-            safe = end
-    return lines, safe
-
-
 class Delivery:
     """Sends one container's lines to one sink, from the store, until the container stops
     logging and everything is delivered (or until pylog shuts down). A failure it does not
@@ -74,12 +56,13 @@ class Delivery:
     starts again from its saved cursor after a backoff."""
 
     def __init__(self, clog: ContainerLog, sink: Sink, context: Callable[[], ContainerContext],
-                 max_line: int = 1 << 20) -> None:
+                 max_line: int = 1 << 20, multiline: MultilineRules | None = None) -> None:
         self.clog = clog
         self.sink = sink
         self.context = context
         self.cursor = Cursor(clog.directory, sink.key)
         self.max_line = max_line
+        self.multiline = multiline
         self.closing = False  # shutting down: stop at the end of what is stored
         self.task: asyncio.Task[None] | None = None
         self._waiter = clog.waiter()  # also keeps the store from being released or collected
@@ -200,14 +183,13 @@ class Delivery:
             self._reader = None
         reader = self._reader = LogReader(self.clog, await asyncio.to_thread(self._saved))
         self.acked = reader.pos
-        reassembler = Reassembler(self.max_line)
+        shaper = Shaper(reader.pos, self.max_line, self.multiline)
         waiter = self._waiter
         ahead: asyncio.Task[Batch] | None = None  # the next batch, read while one is sent
 
         def read_next() -> Coroutine[Any, Any, Batch]:
             waiter.clear()  # before the read takes frame_end: no write is missed
-            return reader.read(READ_BYTES,
-                               columns=self.sink.COLUMNS and not reassembler.pending)
+            return reader.read(READ_BYTES, columns=self.sink.COLUMNS and shaper.columns)
 
         try:
             while True:
@@ -216,12 +198,9 @@ class Delivery:
                 if batch.entries:
                     if not self.first_unsent_ns:
                         self.first_unsent_ns = batch.entries[0].time_nano
-                    lines, safe = _lines_of(batch, reassembler)
+                    taken = shaper.take(batch)
                     ahead = asyncio.create_task(read_next())
-                    if lines:
-                        await self._send(lines)
-                    if safe is not None:
-                        await self._ack(Position(batch.seq, safe))
+                    await self._deliver_taken(taken)
                     if self.clog.writers == 0 and not self.closing:  # catching up
                         await INGEST.yield_to_live(time.monotonic() - started)
                     continue
@@ -232,17 +211,28 @@ class Delivery:
                 # A log opened again is readable up to where its walk (in a worker) got:
                 # the rest is not delivered until the walk is done (it wakes the waiter).
                 if self.clog.writers == 0 and not self.clog.walking:
-                    rest = reassembler.flush()
+                    rest = shaper.end()
                     if rest:
                         await self._send(rest)
                     await self._ack(reader.pos, last=True)
                     return
-                await waiter.wait()
+                wait_s = shaper.wait_s()  # an open event's timeout
+                try:
+                    await asyncio.wait_for(waiter.wait(), wait_s)
+                except TimeoutError:
+                    await self._deliver_taken(shaper.due())
         finally:
             if ahead is not None:
                 ahead.cancel()
                 await asyncio.gather(ahead, return_exceptions=True)
             reader.close()
+
+    async def _deliver_taken(self, taken: Taken) -> None:
+        lines, cursor = taken
+        if lines:
+            await self._send(lines)
+        if cursor is not None:
+            await self._ack(cursor)
 
     def _saved(self) -> Position | None:
         STATE.flush()  # a restart after a failure goes on from the newest cursor handed over

@@ -14,6 +14,7 @@ from pathlib import Path
 from .delivery import Delivery
 from .durable import STATE, StateError, read_json, write_json
 from .errors import PylogError
+from .multiline import multiline_rules
 from .options import LogOptions, parse_log_options
 from .record import ContainerContext
 from .sinks import SinkPool, configured_sinks
@@ -76,7 +77,8 @@ class Deliveries:
             if key in self.active:
                 continue
             sink = self.sinks.acquire(config)
-            delivery = Delivery(clog, sink, functools.partial(self._context_of, cid))
+            delivery = Delivery(clog, sink, functools.partial(self._context_of, cid),
+                                multiline=multiline_rules(options.values))
             retired = self.retired.pop(key, None)
             if retired is not None:
                 delivery.carry_over(retired[1])  # its metrics go on, never backwards
