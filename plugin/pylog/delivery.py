@@ -35,6 +35,7 @@ from .durable import STATE
 from .multiline import MultilineRules
 from .pacing import INGEST
 from .position import Position
+from .ratelimit import RateRules
 from .reader import Batch, LogReader
 from .reassembly import Line
 from .record import ContainerContext
@@ -56,13 +57,17 @@ class Delivery:
     starts again from its saved cursor after a backoff."""
 
     def __init__(self, clog: ContainerLog, sink: Sink, context: Callable[[], ContainerContext],
-                 max_line: int = 1 << 20, multiline: MultilineRules | None = None) -> None:
+                 max_line: int = 1 << 20, multiline: MultilineRules | None = None,
+                 rate: RateRules | None = None) -> None:
         self.clog = clog
         self.sink = sink
         self.context = context
         self.cursor = Cursor(clog.directory, sink.key)
         self.max_line = max_line
         self.multiline = multiline
+        self.rate = rate
+        self._shaper: Shaper | None = None
+        self._limited_before = 0  # held back by the rate limit in earlier starts of this delivery
         self.closing = False  # shutting down: stop at the end of what is stored
         self.task: asyncio.Task[None] | None = None
         self._waiter = clog.waiter()  # also keeps the store from being released or collected
@@ -103,6 +108,7 @@ class Delivery:
         self.restarts += old.restarts
         self._dropped_before += old.dropped_bytes
         self._rejected_before += old.rejected
+        self._limited_before += old.rate_limited
 
     # ----------------------------------------------------------------- read at scrape time
 
@@ -117,6 +123,12 @@ class Delivery:
     def dropped_bytes(self) -> int:
         """Bytes the store deleted (retention) before this delivery read them."""
         return self._dropped_before + (self._reader.dropped_bytes if self._reader else 0)
+
+    @property
+    def rate_limited(self) -> int:
+        """Lines (or events) the container's rate limit kept from this sink."""
+        limiter = self._shaper.limiter if self._shaper else None
+        return self._limited_before + (limiter.held_total if limiter else 0)
 
     @property
     def rejected(self) -> int:
@@ -183,7 +195,8 @@ class Delivery:
             self._reader = None
         reader = self._reader = LogReader(self.clog, await asyncio.to_thread(self._saved))
         self.acked = reader.pos
-        shaper = Shaper(reader.pos, self.max_line, self.multiline)
+        self._limited_before = self.rate_limited
+        shaper = self._shaper = Shaper(reader.pos, self.max_line, self.multiline, self.rate)
         waiter = self._waiter
         ahead: asyncio.Task[Batch] | None = None  # the next batch, read while one is sent
 
@@ -206,8 +219,9 @@ class Delivery:
                     continue
                 if waiter.is_set():
                     continue  # written (or stopped) while the worker read: look again
-                if self.closing:
-                    return  # shutting down: a half-read line is read again at the next start
+                if self.closing:  # shutting down: a half-read line is read again at the next start
+                    await self._deliver_taken((shaper.notices(), None))
+                    return
                 # A log opened again is readable up to where its walk (in a worker) got:
                 # the rest is not delivered until the walk is done (it wakes the waiter).
                 if self.clog.writers == 0 and not self.clog.walking:

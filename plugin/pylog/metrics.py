@@ -274,8 +274,13 @@ class PylogCollector(Collector):
         last_ok = _gauge("pylog_last_success_timestamp_seconds", "When the sink last took a "
                          "batch of this container's lines (Unix time; absent before the first)",
                          DELIVERY_LABELS)
+        limited = _counter("pylog_rate_limited_lines", "Lines (events, with multiline rules) "
+                           "the container's rate-limit kept from the sink; the store keeps them",
+                           DELIVERY_LABELS)
         for d in delivery_views(driver, now):
             labels = [d.container_id[:12], d.container_name, d.sink.key, d.sink.KIND]
+            if d.rate is not None:
+                limited.add_metric(labels, d.rate_limited)
             delivered.add_metric(labels, d.lines)
             spool.add_metric(labels, d.spool_bytes)
             queue.add_metric(labels, d.in_flight)
@@ -290,7 +295,8 @@ class PylogCollector(Collector):
             dropped_lines.add_metric([*labels, "rejected_by_sink"], d.rejected)
 
         yield from (lines_in, bytes_in, reads, corrupt, rotations, attachments, dropped_bytes,
-                    dropped_lines, delivered, spool, queue, retries, restarts, lag, last_ok)
+                    dropped_lines, delivered, spool, queue, retries, restarts, lag, last_ok,
+                    limited)
 
         # Per sink.
         sink_info = _gauge("pylog_sink_info", "A sink in use and where it sends (always 1)",

@@ -15,6 +15,7 @@ from typing import Any
 
 from .errors import OptionError
 from .multiline import datetime_regex, multiline_rules
+from .ratelimit import rate_rules
 from .tag import parse_tag_template
 
 DRIVER_NAME = "pylog"
@@ -130,13 +131,17 @@ OPTION_GROUPS: dict[str, dict[str, tuple[Parser, Any]]] = {
         "namespaces": (parse_bool, True),
         "identity": (parse_choice(("keys", "full")), "keys"),
     },
-    # What sinks are sent (never the store): multi-line events joined (pylog.multiline).
+    # What sinks are sent (never the store): multi-line events joined (pylog.multiline), a rate
+    # limit (pylog.ratelimit).
     "lines": {
         "multiline-pattern": (parse_regex, None),
         "multiline-datetime-format": (datetime_regex, None),
         "multiline-timeout": (parse_duration, 1.0),
         "multiline-max-lines": (parse_positive_int, 1000),
         "multiline-max-bytes": (parse_size, 1 << 20),
+        "rate-limit": (parse_positive_int, None),
+        "rate-burst": (parse_positive_int, None),
+        "rate-notice-interval": (parse_duration, 10.0),
     },
     # The local store, with the options and defaults of Docker's `local` driver.
     "store": {
@@ -183,5 +188,6 @@ def parse_log_options(config: Mapping[str, str] | None) -> LogOptions:
             raise OptionError(f"invalid value {raw!r} for log opt {name!r}: expected a string")
         else:
             values[name] = parser(name, raw)
-    multiline_rules(values)  # options that cannot go together
+    multiline_rules(values)  # options that cannot go together, or need another
+    rate_rules(values)
     return LogOptions(values=values, given=frozenset(config))
