@@ -16,6 +16,7 @@ from pylog.errors import OptionError
 from pylog.frames import encode_frame
 from pylog.multiline import Joiner, MultilineRules, datetime_regex, multiline_rules
 from pylog.options import parse_log_options
+from pylog.shaping import LineRules
 from pylog.store import ContainerLog, StoreOptions
 from tests.test_delivery import TIMEOUT, BuggySink
 from tests.test_metrics import CID, context
@@ -166,7 +167,7 @@ async def test_a_delivery_joins_events_and_flushes_the_last_when_the_container_s
         clog = ContainerLog(tmp_path / CID, StoreOptions(), ex)
         clog.writers = 1
         sink = BuggySink(tmp_path)
-        delivery = Delivery(clog, sink, context, multiline=rules("%Y-%m-%d"))
+        delivery = Delivery(clog, sink, context, rules=LineRules(multiline=rules("%Y-%m-%d")))
         clog.append(frames_of(JAVA + JAVA, time.time_ns()))
         delivery.start()
         await sink.wait_for(1)
@@ -186,7 +187,7 @@ async def test_an_open_event_is_sent_after_the_timeout_while_the_container_runs(
         clog = ContainerLog(tmp_path / CID, StoreOptions(), ex)
         clog.writers = 1
         sink = BuggySink(tmp_path)
-        delivery = Delivery(clog, sink, context, multiline=rules("%Y", timeout_ns=SECOND // 5))
+        delivery = Delivery(clog, sink, context, rules=LineRules(multiline=rules("%Y", timeout_ns=SECOND // 5)))
         clog.append(frames_of(["2026 boom"] + PYTHON, time.time_ns()))
         delivery.start()
         await sink.wait_for(1)  # nothing else written: only the timeout can end the event
@@ -208,7 +209,7 @@ async def test_a_restart_in_the_middle_of_an_event_loses_no_line(tmp_path: Path)
         clog.writers = 1
         sink = BuggySink(tmp_path)
         r = rules("%Y", timeout_ns=60 * SECOND)
-        delivery = Delivery(clog, sink, context, multiline=r)
+        delivery = Delivery(clog, sink, context, rules=LineRules(multiline=r))
         clog.append(frames_of(["2026 one", "  1a"], t))
         delivery.start()
         clog.append(frames_of(["2026 two", "  2a"], t + 10))  # ends "one"; "two" stays open
@@ -219,7 +220,7 @@ async def test_a_restart_in_the_middle_of_an_event_loses_no_line(tmp_path: Path)
         await asyncio.wait_for(delivery.task, TIMEOUT)
         assert sink.got == [b"2026 one\n  1a"]
 
-        again = Delivery(clog, sink, context, multiline=r)  # pylog started again
+        again = Delivery(clog, sink, context, rules=LineRules(multiline=r))  # pylog started again
         clog.append(frames_of(["  2b", "2026 three"], t + 20))
         again.start()
         clog.writers = 0

@@ -24,7 +24,8 @@ ALL_OPTIONS = {
 # What sinks are sent: tested in test_multiline.py (two of them cannot go together).
 LINE_OPTIONS = {"multiline-pattern", "multiline-datetime-format", "multiline-timeout",
                 "multiline-max-lines", "multiline-max-bytes", "rate-limit", "rate-burst",
-                "rate-notice-interval"}
+                "rate-notice-interval", "parse", "parse-message-keys", "parse-level-keys",
+                "parse-time-keys", "parse-max-bytes"}
 SINK_OPTIONS = {name for cls in SINK_TYPES.values() for name in cls.OPTIONS}
 CORE_OPTIONS = set(ALL_OPTIONS)
 ALL_OPTIONS |= SINK_OPTIONS | LINE_OPTIONS

@@ -17,6 +17,7 @@ from pylog.errors import OptionError
 from pylog.frames import encode_frame
 from pylog.options import parse_log_options
 from pylog.ratelimit import Limiter, RateRules, rate_rules
+from pylog.shaping import LineRules
 from pylog.store import ContainerLog, StoreOptions
 from tests.test_delivery import TIMEOUT, BuggySink
 from tests.test_metrics import CID, context, driver_with, scrape, value
@@ -46,7 +47,7 @@ def split(out: list[LogEntry]) -> tuple[list[LogEntry], dict[str, int]]:
 def test_lines_under_the_limit_all_pass() -> None:
     lim = Limiter(RateRules(100, 100))
     lines = burst(1000, 50)  # 20 s at 50 a second
-    assert lim.take(lines) == lines and lim.flush() == [] and lim.held_total == 0
+    assert lim.take(lines) == lines and lim.flush() == [] and lim.stats.held == 0
 
 
 def test_a_burst_over_the_limit_keeps_burst_plus_rate_times_duration() -> None:
@@ -55,7 +56,7 @@ def test_a_burst_over_the_limit_keeps_burst_plus_rate_times_duration() -> None:
     sent, noted = split(lim.take(lines) + lim.flush())
     assert 295 <= len(sent) <= 300  # 200 at once, then 100 a second for just under 1 s
     assert noted == {"stdout": 10_000 - len(sent), "stderr": 0}
-    assert lim.held_total == 10_000 - len(sent) and lim.notices == 1
+    assert lim.stats.held == 10_000 - len(sent) and lim.stats.notices == 1
 
 
 def test_one_notice_per_stream_per_interval() -> None:
@@ -67,7 +68,7 @@ def test_one_notice_per_stream_per_interval() -> None:
     notices = [e for e in out if NOTICE.match(e.line)]
     assert len(notices) == 6  # 3 intervals x 2 streams
     assert {e.source for e in notices} == {"stdout", "stderr"}
-    assert sum(noted.values()) == 6000 - len(sent) == lim.held_total
+    assert sum(noted.values()) == 6000 - len(sent) == lim.stats.held
     assert [e.time_nano for e in out] == sorted(e.time_nano for e in out)
 
 
@@ -119,7 +120,7 @@ async def test_a_delivery_sends_what_is_within_the_limit_and_counts_the_rest(
         clog = ContainerLog(tmp_path / CID, StoreOptions(), ex)
         clog.writers = 1
         sink = BuggySink(tmp_path)
-        delivery = Delivery(clog, sink, context, rate=RateRules(100, 100, SECOND))
+        delivery = Delivery(clog, sink, context, rules=LineRules(rate=RateRules(100, 100, SECOND)))
         driver = driver_with(tmp_path, clog, delivery)
         lines = burst(5000, 100_000, t0=time.time_ns())  # 50 ms
         clog.append(b"".join(encode_frame(e) for e in lines))
@@ -139,7 +140,7 @@ async def test_a_delivery_sends_what_is_within_the_limit_and_counts_the_rest(
         assert len(sent) + held == 5000 and 100 <= len(sent) <= 106
         assert sent[:100] == [e.line for e in lines[:100]]  # the burst, then one in 1,000
         assert sent == [e.line for e in lines if e.line in set(sent)]  # in order
-        assert delivery.rate_limited == held
+        assert delivery.counts.limit.held == held
         labels = {"container_id": CID[:12], "sink": sink.key}
         assert value(scrape(driver), "pylog_rate_limited_lines_total", **labels) == held
         clog.close()

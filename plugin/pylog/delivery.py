@@ -32,14 +32,12 @@ from typing import Any
 
 from .cursor import Cursor
 from .durable import STATE
-from .multiline import MultilineRules
 from .pacing import INGEST
 from .position import Position
-from .ratelimit import RateRules
 from .reader import Batch, LogReader
 from .reassembly import Line
 from .record import ContainerContext
-from .shaping import Shaper, Taken
+from .shaping import LineRules, Shaper, ShapingCounts, Taken
 from .sinks.base import Sink, SinkError
 from .store import ContainerLog
 
@@ -50,6 +48,22 @@ READ_BYTES = 256 << 10  # one batch: up to 256 KiB of stored frames (~10,000 sho
 # also what a crash can make a sink receive twice
 
 
+def _name_of(context: Callable[[], ContainerContext]) -> str:
+    try:
+        return context().name
+    except Exception:  # noqa: BLE001 - a name for the metrics only
+        return ""
+
+
+async def _woken(event: asyncio.Event, timeout: float | None) -> bool:
+    """Wait for the event; False if ``timeout`` seconds passed first."""
+    try:
+        await asyncio.wait_for(event.wait(), timeout)
+    except TimeoutError:
+        return False
+    return True
+
+
 class Delivery:
     """Sends one container's lines to one sink, from the store, until the container stops
     logging and everything is delivered (or until pylog shuts down). A failure it does not
@@ -57,17 +71,14 @@ class Delivery:
     starts again from its saved cursor after a backoff."""
 
     def __init__(self, clog: ContainerLog, sink: Sink, context: Callable[[], ContainerContext],
-                 max_line: int = 1 << 20, multiline: MultilineRules | None = None,
-                 rate: RateRules | None = None) -> None:
+                 max_line: int = 1 << 20, rules: LineRules | None = None) -> None:
         self.clog = clog
         self.sink = sink
         self.context = context
         self.cursor = Cursor(clog.directory, sink.key)
         self.max_line = max_line
-        self.multiline = multiline
-        self.rate = rate
-        self._shaper: Shaper | None = None
-        self._limited_before = 0  # held back by the rate limit in earlier starts of this delivery
+        self.rules = rules or LineRules()
+        self.counts = ShapingCounts()  # what the rules did (rate limit, parse=json)
         self.closing = False  # shutting down: stop at the end of what is stored
         self.task: asyncio.Task[None] | None = None
         self._waiter = clog.waiter()  # also keeps the store from being released or collected
@@ -86,10 +97,7 @@ class Delivery:
         self._rejected_final = 0
         self._dropped_before = 0  # carried over from an earlier delivery (see carry_over)
         self._rejected_before = 0
-        try:
-            self.container_name = context().name
-        except Exception:  # noqa: BLE001 - a name for the metrics only
-            self.container_name = ""
+        self.container_name = _name_of(context)
 
     @property
     def container_id(self) -> str:
@@ -108,7 +116,7 @@ class Delivery:
         self.restarts += old.restarts
         self._dropped_before += old.dropped_bytes
         self._rejected_before += old.rejected
-        self._limited_before += old.rate_limited
+        self.counts.add(old.counts)
 
     # ----------------------------------------------------------------- read at scrape time
 
@@ -123,12 +131,6 @@ class Delivery:
     def dropped_bytes(self) -> int:
         """Bytes the store deleted (retention) before this delivery read them."""
         return self._dropped_before + (self._reader.dropped_bytes if self._reader else 0)
-
-    @property
-    def rate_limited(self) -> int:
-        """Lines (or events) the container's rate limit kept from this sink."""
-        limiter = self._shaper.limiter if self._shaper else None
-        return self._limited_before + (limiter.held_total if limiter else 0)
 
     @property
     def rejected(self) -> int:
@@ -195,8 +197,7 @@ class Delivery:
             self._reader = None
         reader = self._reader = LogReader(self.clog, await asyncio.to_thread(self._saved))
         self.acked = reader.pos
-        self._limited_before = self.rate_limited
-        shaper = self._shaper = Shaper(reader.pos, self.max_line, self.multiline, self.rate)
+        shaper = Shaper(reader.pos, self.max_line, self.rules, self.counts)
         waiter = self._waiter
         ahead: asyncio.Task[Batch] | None = None  # the next batch, read while one is sent
 
@@ -211,7 +212,9 @@ class Delivery:
                 if batch.entries:
                     if not self.first_unsent_ns:
                         self.first_unsent_ns = batch.entries[0].time_nano
-                    taken = shaper.take(batch)
+                    # A container's rules cost more than reassembly: in a worker.
+                    taken = (shaper.take(batch) if shaper.plain
+                             else await asyncio.to_thread(shaper.take, batch))
                     ahead = asyncio.create_task(read_next())
                     await self._deliver_taken(taken)
                     if self.clog.writers == 0 and not self.closing:  # catching up
@@ -225,15 +228,10 @@ class Delivery:
                 # A log opened again is readable up to where its walk (in a worker) got:
                 # the rest is not delivered until the walk is done (it wakes the waiter).
                 if self.clog.writers == 0 and not self.clog.walking:
-                    rest = shaper.end()
-                    if rest:
-                        await self._send(rest)
+                    await self._deliver_taken((shaper.end(), None))
                     await self._ack(reader.pos, last=True)
                     return
-                wait_s = shaper.wait_s()  # an open event's timeout
-                try:
-                    await asyncio.wait_for(waiter.wait(), wait_s)
-                except TimeoutError:
+                if not await _woken(waiter, shaper.wait_s()):  # an open event's timeout
                     await self._deliver_taken(shaper.due())
         finally:
             if ahead is not None:

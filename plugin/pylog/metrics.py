@@ -25,7 +25,7 @@ import json
 import logging
 import time
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
@@ -277,10 +277,16 @@ class PylogCollector(Collector):
         limited = _counter("pylog_rate_limited_lines", "Lines (events, with multiline rules) "
                            "the container's rate-limit kept from the sink; the store keeps them",
                            DELIVERY_LABELS)
+        parsed = _counter("pylog_parse_lines", "With parse=json, lines by result: parsed (a JSON "
+                          "object, sent as fields) or sent as text because not_object, too_large "
+                          "or too_deep", [*DELIVERY_LABELS, "result"])
         for d in delivery_views(driver, now):
             labels = [d.container_id[:12], d.container_name, d.sink.key, d.sink.KIND]
-            if d.rate is not None:
-                limited.add_metric(labels, d.rate_limited)
+            if d.rules.rate is not None:
+                limited.add_metric(labels, d.counts.limit.held)
+            if d.rules.parse is not None:
+                for result, n in asdict(d.counts.parse).items():
+                    parsed.add_metric([*labels, result], n)
             delivered.add_metric(labels, d.lines)
             spool.add_metric(labels, d.spool_bytes)
             queue.add_metric(labels, d.in_flight)
@@ -296,7 +302,7 @@ class PylogCollector(Collector):
 
         yield from (lines_in, bytes_in, reads, corrupt, rotations, attachments, dropped_bytes,
                     dropped_lines, delivered, spool, queue, retries, restarts, lag, last_ok,
-                    limited)
+                    limited, parsed)
 
         # Per sink.
         sink_info = _gauge("pylog_sink_info", "A sink in use and where it sends (always 1)",

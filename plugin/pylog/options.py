@@ -132,7 +132,7 @@ OPTION_GROUPS: dict[str, dict[str, tuple[Parser, Any]]] = {
         "identity": (parse_choice(("keys", "full")), "keys"),
     },
     # What sinks are sent (never the store): multi-line events joined (pylog.multiline), a rate
-    # limit (pylog.ratelimit).
+    # limit (pylog.ratelimit), JSON lines as fields (pylog.jsonlines).
     "lines": {
         "multiline-pattern": (parse_regex, None),
         "multiline-datetime-format": (datetime_regex, None),
@@ -142,6 +142,11 @@ OPTION_GROUPS: dict[str, dict[str, tuple[Parser, Any]]] = {
         "rate-limit": (parse_positive_int, None),
         "rate-burst": (parse_positive_int, None),
         "rate-notice-interval": (parse_duration, 10.0),
+        "parse": (parse_choice(("none", "json")), "none"),
+        "parse-message-keys": (parse_name_list, ("msg", "message")),
+        "parse-level-keys": (parse_name_list, ("level", "severity")),
+        "parse-time-keys": (parse_name_list, ("time", "ts")),
+        "parse-max-bytes": (parse_size, 64 << 10),
     },
     # The local store, with the options and defaults of Docker's `local` driver.
     "store": {
@@ -190,4 +195,7 @@ def parse_log_options(config: Mapping[str, str] | None) -> LogOptions:
             values[name] = parser(name, raw)
     multiline_rules(values)  # options that cannot go together, or need another
     rate_rules(values)
+    if not all(values[k] for k in ("parse-message-keys", "parse-level-keys", "parse-time-keys")):
+        raise OptionError("log opts 'parse-message-keys', 'parse-level-keys' and "
+                          "'parse-time-keys' each need at least one key")
     return LogOptions(values=values, given=frozenset(config))

@@ -42,6 +42,12 @@ def rate_rules(values: Any) -> RateRules | None:
 
 
 @dataclass(slots=True)
+class LimitStats:
+    held: int = 0  # lines held back
+    notices: int = 0
+
+
+@dataclass(slots=True)
 class _Held:
     count: int
     first_nano: int
@@ -52,10 +58,9 @@ class Limiter:
     """Feed lines in order; get back those within the limit, with a notice where lines were
     held back (at most one per stream per interval)."""
 
-    def __init__(self, rules: RateRules) -> None:
+    def __init__(self, rules: RateRules, stats: LimitStats | None = None) -> None:
         self.rules = rules
-        self.held_total = 0  # lines held back so far
-        self.notices = 0
+        self.stats = LimitStats() if stats is None else stats
         self._tokens = float(rules.burst)
         self._last_nano: int | None = None
         self._held: dict[str, _Held] = {}  # per stream: held back since its last notice
@@ -77,7 +82,7 @@ class Limiter:
                 tokens -= 1.0
                 out.append(line)
                 continue
-            self.held_total += 1
+            self.stats.held += 1
             if held is None:
                 self._held[line.source] = _Held(1, t, t)
             else:
@@ -102,7 +107,7 @@ class Limiter:
 
     def _notice(self, source: str) -> Line:
         h = self._held.pop(source)
-        self.notices += 1
+        self.stats.notices += 1
         text = (f"pylog: rate-limit held back {h.count} {source} line"
                 f"{'' if h.count == 1 else 's'} from {_utc(h.first_nano)} to "
                 f"{_utc(h.last_nano)} (limit {self.rules.rate:g}/s, burst "

@@ -1,8 +1,9 @@
 """From stored batches to what one sink is sent, and how far its cursor may then move.
 
 Every delivery reassembles dockerd's 16 KiB pieces into lines; a container with multiline rules
-also has its lines joined into events (:mod:`pylog.multiline`), and one with a rate limit has
-the lines over it held back (:mod:`pylog.ratelimit`). The store keeps the lines as written, so
+also has its lines joined into events (:mod:`pylog.multiline`), one with a rate limit has
+the lines over it held back (:mod:`pylog.ratelimit`), and with ``parse=json`` the lines that
+are JSON objects become fields (:mod:`pylog.jsonlines`), in that order. The store keeps the lines as written, so
 ``docker logs`` never sees any of this. The cursor never moves past a line that is
 only partly sent: a piece of a line not yet whole, or the first line of an event not yet ended.
 """
@@ -11,15 +12,46 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass, field, fields
+from typing import Any, cast
 
 from .frames import Columns
-from .multiline import Joiner, MultilineRules
+from .jsonlines import JsonParser, ParseRules, ParseStats, parse_rules
+from .multiline import Joiner, MultilineRules, multiline_rules
 from .position import Position
-from .ratelimit import Limiter, RateRules
+from .ratelimit import Limiter, LimitStats, RateRules, rate_rules
 from .reader import Batch
 from .reassembly import Line, Reassembler
 
 Taken = tuple[Sequence[Line], Position | None]  # lines to send; where the cursor may go after
+
+
+@dataclass(frozen=True)
+class LineRules:
+    """What a container's log-opts ask of the lines its sinks are sent."""
+
+    multiline: MultilineRules | None = None
+    rate: RateRules | None = None
+    parse: ParseRules | None = None
+
+
+@dataclass
+class ShapingCounts:
+    """What a delivery's rules did, over all its starts (read at scrape time)."""
+
+    limit: LimitStats = field(default_factory=LimitStats)
+    parse: ParseStats = field(default_factory=ParseStats)
+
+    def add(self, other: ShapingCounts) -> None:
+        """Go on from a finished delivery's counts (they never go backwards)."""
+        for mine, theirs in ((self.limit, other.limit), (self.parse, other.parse)):
+            for f in fields(mine):
+                setattr(mine, f.name, getattr(mine, f.name) + getattr(theirs, f.name))
+
+
+def line_rules(values: Any) -> LineRules:
+    """The container's line rules from its parsed log-opts. Raises OptionError."""
+    return LineRules(multiline_rules(values), rate_rules(values), parse_rules(values))
 
 
 def _lines_of(batch: Batch, reassembler: Reassembler) -> tuple[Sequence[Line], int | None]:
@@ -44,34 +76,45 @@ def _lines_of(batch: Batch, reassembler: Reassembler) -> tuple[Sequence[Line], i
 class Shaper:
     """One delivery's lines, batch by batch, from the position it started reading at."""
 
-    def __init__(self, start: Position, max_line: int, multiline: MultilineRules | None = None,
-                 rate: RateRules | None = None) -> None:
+    def __init__(self, start: Position, max_line: int, rules: LineRules | None = None,
+                 counts: ShapingCounts | None = None) -> None:
+        rules, counts = rules or LineRules(), counts or ShapingCounts()
         self.reassembler = Reassembler(max_line)
-        self.joiner: Joiner[Position] | None = Joiner(multiline) if multiline else None
-        self.limiter = Limiter(rate) if rate else None
+        self.joiner: Joiner[Position] | None = (Joiner(rules.multiline) if rules.multiline
+                                                else None)
+        self.limiter = Limiter(rules.rate, counts.limit) if rules.rate else None
+        self.parser = JsonParser(rules.parse, counts.parse) if rules.parse else None
         self._safe = start  # the newest position with no line half-read before it
+
+    @property
+    def plain(self) -> bool:
+        """Only reassembly (cheap enough for the event loop): no rule of the container's."""
+        return self.joiner is None and self.limiter is None and self.parser is None
 
     @property
     def columns(self) -> bool:
         """The next batch may be read as columns (whole lines, sent as they are)."""
-        return self.joiner is None and self.limiter is None and not self.reassembler.pending
+        return self.plain and not self.reassembler.pending
 
     def take(self, batch: Batch) -> Taken:
         if self.joiner is None:
             lines, safe = _lines_of(batch, self.reassembler)
             at = Position(batch.seq, safe) if safe is not None else None
-            return self._limit(lines), at
+            return self._shape(lines), at
         lines, holds = self._lines_and_holds(batch)
         events = self.joiner.push(lines, holds)
         if lines:  # another stream's lines say how long an event's stream has been silent
             events += self.joiner.due(lines[-1].time_nano)
-        return self._limit(events), self._cursor()
+        return self._shape(events), self._cursor()
 
-    def _limit(self, lines: Sequence[Line]) -> Sequence[Line]:
-        if self.limiter is None or not lines:
-            return lines
-        out = self.limiter.take(lines)
-        return out + self.limiter.due(lines[-1].time_nano)
+    def _shape(self, lines: Sequence[Line], now: int | None = None) -> Sequence[Line]:
+        """The rate limit, then JSON parsing (only of what is sent)."""
+        if self.limiter is not None and (lines or now is not None):
+            lines = self.limiter.take(lines) + self.limiter.due(
+                lines[-1].time_nano if now is None else now)
+        if self.parser is not None and lines:
+            lines = cast(Sequence[Line], self.parser.parse(lines))
+        return lines
 
     def _lines_and_holds(self, batch: Batch) -> tuple[list[Line], list[Position]]:
         """The batch's lines, each with where reading must start again to see it whole (the
@@ -100,9 +143,7 @@ class Shaper:
         interval has passed, by the clock."""
         now = time.time_ns()
         events: Sequence[Line] = self.joiner.due(now) if self.joiner else []
-        if self.limiter is not None:
-            events = self.limiter.take(events) + self.limiter.due(now)
-        return events, self._cursor() if self.joiner else None
+        return self._shape(events, now), self._cursor() if self.joiner else None
 
     def end(self) -> list[Line]:
         """Everything held (the container stopped): an unfinished line, open events, notices."""
@@ -111,7 +152,7 @@ class Shaper:
             rest = self.joiner.push(rest, [self._safe] * len(rest)) + self.joiner.flush()
         if self.limiter is not None:
             rest = self.limiter.take(rest) + self.limiter.flush()
-        return rest
+        return list(self._shape(rest)) if self.parser is not None else rest
 
     def notices(self) -> list[Line]:
         """The rate limit's notices not sent yet (pylog shuts down: its counts would be lost)."""

@@ -14,10 +14,9 @@ from pathlib import Path
 from .delivery import Delivery
 from .durable import STATE, StateError, read_json, write_json
 from .errors import PylogError
-from .multiline import multiline_rules
 from .options import LogOptions, parse_log_options
-from .ratelimit import rate_rules
 from .record import ContainerContext
+from .shaping import line_rules
 from .sinks import SinkPool, configured_sinks
 from .store import ContainerLog, Store
 
@@ -79,8 +78,7 @@ class Deliveries:
                 continue
             sink = self.sinks.acquire(config)
             delivery = Delivery(clog, sink, functools.partial(self._context_of, cid),
-                                multiline=multiline_rules(options.values),
-                                rate=rate_rules(options.values))
+                                rules=line_rules(options.values))
             retired = self.retired.pop(key, None)
             if retired is not None:
                 delivery.carry_over(retired[1])  # its metrics go on, never backwards

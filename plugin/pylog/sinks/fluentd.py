@@ -34,6 +34,7 @@ from fluent.sender import EventTime  # the slow path's packer, the fast path's r
 
 from ..errors import OptionError
 from ..frames import columns_of
+from ..jsonlines import ParsedLine, any_parsed
 from ..options import parse_bool, parse_duration, parse_size
 from ..reassembly import Line
 from ..record import ContainerContext
@@ -128,6 +129,8 @@ def encode_parts(lines: Sequence[Line], ctx: ContainerContext, sub_second: bool,
     loop. Only the string header and the line differ in size from entry to entry (the time is
     11 bytes, both sources' constant parts are as long), so the ends are one sum over the line
     lengths, not over the four parts' sizes (about 40% of the encoding's time)."""
+    if any_parsed(lines):
+        return _parsed_parts(lines, ctx, sub_second)
     sources, times, texts = columns_of(lines)  # texts: raw bytes, a msgpack str (as Docker's)
     count = len(texts)
     if not count:
@@ -163,6 +166,40 @@ def encode_parts(lines: Sequence[Line], ctx: ContainerContext, sub_second: bool,
     parts[2::4] = strs
     parts[3::4] = texts
     return parts, ends
+
+
+def _parsed_parts(lines: Sequence[Line], ctx: ContainerContext, sub_second: bool,
+                  ) -> tuple[list[bytes], list[int]]:
+    """:func:`encode_parts` for a batch with lines that were JSON objects (``parse=json``):
+    their records also have ``message``, ``level``, ``time`` and ``json`` (docs/json-logs.md),
+    packed line by line."""
+    n, pairs = context_pairs(ctx)
+    packb = msgpack.packb
+    parts: list[bytes] = []
+    ends: list[int] = []
+    total = 0
+    for line in lines:
+        t = line.time_nano
+        head = b"\x92" + (packb(EventTime.from_unix_nano(_clamp(t))) if sub_second
+                          else packb(t // 1_000_000_000))
+        extra = _fluentd_extras(line) if type(line) is ParsedLine else {}
+        mid = _map_header(n + 2 + len(extra)) + pairs + _SOURCE[line.source] + _LOG_KEY
+        tail = line.line + b"".join(packb(k) + packb(v) for k, v in extra.items())
+        four = [head, mid, _str_header(len(line.line)), tail]
+        parts += four
+        total += sum(map(len, four))
+        ends.append(total)
+    return parts, ends
+
+
+def _fluentd_extras(line: ParsedLine) -> dict[str, Any]:
+    out: dict[str, Any] = {"message": line.text()}
+    if line.level is not None:
+        out["level"] = line.level
+    if line.time is not None:
+        out["time"] = line.time
+    out["json"] = line.fields
+    return out
 
 
 class FluentdSink(Sink):

@@ -16,6 +16,7 @@ from typing import Any
 import cramjam
 
 from ..frames import columns_of
+from ..jsonlines import ParsedLine, any_parsed
 from ..reassembly import Line
 from ..record import ContainerContext
 from ..tag import render_tag
@@ -74,45 +75,51 @@ def structured_metadata(ctx: ContainerContext) -> dict[str, str]:
     return {k: v for k, v in out.items() if v}
 
 
-def _parts(lines: Sequence[Line], per_entry: int, max_bytes: int
-           ) -> Iterator[tuple[list[str], list[int], list[bytes]]]:
-    """The batch's columns cut into pushes of about ``max_bytes`` (a line bigger alone)."""
-    sources, times, texts = columns_of(lines)
+def _parts(texts: list[bytes], per_entry: int, max_bytes: int) -> Iterator[tuple[int, int]]:
+    """The batch cut into pushes of about ``max_bytes`` (a line bigger alone): (start, end)."""
     start, size = 0, 0
     for i, text in enumerate(texts):
         cost = len(text) + per_entry
         if i > start and size + cost > max_bytes:
-            yield sources[start:i], times[start:i], texts[start:i]
+            yield start, i
             start, size = i, 0
         size += cost
     if start < len(texts):
-        yield sources[start:], times[start:], texts[start:]
+        yield start, len(texts)
 
 
 def push_bodies(lines: Sequence[Line], ctx: ContainerContext,
                 external: Sequence[tuple[str, str]], json_format: bool, max_bytes: int
                 ) -> list[tuple[int, bytes]]:
     """The request bodies of a batch, each with its count of lines: snappy-compressed protobuf,
-    or gzipped JSON; a stream (labels) per source in each, entries in the batch's order."""
+    or gzipped JSON; a stream (labels) per source in each, entries in the batch's order. A line
+    that was a JSON object (``parse=json``) is sent as written, with its level as a ``level``
+    structured metadata entry."""
     meta = structured_metadata(ctx)
     per_entry = ENTRY_OVERHEAD + sum(len(k) + len(v) + 4 for k, v in meta.items())
+    all_sources, all_times, all_texts = columns_of(lines)
+    all_levels = ([x.level if type(x) is ParsedLine else None for x in lines]
+                  if any_parsed(lines) else None)
     out = []
-    for sources, times, texts in _parts(lines, per_entry, max_bytes):
+    for start, end in _parts(all_texts, per_entry, max_bytes):
+        sources, times, texts = all_sources[start:end], all_times[start:end], all_texts[start:end]
+        levels = all_levels[start:end] if all_levels is not None else None
         by_source: dict[str, list[int]] = {}
         for i, s in enumerate(sources):
             by_source.setdefault(s, []).append(i)
         labels = {s: stream_labels(ctx, external, s) for s in by_source}
         if json_format:
-            body = gzip.compress(_json_body(by_source, labels, times, texts, meta), 1)
+            body = gzip.compress(_json_body(by_source, labels, times, texts, meta, levels), 1)
         else:
             body = bytes(cramjam.snappy.compress_raw(
-                _proto_body(by_source, labels, times, texts, meta)))
+                _proto_body(by_source, labels, times, texts, meta, levels)))
         out.append((len(texts), body))
     return out
 
 
 def _proto_body(by_source: dict[str, list[int]], labels: dict[str, dict[str, str]],
-                times: list[int], texts: list[bytes], meta: dict[str, str]) -> bytes:
+                times: list[int], texts: list[bytes], meta: dict[str, str],
+                levels: list[str | None] | None = None) -> bytes:
     """``logproto.PushRequest`` written field by field: the structured metadata, the same on
     every entry, is encoded once and appended to each (the message classes copy it into every
     entry; tests/test_sink_loki.py checks the bytes against them). The Timestamp's seconds
@@ -132,6 +139,9 @@ def _proto_body(by_source: dict[str, list[int]], labels: dict[str, dict[str, str
             ts = head + b"\x10" + varint(nanos) if nanos else head
             line = lines[i]
             entry = b"\x0a" + varint(len(ts)) + ts + b"\x12" + varint(len(line)) + line + tail
+            level = levels[i] if levels is not None else None
+            if level:
+                entry += field(0x1A, field(0x0A, b"level") + field(0x12, level.encode()))
             entries.append(b"\x12" + varint(len(entry)) + entry)
         streams.append(field(0x0A, field(0x0A, label_text(labels[s]).encode())
                              + b"".join(entries)))
@@ -139,11 +149,15 @@ def _proto_body(by_source: dict[str, list[int]], labels: dict[str, dict[str, str
 
 
 def _json_body(by_source: dict[str, list[int]], labels: dict[str, dict[str, str]],
-               times: list[int],
-               texts: list[bytes], meta: dict[str, str]) -> bytes:
+               times: list[int], texts: list[bytes], meta: dict[str, str],
+               levels: list[str | None] | None = None) -> bytes:
+    def meta_of(i: int) -> dict[str, str]:
+        level = levels[i] if levels is not None else None
+        return {**meta, "level": level} if level else meta
+
     streams: list[dict[str, Any]] = []
     for s, idx in by_source.items():
         streams.append({"stream": labels[s], "values": [
-            [str(times[i]), texts[i].decode("utf-8", "replace"), meta] for i in idx]})
+            [str(times[i]), texts[i].decode("utf-8", "replace"), meta_of(i)] for i in idx]})
     return json.dumps({"streams": streams}, ensure_ascii=False,
                       separators=(",", ":")).encode()

@@ -47,6 +47,7 @@ from urllib.parse import urlsplit
 
 from ..errors import OptionError
 from ..frames import columns_of
+from ..jsonlines import any_parsed, syslog_severity
 from ..options import Parser, parse_bool, parse_choice
 from ..reassembly import Line
 from ..record import ContainerContext
@@ -246,10 +247,19 @@ class Encoder:
             return f" {host} {tag}[{self.pid}]: ".encode()
         return f" {host} {app} {self.pid} {msgid} {sd} ".encode()
 
+    def pri(self, source: str, level: str | None = None) -> bytes:
+        """The PRI (and version) of a line: by its level, if it was a JSON object with a level
+        syslog knows (``parse=json``), else by its stream."""
+        severity = syslog_severity(level)
+        if severity is None:
+            return self._pri["stderr" if source == "stderr" else "stdout"]
+        pri = f"<{self.facility * 8 + severity}>"
+        return (pri if self.format == "rfc3164" else pri + "1 ").encode()
+
     def encode(self, line: Line, ctx: ContainerContext, middle: bytes | None = None,
                text: bytes | None = None) -> bytes:
         """One line as a message; ``text`` replaces the line's bytes (a cut line)."""
-        pri = self._pri["stderr" if line.source == "stderr" else "stdout"]
+        pri = self.pri(line.source, getattr(line, "level", None))
         if middle is None:
             middle = self.middle(ctx)
         return b"".join((pri, self.timestamp(line.time_nano), middle,
@@ -324,7 +334,7 @@ class SyslogSink(Sink):
         counts = _Counts()
         sources, times, texts = columns_of(lines)
         lengths = list(map(len, texts))
-        if lengths and min(lengths) > 0 and not (self.datagram and
+        if lengths and min(lengths) > 0 and not any_parsed(lines) and not (self.datagram and
                                                  max(lengths) > DATAGRAM_MSG_MAX):
             return self.encoder.encode_all(sources, times, texts, middle), counts  # usual
         encode = self.encoder.encode

@@ -1,0 +1,208 @@
+"""parse=json: which lines become fields, and what each sink then sends (decoded as each peer
+decodes it: json for _bulk, msgpack for fluentd, the opentelemetry-proto classes, Loki's push
+proto, the syslog PRI)."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import msgpack
+import pytest
+from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
+
+from pylog.delivery import Delivery
+from pylog.entry import LogEntry
+from pylog.errors import OptionError
+from pylog.frames import encode_frame
+from pylog.jsonlines import (
+    MAX_DEPTH,
+    JsonParser,
+    ParsedLine,
+    ParseRules,
+    ParseStats,
+    parse_rules,
+)
+from pylog.options import parse_log_options
+from pylog.record import ContainerContext
+from pylog.shaping import LineRules
+from pylog.sinks.es_documents import bulk_documents
+from pylog.sinks.fluentd import encode_parts
+from pylog.sinks.loki_encode import push_bodies
+from pylog.sinks.otlp_encode import protobuf_request
+from pylog.sinks.syslog import Encoder
+from pylog.store import ContainerLog, StoreOptions
+from tests.peers.fluentd_receiver import _ext_hook
+from tests.peers.loki_receiver import decode_push
+from tests.peers.otlp_receiver import plain
+from tests.test_delivery import TIMEOUT, BuggySink
+from tests.test_metrics import CID, context, driver_with, scrape, value
+
+T = 1_795_000_000_123_456_789
+OBJECT = {"level": "error", "msg": "payment failed", "ts": "2026-12-06T05:00:00Z",
+          "order": {"id": 42, "items": [1, 2]}, "retry": True, "amount": 9.5, "note": None}
+# Keys that are the record's own: they stay under `json`, never replace the record's.
+HOSTILE = {"msg": "x", "stream": "fake", "container": {"id": "evil"}, "@timestamp": "1970"}
+
+
+def entry(obj: Any, source: str = "stdout", t: int = T) -> LogEntry:
+    text = obj if isinstance(obj, bytes) else json.dumps(obj).encode()
+    return LogEntry(source=source, time_nano=t, line=text)
+
+
+def parse(*lines: LogEntry, rules: ParseRules = ParseRules()) -> tuple[list[Any], JsonParser]:
+    p = JsonParser(rules)
+    return list(p.parse(lines)), p
+
+
+def test_an_object_becomes_fields_with_its_message_level_and_time_taken_out() -> None:
+    (x,), p = parse(entry(OBJECT))
+    assert isinstance(x, ParsedLine)
+    assert x.message == "payment failed" and x.level == "error"
+    assert x.time == "2026-12-06T05:00:00Z"
+    assert x.fields == {"order": {"id": 42, "items": [1, 2]}, "retry": True, "amount": 9.5,
+                        "note": None}
+    assert x.whole() == OBJECT and x.line == json.dumps(OBJECT).encode()
+    assert p.stats.parsed == 1
+
+
+def test_the_keys_are_configurable_and_the_first_present_wins() -> None:
+    rules = parse_rules(parse_log_options({"parse": "json", "parse-message-keys": "text,msg",
+                                           "parse-level-keys": "lvl",
+                                           "parse-time-keys": "when"}).values)
+    assert rules is not None
+    (x,), _ = parse(entry({"msg": "second", "text": "first", "lvl": 3, "when": 17,
+                           "level": "kept"}), rules=rules)
+    assert (x.message, x.level, x.time) == ("first", "3", 17)
+    assert x.fields == {"msg": "second", "level": "kept"}
+
+
+@pytest.mark.parametrize(("text", "why"), [
+    (b"plain text", "not_object"),
+    (b"[1, 2, 3]", "not_object"),
+    (b'"a string"', "not_object"),
+    (b'{"broken": ', "not_object"),
+    (b'{"a": "\\ud800"}', "not_object"),  # a lone surrogate
+    (b'{"big": "' + b"x" * (64 << 10) + b'"}', "too_large"),
+    (b'{"a":' * (MAX_DEPTH + 1) + b"1" + b"}" * (MAX_DEPTH + 1), "too_deep"),
+])
+def test_what_is_not_a_usable_object_is_sent_as_text_and_counted(text: bytes, why: str) -> None:
+    line = entry(text)
+    (x,), p = parse(line)
+    assert x is line
+    assert getattr(p.stats, why) == 1 and p.stats.parsed == 0
+
+
+def test_nesting_up_to_the_limit_is_parsed() -> None:
+    deep = b'{"a":' * MAX_DEPTH + b"1" + b"}" * MAX_DEPTH
+    (x,), _ = parse(entry(deep))
+    assert isinstance(x, ParsedLine)
+
+
+@pytest.mark.parametrize("opts", [{"parse": "yaml"}, {"parse": "json", "parse-level-keys": ","},
+                                  {"parse": "json", "parse-max-bytes": "big"}])
+def test_bad_parse_options_name_the_option(opts: dict[str, str]) -> None:
+    with pytest.raises(OptionError) as e:
+        parse_log_options(opts)
+    assert any(name in str(e.value) for name in opts)
+
+
+def ctx() -> ContainerContext:
+    return ContainerContext(CID, "web", "img", "sha", "tag", "host")
+
+
+def batch() -> list[Any]:
+    lines, _ = parse(entry(OBJECT), entry(b"not json", "stderr"), entry(HOSTILE))
+    return lines
+
+
+def test_elasticsearch_documents_carry_the_fields_apart() -> None:
+    docs = bulk_documents(batch(), ctx())
+    rows = [json.loads(r) for r in docs.body().splitlines()[1::2]]
+    first, text, hostile = rows
+    assert first["message"] == "payment failed"
+    assert first["log"] == {"level": "error", "time": "2026-12-06T05:00:00Z"}
+    assert first["json"]["order"] == {"id": 42, "items": [1, 2]}
+    assert first["json"]["note"] is None and first["stream"] == "stdout"
+    assert text["message"] == "not json" and "json" not in text and text["stream"] == "stderr"
+    assert hostile["stream"] == "stdout" and hostile["container"]["id"] == CID
+    assert hostile["json"] == {"stream": "fake", "container": {"id": "evil"}, "@timestamp": "1970"}
+    assert hostile["@timestamp"].startswith("2026-")
+
+
+def test_fluentd_records_carry_the_fields_and_dockers_keys() -> None:
+    parts, ends = encode_parts(batch(), ctx(), sub_second=True)
+    blob = b"".join(parts)
+    assert ends[-1] == len(blob)
+    entries = list(msgpack.Unpacker(io.BytesIO(blob), raw=False, ext_hook=_ext_hook))
+    (_, first), (_, text), (_, hostile) = entries
+    assert first["log"] == json.dumps(OBJECT) and first["message"] == "payment failed"
+    assert first["level"] == "error" and first["time"] == "2026-12-06T05:00:00Z"
+    assert first["json"]["order"] == {"id": 42, "items": [1, 2]}
+    assert first["container_id"] == CID and first["source"] == "stdout"
+    assert text["log"] == "not json" and "json" not in text and text["source"] == "stderr"
+    assert hostile["json"]["container"] == {"id": "evil"} and hostile["container_id"] == CID
+
+
+def test_otlp_bodies_are_maps_with_a_severity_from_the_level() -> None:
+    req = ExportLogsServiceRequest.FromString(protobuf_request(batch(), ctx()))
+    first, text, hostile = req.resource_logs[0].scope_logs[0].log_records
+    assert plain(first.body) == OBJECT
+    assert first.severity_text == "error" and first.severity_number == 17
+    assert first.time_unix_nano == T
+    assert plain(text.body) == "not json" and text.severity_number == 0
+    assert plain(hostile.body) == HOSTILE
+    assert {kv.key: plain(kv.value) for kv in hostile.attributes} == {"log.iostream": "stdout"}
+
+
+@pytest.mark.parametrize("json_format", [False, True])
+def test_loki_entries_keep_the_line_and_add_its_level(json_format: bool) -> None:
+    ((n, body),) = push_bodies(batch(), ctx(), (), json_format, 1 << 20)
+    media = "application/json" if json_format else "application/x-protobuf"
+    if json_format:
+        import gzip
+        body = gzip.decompress(body)
+    got = {e.line: e for e in decode_push(body, media)}
+    assert n == 3 and got[json.dumps(OBJECT)].metadata["level"] == "error"
+    assert "level" not in got["not json"].metadata
+    assert got[json.dumps(OBJECT)].metadata["container_id"] == CID
+
+
+@pytest.mark.parametrize("fmt", ["rfc5424", "rfc3164"])
+def test_syslog_takes_the_severity_from_the_level(fmt: str) -> None:
+    enc = Encoder(fmt, facility=1)
+    lines, _ = parse(entry({"level": "WARNING", "msg": "w"}, "stderr"), entry({"msg": "n"}),
+                     entry({"level": "chatty", "msg": "c"}, "stderr"))
+    pris = [enc.encode(x, ctx()).split(b">")[0] for x in lines]
+    assert pris == [b"<12", b"<14", b"<11"]  # warning; stdout's info; stderr's err
+
+
+async def test_a_delivery_with_parse_json_sends_fields_and_counts(tmp_path: Path) -> None:
+    with ThreadPoolExecutor(1) as ex:
+        clog = ContainerLog(tmp_path / CID, StoreOptions(), ex)
+        clog.writers = 1
+        sink = BuggySink(tmp_path)
+        rules = LineRules(parse=ParseRules())
+        delivery = Delivery(clog, sink, context, rules=rules)
+        driver = driver_with(tmp_path, clog, delivery)
+        now = time.time_ns()
+        clog.append(b"".join(encode_frame(entry(x, t=now + i)) for i, x in
+                             enumerate([OBJECT, b"text", OBJECT])))
+        delivery.start()
+        await sink.wait_for(3)
+        clog.writers = 0
+        clog.wake()
+        assert delivery.task is not None
+        await asyncio.wait_for(delivery.task, TIMEOUT)
+        assert delivery.counts.parse == ParseStats(parsed=2, not_object=1)
+        s = scrape(driver)
+        labels = {"container_id": CID[:12], "sink": sink.key}
+        assert value(s, "pylog_parse_lines_total", result="parsed", **labels) == 2
+        assert value(s, "pylog_parse_lines_total", result="not_object", **labels) == 1
+        clog.close()
+        await driver.close()
