@@ -112,7 +112,14 @@ def number_of(text: bytes | str) -> int | None:
     try:
         return int(text[-NUMBER_DIGITS:])
     except ValueError:
-        return None
+        pass
+    # A JSON line's number is its last field's: `..."n":1234567}`.
+    found = (_TRAILING_STR if isinstance(text, str) else _TRAILING).search(text)
+    return int(found.group(1)) if found else None
+
+
+_TRAILING = re.compile(rb'(\d{1,7})"?}$')  # 7: NUMBER_DIGITS
+_TRAILING_STR = re.compile(_TRAILING.pattern.decode())
 
 
 class Counter:

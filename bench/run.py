@@ -79,6 +79,19 @@ class Scenario:
 
 
 PAD4K = 'PAD=$(head -c 4088 /dev/zero | tr "\\0" x); seq {first} {last} | sed "s/^/$PAD/"'
+# A Java stack trace an event (9 lines), its last line ending with the event's number: without
+# multiline rules each line is a record (the numbered one counts), with them each event is one.
+TRACES = ("awk 'BEGIN {{ for (i = {first}; i <= {last}; i++) {{ "
+          "print \"2026-12-06 05:10:01 ERROR request failed\"; "
+          "print \"java.lang.IllegalStateException: could not serve\"; "
+          "for (j = 0; j < 6; j++) print \"\\tat com.example.Server.handle(Server.java:42)\"; "
+          "printf \"\\t... 2 more %07d\\n\", i }} }}'")
+# One JSON object a line, as Go's slog writes them (132 bytes), its number the last field.
+JSON_LINES = ("awk 'BEGIN {{ for (i = {first}; i <= {last}; i++) printf "
+              "\"{{\\\"time\\\":\\\"2026-12-06T05:10:00.123Z\\\",\\\"level\\\":"
+              "\\\"INFO\\\",\\\"msg\\\":\\\"request served\\\",\\\"path\\\":"
+              "\\\"/api/orders\\\",\\\"status\\\":200,\\\"ms\\\":12,"
+              "\\\"n\\\":%d}}\\n\", i }}'")
 
 
 def scenarios(scale: float, b2_containers: int = 20) -> dict[str, Scenario]:
@@ -99,6 +112,12 @@ def scenarios(scale: float, b2_containers: int = 20) -> dict[str, Scenario]:
         "E1": Scenario("E1", f"1 container, {n(20_000):,} short lines, Elasticsearch sink to "
                        "osmem-server", 1, n(20_000), 1, "seq {first} {last}",
                        drivers=("json-file", "pylog-es", "pylog-es-osmem")),
+        # What multiline rules and parse=json cost: the same log with and without them.
+        "M1": Scenario("M1", f"1 container, {n(100_000):,} Java stack traces of 9 lines",
+                       1, n(100_000), 1, TRACES,
+                       drivers=("pylog-fluentd", "pylog-fluentd-multiline")),
+        "J1": Scenario("J1", f"1 container, {n(500_000):,} JSON lines", 1, n(500_000), 1,
+                       JSON_LINES, drivers=("pylog-fluentd", "pylog-fluentd-json")),
     }
 
 
@@ -117,6 +136,7 @@ class Config:
     store: bool = True  # `docker logs` counts the lines
     only: tuple[str, ...] = ()  # runs only in these scenarios (empty: in every scenario)
     src: str = ""  # pylog runs from this source tree (--baseline), else from this checkout
+    opts: tuple[tuple[str, str], ...] = ()  # log-opts of its own
 
 
 CONFIGS: dict[str, Config] = {c.key: c for c in (
@@ -138,6 +158,11 @@ CONFIGS: dict[str, Config] = {c.key: c for c in (
     Config("pylog-all", "pylog +fluentd+es+syslog", pylog=True,
            sinks=("forward", "es", "syslog"), fluentd=True, store=False),
     Config("pylog-fluentd-down", "pylog +fluentd DOWN", pylog=True, fluentd=True, down=True),
+    Config("pylog-fluentd-multiline", "pylog +fluentd multiline", pylog=True,
+           sinks=("forward",), store=False, only=("M1",),
+           opts=(("multiline-datetime-format", "%Y-%m-%d %H:%M:%S"),)),
+    Config("pylog-fluentd-json", "pylog +fluentd parse=json", pylog=True, sinks=("forward",),
+           store=False, only=("J1",), opts=(("parse", "json"),)),
 )}
 
 
@@ -609,6 +634,7 @@ class Bench:
             opts["syslog-format"] = "rfc5424micro"
         if config.down:
             opts["fluentd-address"] = f"tcp://127.0.0.1:{self.closed_port}"
+        opts.update(config.opts)
         return opts
 
     def create(self, driver: str, opts: dict[str, str], cmd: list[str]) -> str:
@@ -1144,6 +1170,14 @@ def target_lines(all_runs: list[Run], scs: dict[str, Scenario], scale: float = 1
             + (f"{med([v['events_per_s'] for v in rec]):,.0f} documents/s using "
                f"{med([v['cpu_share'] for v in rec]) * 100:.0f}% of a CPU: the peer, not pylog, "
                f"sets this time" if rec else "–"))
+    for sc_name, key, what in (("M1", "pylog-fluentd-multiline", "multiline on stack traces"),
+                               ("J1", "pylog-fluentd-json", "parse=json on JSON lines")):
+        on, off = m(sc_name, key, "pylog_cpu_s"), m(sc_name, "pylog-fluentd", "pylog_cpu_s")
+        cost = on / off - 1 if on and off else None
+        out.append(f"- {what} adds ≤ 50% to pylog's CPU with the fluentd sink ({sc_name}, the "
+                   f"same log without it): "
+                   f"{f'{on:.2f} vs {off:.2f} CPU-s = {cost * 100:+.0f}%' if cost is not None else '–'}"
+                   f" → {verdict(None if cost is None else cost <= 0.5)}")
     lossy = [r for r in all_runs if r.lost not in (None, 0)]
     counted = [r for r in all_runs if r.lost is not None]
     out.append(f"- zero lines lost in every run: {len(counted)} runs counted, "

@@ -23,7 +23,7 @@ from pylog.frames import encode_frame
 from pylog.jsonlines import (
     MAX_DEPTH,
     JsonParser,
-    ParsedLine,
+    Parsed,
     ParseRules,
     ParseStats,
     parse_rules,
@@ -55,20 +55,37 @@ def entry(obj: Any, source: str = "stdout", t: int = T) -> LogEntry:
     return LogEntry(source=source, time_nano=t, line=text)
 
 
-def parse(*lines: LogEntry, rules: ParseRules = ParseRules()) -> tuple[list[Any], JsonParser]:
+def parse(*lines: LogEntry, rules: ParseRules = ParseRules()) -> tuple[Any, JsonParser]:
     p = JsonParser(rules)
-    return list(p.parse(lines)), p
+    return p.parse(list(lines)), p
 
 
 def test_an_object_becomes_fields_with_its_message_level_and_time_taken_out() -> None:
-    (x,), p = parse(entry(OBJECT))
-    assert isinstance(x, ParsedLine)
-    assert x.message == "payment failed" and x.level == "error"
-    assert x.time == "2026-12-06T05:00:00Z"
-    assert x.fields == {"order": {"id": 42, "items": [1, 2]}, "retry": True, "amount": 9.5,
-                        "note": None}
-    assert x.whole() == OBJECT and x.line == json.dumps(OBJECT).encode()
+    x, p = parse(entry(OBJECT))
+    assert isinstance(x, Parsed)
+    assert x.messages == ["payment failed"] and x.levels == ["error"]
+    assert x.stamps == ["2026-12-06T05:00:00Z"]
+    assert x.fields == [{"order": {"id": 42, "items": [1, 2]}, "retry": True, "amount": 9.5,
+                         "note": None}]
+    assert x.whole(0) == OBJECT and x.lines[0] == json.dumps(OBJECT).encode()
     assert p.stats.parsed == 1
+
+
+@pytest.mark.parametrize("mixed", [False, True])
+def test_a_batch_is_parsed_the_same_whole_or_line_by_line(mixed: bool) -> None:
+    """All objects (one C pass) or some text among them (line by line): the same columns."""
+    objs = [{"msg": f"m{i}", "level": "info", "time": i, "k": [i]} for i in range(5)]
+    objs[2] = {"message": "other key", "severity": 3, "k": {}}
+    objs[3] = {}
+    lines = [entry(o) for o in objs] + ([entry(b"text")] if mixed else [])
+    x, p = parse(*lines)
+    assert x.fields[:5] == [{"k": [0]}, {"k": [1]}, {"k": {}}, {}, {"k": [4]}]
+    assert x.messages[:5] == ["m0", "m1", "other key", None, "m4"]
+    assert x.levels[:5] == ["info", "info", "3", None, "info"]
+    assert x.stamps[:5] == [0, 1, None, None, 4]
+    assert p.stats.parsed == 5 and p.stats.not_object == int(mixed)
+    if mixed:
+        assert x.fields[5] is None and x.messages[5] is None
 
 
 def test_the_keys_are_configurable_and_the_first_present_wins() -> None:
@@ -76,10 +93,10 @@ def test_the_keys_are_configurable_and_the_first_present_wins() -> None:
                                            "parse-level-keys": "lvl",
                                            "parse-time-keys": "when"}).values)
     assert rules is not None
-    (x,), _ = parse(entry({"msg": "second", "text": "first", "lvl": 3, "when": 17,
-                           "level": "kept"}), rules=rules)
-    assert (x.message, x.level, x.time) == ("first", "3", 17)
-    assert x.fields == {"msg": "second", "level": "kept"}
+    x, _ = parse(entry({"msg": "second", "text": "first", "lvl": 3, "when": 17,
+                        "level": "kept"}), rules=rules)
+    assert (x.messages, x.levels, x.stamps) == (["first"], ["3"], [17])
+    assert x.fields == [{"msg": "second", "level": "kept"}]
 
 
 @pytest.mark.parametrize(("text", "why"), [
@@ -93,15 +110,15 @@ def test_the_keys_are_configurable_and_the_first_present_wins() -> None:
 ])
 def test_what_is_not_a_usable_object_is_sent_as_text_and_counted(text: bytes, why: str) -> None:
     line = entry(text)
-    (x,), p = parse(line)
-    assert x is line
+    x, p = parse(line)
+    assert x == [line]
     assert getattr(p.stats, why) == 1 and p.stats.parsed == 0
 
 
 def test_nesting_up_to_the_limit_is_parsed() -> None:
     deep = b'{"a":' * MAX_DEPTH + b"1" + b"}" * MAX_DEPTH
-    (x,), _ = parse(entry(deep))
-    assert isinstance(x, ParsedLine)
+    x, _ = parse(entry(deep))
+    assert isinstance(x, Parsed)
 
 
 @pytest.mark.parametrize("opts", [{"parse": "yaml"}, {"parse": "json", "parse-level-keys": ","},
@@ -118,7 +135,7 @@ def ctx() -> ContainerContext:
 
 def batch() -> list[Any]:
     lines, _ = parse(entry(OBJECT), entry(b"not json", "stderr"), entry(HOSTILE))
-    return lines
+    return lines  # type: ignore[no-any-return]
 
 
 def test_elasticsearch_documents_carry_the_fields_apart() -> None:
@@ -178,7 +195,7 @@ def test_syslog_takes_the_severity_from_the_level(fmt: str) -> None:
     enc = Encoder(fmt, facility=1)
     lines, _ = parse(entry({"level": "WARNING", "msg": "w"}, "stderr"), entry({"msg": "n"}),
                      entry({"level": "chatty", "msg": "c"}, "stderr"))
-    pris = [enc.encode(x, ctx()).split(b">")[0] for x in lines]
+    pris = [enc.encode(x, ctx(), level=lv).split(b">")[0] for x, lv in zip(lines, lines.levels)]
     assert pris == [b"<12", b"<14", b"<11"]  # warning; stdout's info; stderr's err
 
 
@@ -206,3 +223,19 @@ async def test_a_delivery_with_parse_json_sends_fields_and_counts(tmp_path: Path
         assert value(s, "pylog_parse_lines_total", result="not_object", **labels) == 1
         clog.close()
         await driver.close()
+
+
+def test_a_batch_of_complete_objects_takes_the_column_path_with_the_same_records() -> None:
+    """Every line with message, level and time (one C call a column) or not (line by line):
+    records of the same shape, in Elasticsearch's and fluentd's bytes."""
+    objs = [{"msg": f"m{i}", "level": "info", "time": i, "k": [i]} for i in range(3)]
+    whole, _ = parse(*map(entry, objs))
+    mixed, _ = parse(*map(entry, objs), entry(b"text"))
+    es_rows = [[json.loads(r) for r in bulk_documents(b, ctx()).body().splitlines()[1::2]]
+               for b in (whole, mixed)]
+    assert es_rows[0] == es_rows[1][:3]
+    assert es_rows[0][1]["log"] == {"level": "info", "time": 1} and es_rows[0][1]["json"] == {
+        "k": [1]}
+    fl = [list(msgpack.Unpacker(io.BytesIO(b"".join(encode_parts(b, ctx(), True)[0])),
+                                raw=False, ext_hook=_ext_hook)) for b in (whole, mixed)]
+    assert fl[0] == fl[1][:3] and fl[0][2][1]["message"] == "m2"

@@ -229,3 +229,40 @@ async def test_a_restart_in_the_middle_of_an_event_loses_no_line(tmp_path: Path)
         await asyncio.wait_for(again.task, TIMEOUT)
         assert sink.got == [b"2026 one\n  1a", b"2026 two\n  2a\n  2b", b"2026 three"]
         clog.close()
+
+
+async def test_a_line_in_16_kib_pieces_joins_its_event_and_holds_the_cursor(
+        tmp_path: Path) -> None:
+    """dockerd's pieces of a long line (frame by frame, not columns) are one line of the
+    event; a restart while the event is open reads it again from before its first piece."""
+    from pylog.entry import PartialLogEntryMetadata
+    t = time.time_ns()
+    long = b"y" * 40000
+    pieces = [LogEntry(source="stdout", time_nano=t + 1, line=long[i:i + 16384], partial=True,
+                       partial_log_metadata=PartialLogEntryMetadata(
+                           id="p", ordinal=n + 1, last=i + 16384 >= len(long)))
+              for n, i in enumerate(range(0, len(long), 16384))]
+    with ThreadPoolExecutor(1) as ex:
+        clog = ContainerLog(tmp_path / CID, StoreOptions(), ex)
+        clog.writers = 1
+        sink = BuggySink(tmp_path)
+        r = rules("%Y", timeout_ns=60 * SECOND)
+        first = Delivery(clog, sink, context, rules=LineRules(multiline=r))
+        clog.append(frames_of(["2026 done", "2026 long"], t - 10)
+                    + b"".join(encode_frame(p) for p in pieces))
+        first.start()
+        await sink.wait_for(1)
+        first.closing = True
+        clog.wake()
+        assert first.task is not None
+        await asyncio.wait_for(first.task, TIMEOUT)
+        assert sink.got == [b"2026 done"]
+        again = Delivery(clog, sink, context, rules=LineRules(multiline=r))
+        clog.append(frames_of(["  tail"], t + 2))
+        again.start()
+        clog.writers = 0
+        clog.wake()
+        assert again.task is not None
+        await asyncio.wait_for(again.task, TIMEOUT)
+        assert sink.got == [b"2026 done", b"2026 long\n" + long + b"\n  tail"]
+        clog.close()

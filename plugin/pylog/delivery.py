@@ -203,7 +203,8 @@ class Delivery:
 
         def read_next() -> Coroutine[Any, Any, Batch]:
             waiter.clear()  # before the read takes frame_end: no write is missed
-            return reader.read(READ_BYTES, columns=self.sink.COLUMNS and shaper.columns)
+            return reader.read(READ_BYTES, columns=(self.sink.COLUMNS or not shaper.plain)
+                               and shaper.columns)
 
         try:
             while True:

@@ -381,6 +381,7 @@ class Columns(Sequence[LogEntry]):
     sources: list[str]
     times: list[int]
     lines: list[bytes]
+    sizes: tuple[int, ...] = ()  # each frame's length after its 4-byte length field, if known
 
     def __len__(self) -> int:
         return len(self.lines)
@@ -434,7 +435,8 @@ def decode_columns(data: bytes, max_frame: int = DEFAULT_MAX_FRAME) -> tuple[Col
         sources = list(cols.source)
         if not set(sources) <= _SOURCE_SET:
             return None
-    return Columns(sources, list(cols.time_nano), list(cols.line)), 4 * n + sum(split.declared)
+    return (Columns(sources, list(cols.time_nano), list(cols.line), split.declared),
+            4 * n + sum(split.declared))
 
 
 @dataclass(slots=True)

@@ -11,12 +11,15 @@ as text, as without the option, and counted. The store keeps the line as written
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from itertools import chain, repeat
+from operator import add
 from typing import Any
 
 import orjson
 
+from .frames import Columns, columns_of
 from .reassembly import Line
 
 MAX_DEPTH = 32  # objects and arrays inside each other; deeper lines are sent as text
@@ -38,49 +41,46 @@ def parse_rules(values: Any) -> ParseRules | None:
                       values["parse-time-keys"], values["parse-max-bytes"])
 
 
-class ParsedLine:
-    """A line that was a JSON object: what the sinks send instead of its text. ``line`` keeps
-    the bytes as written (Loki and syslog send them)."""
+@dataclass(slots=True)
+class Parsed(Columns):
+    """A batch after ``parse=json``: its lines as :class:`Columns` (as written: Loki and
+    syslog send them), and for each line its fields (the object, message, level and time taken
+    out) or None where the line is sent as text, its message, level and own time (None:
+    none)."""
 
-    __slots__ = ("fields", "level", "line", "message", "source", "taken", "time", "time_nano")
-    partial = False
+    fields: list[dict[str, Any] | None] = field(default_factory=list)
+    messages: list[str | None] = field(default_factory=list)
+    levels: list[str | None] = field(default_factory=list)
+    stamps: list[Any] = field(default_factory=list)  # the lines' own times
 
-    def __init__(self, entry: Line, fields: dict[str, Any], taken: dict[str, Any],
-                 rules: ParseRules) -> None:
-        self.source = entry.source
-        self.time_nano = entry.time_nano
-        self.line = entry.line
-        self.fields = fields  # the rest of the object
-        self.taken = taken  # the message, level and time, under the keys the line used
-        self.message = _text(_first(taken, rules.message_keys))  # None: no message key
-        self.level = _text(_first(taken, rules.level_keys))
-        self.time = _first(taken, rules.time_keys)  # as the line wrote it; None: none
+    def plain(self) -> Columns:
+        return Columns(self.sources, self.times, self.lines, self.sizes)
 
-    def whole(self) -> dict[str, Any]:
-        """The object as the line had it (OTLP's body)."""
-        return {**self.taken, **self.fields}
+    def whole(self, i: int) -> dict[str, Any] | None:
+        """Line i's object as the line had it (OTLP's body); None: sent as text."""
+        return orjson.loads(self.lines[i]) if self.fields[i] is not None else None
 
-    def text(self) -> str:
-        """The record's ``message``: the object's message, or the whole line."""
-        if self.message is not None:
-            return self.message
-        return self.line.decode("utf-8", "replace")
-
-    def extras(self) -> dict[str, Any]:
-        """What the JSON record has besides its message: ``log.level``, ``log.time``,
-        ``json``."""
-        out: dict[str, Any] = {}
-        if self.level is not None or self.time is not None:
-            out["log"] = {k: v for k, v in (("level", self.level), ("time", self.time))
-                          if v is not None}
-        out["json"] = self.fields
+    def json_members(self) -> list[bytes]:
+        """Each record's message, as JSON, and for a parsed line ``,"log":{...},"json":{...}``
+        after it: what follows ``"message":`` in the JSON record (docs/json-logs.md)."""
+        dumps = orjson.dumps
+        if all(f is not None for f in self.fields) and all(
+                v is not None for v in chain(self.messages, self.levels, self.stamps)):
+            return list(map(b"".join, zip(  # every line an object with all three: C calls
+                map(dumps, self.messages), repeat(b',"log":{"level":'),
+                map(dumps, self.levels), repeat(b',"time":'), map(dumps, self.stamps),
+                repeat(b'},"json":'), map(dumps, self.fields))))
+        out = []
+        for text, fields, msg, level, when in zip(self.lines, self.fields, self.messages,
+                                                  self.levels, self.stamps):
+            if fields is None:
+                out.append(dumps(text.decode("utf-8", "replace")))
+                continue
+            log = {k: v for k, v in (("level", level), ("time", when)) if v is not None}
+            head = dumps(msg if msg is not None else text.decode("utf-8", "replace"))
+            out.append(head + (b',"log":' + dumps(log) if log else b"")
+                       + b',"json":' + dumps(fields))
         return out
-
-    def json_tail(self) -> bytes:
-        """The record's message and extras as JSON members: ``"<message>","log":..,"json":..``
-        (what follows ``"message":``)."""
-        # orjson refused lone surrogates when it parsed the line: everything here encodes.
-        return orjson.dumps(self.text()) + b"," + orjson.dumps(self.extras())[1:-1]
 
 
 @dataclass(slots=True)
@@ -105,67 +105,98 @@ def _depth(value: Any) -> int:
     return deepest
 
 
-def _take(obj: dict[str, Any], rules: ParseRules) -> dict[str, Any]:
-    """The object's message, level and time (the first key of each list it has), taken out."""
-    taken = {}
-    for keys in (rules.message_keys, rules.level_keys, rules.time_keys):
-        for k in keys:
-            if k in obj:
-                taken[k] = obj.pop(k)
-                break
-    return taken
+def _brackets(texts: list[bytes]) -> list[int]:
+    """Opening brackets a line: a bound on its depth, counted in C."""
+    return list(map(add, map(bytes.count, texts, repeat(b"{")),
+                    map(bytes.count, texts, repeat(b"["))))
 
 
-def _first(taken: dict[str, Any], keys: tuple[str, ...]) -> Any:
-    return next((taken[k] for k in keys if k in taken), None)
+_MISSING = object()
 
 
 class JsonParser:
+    """Turns batches into :class:`Parsed` ones. A batch whose every line is an object within
+    the limits (a JSON logger's) is parsed and taken apart a column at a time, in C calls;
+    any other line by line."""
+
     def __init__(self, rules: ParseRules, stats: ParseStats | None = None) -> None:
         self.rules = rules
         self.stats = ParseStats() if stats is None else stats
 
-    def parse(self, lines: Iterable[Line]) -> Sequence[Line | ParsedLine]:
-        out: list[Line | ParsedLine] = []
-        rules, stats, loads = self.rules, self.stats, orjson.loads
-        for line in lines:
-            text = line.line
-            if not text.startswith(b"{") and not text.lstrip().startswith(b"{"):
-                stats.not_object += 1
-                out.append(line)
-                continue
-            if len(text) > rules.max_bytes:
-                stats.too_large += 1
-                out.append(line)
-                continue
-            try:
-                obj = loads(text)
-            except orjson.JSONDecodeError:
-                stats.not_object += 1
-                out.append(line)
-                continue
-            if not isinstance(obj, dict):
-                stats.not_object += 1
-                out.append(line)
-                continue
-            if sum(map(text.count, (b"{", b"["))) > MAX_DEPTH and _depth(obj) > MAX_DEPTH:
-                stats.too_deep += 1
-                out.append(line)
-                continue
-            stats.parsed += 1
-            out.append(ParsedLine(line, obj, _take(obj, rules), rules))
-        return out
+    def parse(self, lines: Sequence[Line]) -> Sequence[Line]:
+        sources, times, texts = columns_of(lines)
+        if not texts:
+            return lines
+        objs = self._all_objects(texts)
+        if objs is None:
+            objs = list(map(self._object, texts))
+            if all(o is None for o in objs):
+                return lines
+        else:
+            self.stats.parsed += len(objs)
+        rules = self.rules
+        messages = self._take(objs, rules.message_keys)
+        levels = self._take(objs, rules.level_keys)
+        stamps = self._take(objs, rules.time_keys)
+        if not all(map(isinstance, messages, repeat(str))):
+            messages = list(map(_text, messages))
+        if not all(map(isinstance, levels, repeat(str))):
+            levels = list(map(_text, levels))
+        return Parsed(sources, times, texts, lines.sizes if isinstance(lines, Columns) else (),
+                      objs, messages, levels, stamps)
+
+    def _all_objects(self, texts: list[bytes]) -> list[dict[str, Any] | None] | None:
+        """Every line's object, if every line is one within the limits; else None."""
+        if max(map(len, texts)) > self.rules.max_bytes or max(_brackets(texts)) > MAX_DEPTH:
+            return None
+        try:
+            objs = list(map(orjson.loads, texts))
+        except orjson.JSONDecodeError:
+            return None
+        return objs if all(map(isinstance, objs, repeat(dict))) else None
+
+    def _object(self, text: bytes) -> dict[str, Any] | None:
+        """One line's object, or None (counted by why)."""
+        stats = self.stats
+        if not text.lstrip().startswith(b"{"):
+            stats.not_object += 1
+            return None
+        if len(text) > self.rules.max_bytes:
+            stats.too_large += 1
+            return None
+        try:
+            obj = orjson.loads(text)
+        except orjson.JSONDecodeError:  # broken, a lone surrogate, or over orjson's 1024 deep
+            stats.not_object += 1
+            return None
+        if not isinstance(obj, dict):
+            stats.not_object += 1
+            return None
+        if _brackets([text])[0] > MAX_DEPTH and _depth(obj) > MAX_DEPTH:
+            stats.too_deep += 1
+            return None
+        stats.parsed += 1
+        return obj
+
+    @staticmethod
+    def _take(objs: list[dict[str, Any] | None], keys: tuple[str, ...]) -> list[Any]:
+        """Each object's value of the first of ``keys`` it has, taken out of it (None: none)."""
+        if None not in objs:
+            got = list(map(dict.pop, objs, repeat(keys[0]), repeat(_MISSING)))  # type: ignore[arg-type]
+        else:
+            got = [o.pop(keys[0], _MISSING) if o is not None else None for o in objs]
+        for i, v in enumerate(got):
+            if v is _MISSING:
+                obj = objs[i]
+                assert obj is not None
+                got[i] = next((obj.pop(k) for k in keys[1:] if k in obj), None)
+        return got
 
 
 def _text(value: Any) -> str | None:
     if value is None or isinstance(value, str):
         return value
     return orjson.dumps(value).decode()
-
-
-def any_parsed(lines: Sequence[Any]) -> bool:
-    """Whether a batch holds parsed lines (sinks then take their per-line path)."""
-    return any(type(x) is ParsedLine for x in lines)
 
 
 # A level's name (lower case) as a syslog severity (RFC 5424) and an OpenTelemetry

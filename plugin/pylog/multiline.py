@@ -14,8 +14,9 @@ after a restart of pylog it is read and joined again, whole.
 
 from __future__ import annotations
 
+import functools
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
@@ -78,6 +79,21 @@ class MultilineRules:
     max_lines: int = 1000
     max_bytes: int = 1 << 20
 
+    @property
+    def search(self) -> Callable[[bytes], Any]:
+        """The start pattern's search on a line's bytes: an ASCII pattern (every datetime
+        format) searches the bytes themselves (``\\d``, ``\\w``, ``\\s`` then match ASCII
+        only), any other the line decoded."""
+        if self.start.pattern.isascii():
+            return _bytes_pattern(self.start.pattern, self.start.flags).search
+        text_search = self.start.search
+        return lambda b: text_search(b.decode("utf-8", "replace"))
+
+
+@functools.lru_cache(maxsize=64)
+def _bytes_pattern(pattern: str, flags: int) -> re.Pattern[bytes]:
+    return re.compile(pattern.encode(), flags & ~re.UNICODE)
+
 
 def multiline_rules(values: Any) -> MultilineRules | None:
     """The container's multiline rules, or None when it has none. Raises OptionError."""
@@ -119,24 +135,32 @@ class Joiner(Generic[T]):
         self.stats = MultilineStats()
         self._open: dict[str, _Event[T]] = {}  # per stream, in the order they opened
 
-    def push(self, lines: Iterable[Line], holds: Iterable[T]) -> list[Line]:
+    def push(self, lines: Sequence[Line], holds: Sequence[T]) -> list[Line]:
         """The events these lines end; ``holds``: for each line, where reading must start again
         to see it whole."""
+        return self.push_columns([x.source for x in lines], [x.time_nano for x in lines],
+                                 [x.line for x in lines], holds.__getitem__)
+
+    def push_columns(self, sources: list[str], times: list[int], texts: list[bytes],
+                     hold_of: Callable[[int], T]) -> list[Line]:
+        """:meth:`push` of a batch as columns; ``hold_of(i)`` is asked only for the lines that
+        start an event. The starts are found by one C call mapped over the batch."""
         out: list[Line] = []
-        search, rules = self.rules.start.search, self.rules
-        for line, hold in zip(lines, holds):
-            source, t, text = line.source, line.time_nano, line.line
-            ev = self._open.get(source)
+        rules, opened = self.rules, self._open
+        starts = list(map(rules.search, texts))
+        for i, text in enumerate(texts):
+            source, t = sources[i], times[i]
+            ev = opened.get(source)
             if ev is not None:
                 silent = t - ev.last_nano >= rules.timeout_ns
                 full = ev.size + 1 + len(text) > rules.max_bytes
-                if silent or full or search(text.decode("utf-8", "replace")):
+                if silent or full or starts[i] is not None:
                     self.stats.timeouts += silent
                     self.stats.cut += full and not silent
                     out.append(self._close(source))
                     ev = None
             if ev is None:
-                ev = self._open[source] = _Event(t, t, hold, [text], len(text))
+                ev = opened[source] = _Event(t, t, hold_of(i), [text], len(text))
             else:
                 ev.parts.append(text)
                 ev.size += 1 + len(text)

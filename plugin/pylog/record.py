@@ -35,7 +35,7 @@ from typing import Any
 from .entry import LogEntry
 from .frames import columns_of
 from .hostid import host_identity
-from .jsonlines import ParsedLine, any_parsed
+from .jsonlines import Parsed
 from .namespaces import HeldNamespaces, NamespaceIdentity
 from .nsregistry import NamespaceRegistry, namespace_key
 from .options import LogOptions
@@ -345,7 +345,7 @@ def record_columns(lines: Sequence[LogEntry], ctx: ContainerContext, lead: bytes
     date = {s: lead + b'{"@timestamp":"' + time.strftime("%Y-%m-%dT%H:%M:%S.",
                                                          time.gmtime(s)).encode()
             for s in set(secs)}
-    parsed = any_parsed(lines)  # parse=json: lines that were objects carry their fields
+    parsed = isinstance(lines, Parsed)  # parse=json: objects' fields after their messages
     plain = not parsed and plain_text(texts)
     quote = '"' if plain else ""
     stream = {s: (quote + ',"stream":' + _encode_str(s) + "," + ctx.json_fragment + "}"
@@ -355,18 +355,12 @@ def record_columns(lines: Sequence[LogEntry], ctx: ContainerContext, lead: bytes
     return RecordColumns(
         heads=list(map(date.__getitem__, secs)),
         fractions=list(map(fraction, map(mod, times, repeat(_NS)))),
-        messages=(texts if plain else _parsed_messages(lines) if parsed
+        messages=(texts if plain else lines.json_members() if isinstance(lines, Parsed)
                   else list(map(str.encode, map(_encode_str, map(_decode, texts))))),
         tails=([*stream.values()] * len(sources) if len(stream) == 1  # one stream: one object
                else list(map(stream.__getitem__, sources))),
         head_size=_same_size(date.values()), fraction_size=len(fraction(0)),
         tail_size=_same_size(stream.values()))
-
-
-def _parsed_messages(lines: Sequence[Any]) -> list[bytes]:
-    """Each record's message, and for a line that was a JSON object its extras after it."""
-    return [x.json_tail() if type(x) is ParsedLine
-            else _encode_str(_decode(x.line)).encode() for x in lines]
 
 
 def records(lines: Sequence[LogEntry], ctx: ContainerContext) -> list[str]:

@@ -13,7 +13,9 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
-from typing import Any, cast
+from itertools import accumulate, repeat
+from operator import add
+from typing import Any
 
 from .frames import Columns
 from .jsonlines import JsonParser, ParseRules, ParseStats, parse_rules
@@ -93,18 +95,30 @@ class Shaper:
 
     @property
     def columns(self) -> bool:
-        """The next batch may be read as columns (whole lines, sent as they are)."""
-        return self.plain and not self.reassembler.pending
+        """The next batch may be read as columns (whole lines: sent as they are, or joined)."""
+        return self.limiter is None and not self.reassembler.pending  # (multiline, parse too)
 
     def take(self, batch: Batch) -> Taken:
         if self.joiner is None:
             lines, safe = _lines_of(batch, self.reassembler)
             at = Position(batch.seq, safe) if safe is not None else None
             return self._shape(lines), at
-        lines, holds = self._lines_and_holds(batch)
-        events = self.joiner.push(lines, holds)
-        if lines:  # another stream's lines say how long an event's stream has been silent
-            events += self.joiner.due(lines[-1].time_nano)
+        cols = batch.entries
+        newest: int | None
+        if isinstance(cols, Columns) and cols.sizes:  # whole lines: each one's place, in C
+            end = batch.ends[-1]
+            offsets = list(accumulate(map(add, cols.sizes, repeat(4)),
+                                      initial=end - 4 * len(cols.sizes) - sum(cols.sizes)))
+            seq = batch.seq
+            events = self.joiner.push_columns(cols.sources, cols.times, cols.lines,
+                                              lambda i: Position(seq, offsets[i]))
+            self._safe, newest = Position(seq, end), cols.times[-1]
+        else:
+            lines, holds = self._lines_and_holds(batch)
+            events = self.joiner.push(lines, holds)
+            newest = lines[-1].time_nano if lines else None
+        if newest is not None:  # another stream's lines say how long an event's stream is silent
+            events += self.joiner.due(newest)
         return self._shape(events), self._cursor()
 
     def _shape(self, lines: Sequence[Line], now: int | None = None) -> Sequence[Line]:
@@ -113,7 +127,7 @@ class Shaper:
             lines = self.limiter.take(lines) + self.limiter.due(
                 lines[-1].time_nano if now is None else now)
         if self.parser is not None and lines:
-            lines = cast(Sequence[Line], self.parser.parse(lines))
+            lines = self.parser.parse(lines)
         return lines
 
     def _lines_and_holds(self, batch: Batch) -> tuple[list[Line], list[Position]]:

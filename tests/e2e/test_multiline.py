@@ -95,13 +95,15 @@ def test_a_restart_of_pylog_in_the_middle_of_an_event_loses_and_repeats_nothing(
     server = new_server(tmp_path, ["--gc-interval", "0"])
     server.start()
     c = Containers(busybox)
+    otlp, loki = ThreadedOtlpReceiver(), ThreadedLokiReceiver()
     try:
         # The Java trace's first half, then (after the restart) its second half and one more
         # event; the trace is still open when pylog stops, since nothing has ended it.
         script = "; ".join([printf(PYTHON + JAVA[:3]), "while [ ! -e /tmp/go ]; do usleep 10000; done",
                             printf(JAVA[3:] + LAST)])
         cid = c.start(server.name, script, START, "multiline-timeout=1h",
-                      f"fluentd-address={receiver.address}")
+                      f"fluentd-address={receiver.address}", f"otlp-endpoint={otlp.url}",
+                      f"loki-url={loki.url}")
         receiver.wait_for(1, cid[:12])  # the traceback, ended by the trace's first line
         server.stop()  # SIGTERM: pylog shuts down with the trace open
         server.start()
@@ -109,11 +111,16 @@ def test_a_restart_of_pylog_in_the_middle_of_an_event_loses_and_repeats_nothing(
         assert wait(cid) == 0
         assert logs(cid)[0].decode().splitlines() == PYTHON + JAVA + LAST
         got = [e.record["log"] for e in receiver.wait_for(3, cid[:12])]
-        assert Counter(got) == Counter([EVENTS[0], EVENTS[1], EVENTS[3]]), got
-        assert got == [EVENTS[0], EVENTS[1], EVENTS[3]]
+        want = [EVENTS[0], EVENTS[1], EVENTS[3]]
+        assert Counter(got) == Counter(want), got
+        assert got == want
+        assert [r.body for r in otlp.wait_for(3)] == want, "otlp"
+        assert [e.line for e in loki.wait_for(3)] == want, "loki"
     finally:
         c.cleanup()
         server.stop()
+        otlp.close()
+        loki.close()
 
 
 @pytest.mark.parametrize(("opt", "says"), [

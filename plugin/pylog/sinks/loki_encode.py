@@ -16,7 +16,7 @@ from typing import Any
 import cramjam
 
 from ..frames import columns_of
-from ..jsonlines import ParsedLine, any_parsed
+from ..jsonlines import Parsed
 from ..reassembly import Line
 from ..record import ContainerContext
 from ..tag import render_tag
@@ -98,8 +98,7 @@ def push_bodies(lines: Sequence[Line], ctx: ContainerContext,
     meta = structured_metadata(ctx)
     per_entry = ENTRY_OVERHEAD + sum(len(k) + len(v) + 4 for k, v in meta.items())
     all_sources, all_times, all_texts = columns_of(lines)
-    all_levels = ([x.level if type(x) is ParsedLine else None for x in lines]
-                  if any_parsed(lines) else None)
+    all_levels = lines.levels if isinstance(lines, Parsed) else None
     out = []
     for start, end in _parts(all_texts, per_entry, max_bytes):
         sources, times, texts = all_sources[start:end], all_times[start:end], all_texts[start:end]

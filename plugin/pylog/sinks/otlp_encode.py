@@ -29,7 +29,7 @@ from opentelemetry.proto.resource.v1.resource_pb2 import Resource
 
 from .. import __version__
 from ..frames import columns_of
-from ..jsonlines import ParsedLine, any_parsed, otel_severity
+from ..jsonlines import Parsed, otel_severity
 from ..reassembly import Line
 from ..record import ContainerContext
 from .protowire import field, utf8, varint
@@ -98,12 +98,14 @@ def export_request(lines: Sequence[Line], ctx: ContainerContext,
                          body=AnyValue(string_value=text.decode("utf-8", "replace")),
                          attributes=streams[s])
                for s, t, text in zip(sources, times, texts)]
-    for record, line in zip(records, lines):
-        if type(line) is ParsedLine:  # parse=json: the object as the body, a map
-            record.body.CopyFrom(any_value(line.whole()))
-            if line.level is not None:
-                record.severity_text = line.level
-                record.severity_number = otel_severity(line.level)  # type: ignore[assignment]
+    if isinstance(lines, Parsed):  # parse=json: an object as the body, a map
+        for i, record in enumerate(records):
+            whole, level = lines.whole(i), lines.levels[i]
+            if whole is not None:
+                record.body.CopyFrom(any_value(whole))
+            if level is not None:
+                record.severity_text = level
+                record.severity_number = otel_severity(level)  # type: ignore[assignment]
     resource = Resource(attributes=[KeyValue(key=k, value=any_value(v))
                                     for k, v in resource_attributes(ctx).items()])
     return ExportLogsServiceRequest(resource_logs=[ResourceLogs(
@@ -140,7 +142,7 @@ def protobuf_request(lines: Sequence[Line], ctx: ContainerContext,
     body, ``log.iostream``, observed time) and the rest by the classes: a fifth of the CPU of
     a LogRecord object a line (bench/bench_delivery.py); tests/test_sink_otlp.py parses it
     with the classes and compares."""
-    if any_parsed(lines):  # objects as bodies: through the classes
+    if isinstance(lines, Parsed):  # objects as bodies: through the classes
         data: bytes = export_request(lines, ctx, observed_ns).SerializeToString()
         return data
     observed = time.time_ns() if observed_ns is None else observed_ns

@@ -47,7 +47,7 @@ from urllib.parse import urlsplit
 
 from ..errors import OptionError
 from ..frames import columns_of
-from ..jsonlines import any_parsed, syslog_severity
+from ..jsonlines import Parsed, syslog_severity
 from ..options import Parser, parse_bool, parse_choice
 from ..reassembly import Line
 from ..record import ContainerContext
@@ -257,9 +257,10 @@ class Encoder:
         return (pri if self.format == "rfc3164" else pri + "1 ").encode()
 
     def encode(self, line: Line, ctx: ContainerContext, middle: bytes | None = None,
-               text: bytes | None = None) -> bytes:
-        """One line as a message; ``text`` replaces the line's bytes (a cut line)."""
-        pri = self.pri(line.source, getattr(line, "level", None))
+               text: bytes | None = None, level: str | None = None) -> bytes:
+        """One line as a message; ``text`` replaces the line's bytes (a cut line); ``level``:
+        the line's if it was a JSON object (``parse=json``)."""
+        pri = self.pri(line.source, level)
         if middle is None:
             middle = self.middle(ctx)
         return b"".join((pri, self.timestamp(line.time_nano), middle,
@@ -334,22 +335,24 @@ class SyslogSink(Sink):
         counts = _Counts()
         sources, times, texts = columns_of(lines)
         lengths = list(map(len, texts))
-        if lengths and min(lengths) > 0 and not any_parsed(lines) and not (self.datagram and
+        levels = lines.levels if isinstance(lines, Parsed) else None
+        if lengths and min(lengths) > 0 and levels is None and not (self.datagram and
                                                  max(lengths) > DATAGRAM_MSG_MAX):
             return self.encoder.encode_all(sources, times, texts, middle), counts  # usual
         encode = self.encoder.encode
         out = []
-        for line in lines:
+        for i, line in enumerate(lines):
             if not line.line:
                 counts.empty += 1
                 continue
+            level = levels[i] if levels is not None else None
             if self.datagram and len(line.line) > DATAGRAM_MSG_MAX:
                 short = cut_line(line.line, DATAGRAM_MSG_MAX)
                 counts.cut_lines += 1
                 counts.cut_bytes += len(line.line) - len(short)
-                out.append(encode(line, ctx, middle, short))
+                out.append(encode(line, ctx, middle, short, level))
             else:
-                out.append(encode(line, ctx, middle))
+                out.append(encode(line, ctx, middle, level=level))
         return out, counts
 
     def messages(self, lines: Sequence[Line], ctx: ContainerContext) -> list[bytes]:
