@@ -239,3 +239,21 @@ def test_a_batch_of_complete_objects_takes_the_column_path_with_the_same_records
     fl = [list(msgpack.Unpacker(io.BytesIO(b"".join(encode_parts(b, ctx(), True)[0])),
                                 raw=False, ext_hook=_ext_hook)) for b in (whole, mixed)]
     assert fl[0] == fl[1][:3] and fl[0][2][1]["message"] == "m2"
+
+
+@pytest.mark.parametrize("labels", [0, 14])
+def test_fluentd_records_of_many_pairs_get_the_longer_map_header(labels: int) -> None:
+    """Docker's keys, selected labels and the extras: past 15 pairs a msgpack map's header is
+    3 bytes, not 1; every entry still unpacks whole, in order."""
+    big = ContainerContext(CID, "web", "img", "sha", "tag", "host",
+                           labels={f"l{i}": "v" for i in range(labels)})
+    for lines in (parse(*map(entry, [OBJECT, OBJECT]))[0],
+                  parse(entry(OBJECT), entry(b"text"), entry({"msg": "only"}))[0]):
+        parts, ends = encode_parts(lines, big, sub_second=True)
+        blob = b"".join(parts)
+        got = list(msgpack.Unpacker(io.BytesIO(blob), raw=False, ext_hook=_ext_hook))
+        assert len(got) == len(lines)
+        assert ends == [len(b"".join(parts[:4 * (i + 1)])) for i in range(len(lines))]
+        assert got[0][1]["json"] == {"order": {"id": 42, "items": [1, 2]}, "retry": True,
+                                     "amount": 9.5, "note": None}
+        assert all(("l0" in r) == bool(labels) for _, r in got)

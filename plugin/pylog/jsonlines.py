@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from itertools import chain, repeat
-from operator import add
+from operator import is_
 from typing import Any
 
 import orjson
@@ -105,10 +105,11 @@ def _depth(value: Any) -> int:
     return deepest
 
 
-def _brackets(texts: list[bytes]) -> list[int]:
-    """Opening brackets a line: a bound on its depth, counted in C."""
-    return list(map(add, map(bytes.count, texts, repeat(b"{")),
-                    map(bytes.count, texts, repeat(b"["))))
+def _brackets(texts: list[bytes]) -> int:
+    """A bound on the batch's deepest line: the most ``{`` in a line plus the most ``[``
+    (each counted in C)."""
+    return (max(map(bytes.count, texts, repeat(b"{")))
+            + max(map(bytes.count, texts, repeat(b"["))))
 
 
 _MISSING = object()
@@ -147,7 +148,7 @@ class JsonParser:
 
     def _all_objects(self, texts: list[bytes]) -> list[dict[str, Any] | None] | None:
         """Every line's object, if every line is one within the limits; else None."""
-        if max(map(len, texts)) > self.rules.max_bytes or max(_brackets(texts)) > MAX_DEPTH:
+        if max(map(len, texts)) > self.rules.max_bytes or _brackets(texts) > MAX_DEPTH:
             return None
         try:
             objs = list(map(orjson.loads, texts))
@@ -172,7 +173,7 @@ class JsonParser:
         if not isinstance(obj, dict):
             stats.not_object += 1
             return None
-        if _brackets([text])[0] > MAX_DEPTH and _depth(obj) > MAX_DEPTH:
+        if _brackets([text]) > MAX_DEPTH and _depth(obj) > MAX_DEPTH:
             stats.too_deep += 1
             return None
         stats.parsed += 1
@@ -185,6 +186,8 @@ class JsonParser:
             got = list(map(dict.pop, objs, repeat(keys[0]), repeat(_MISSING)))  # type: ignore[arg-type]
         else:
             got = [o.pop(keys[0], _MISSING) if o is not None else None for o in objs]
+        if not any(map(is_, got, repeat(_MISSING))):  # the first key everywhere: done
+            return got
         for i, v in enumerate(got):
             if v is _MISSING:
                 obj = objs[i]

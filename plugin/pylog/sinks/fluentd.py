@@ -174,19 +174,22 @@ def _parsed_parts(lines: Parsed, ctx: ContainerContext, sub_second: bool,
     ``message``, ``level``, ``time`` and ``json`` (docs/json-logs.md) after ``log``. The usual
     entries are made first, then each parsed line's extra pairs are appended to its line part
     and its map header counts them."""
-    parts, _ = encode_parts(lines.plain(), ctx, sub_second)
+    parts, ends = encode_parts(lines.plain(), ctx, sub_second)
     n, _pairs = context_pairs(ctx)
     extras, counts = _extras(lines)
     cut = len(_map_header(n + 2))
     heads = {k: _map_header(n + 2 + k) for k in set(counts)}
-    mids: dict[tuple[bytes, int], bytes] = {}  # a source's entries share one
-    for key in set(zip(parts[1::4], counts)):
-        mids[key] = heads[key[1]] + key[0][cut:]
-    parts[1::4] = list(map(mids.__getitem__, zip(parts[1::4], counts)))
+    growth = {k: len(h) - cut for k, h in heads.items()}  # a longer map header, past 15 pairs
+    if len(counts) == counts.count(counts[0]):  # every line with the same pairs: one header
+        mids = {m: heads[counts[0]] + m[cut:] for m in set(parts[1::4])}
+        parts[1::4] = list(map(mids.__getitem__, parts[1::4]))
+        grown = map(add, map(len, extras), repeat(growth[counts[0]]))
+    else:
+        by_count = {(m, k): heads[k] + m[cut:] for m, k in set(zip(parts[1::4], counts))}
+        parts[1::4] = list(map(by_count.__getitem__, zip(parts[1::4], counts)))
+        grown = map(add, map(len, extras), map(growth.__getitem__, counts))
     parts[3::4] = list(map(add, parts[3::4], extras))
-    sizes = [list(map(len, parts[j::4])) for j in range(4)]
-    return parts, list(accumulate(map(add, map(add, sizes[0], sizes[1]),
-                                      map(add, sizes[2], sizes[3]))))
+    return parts, list(map(add, ends, accumulate(grown)))
 
 
 _K_MESSAGE, _K_LEVEL, _K_TIME, _K_JSON = (msgpack.packb(k) for k in
