@@ -186,6 +186,14 @@ def test_frame_lengths_are_the_frames_or_nothing(entries: list[LogEntry], cut: i
     assert list(got) == walk
 
 
+def known(entry: LogEntry) -> bytes:
+    """An entry's known fields, serialized (no unknown field a damaged body may hold)."""
+    copy = LogEntry()
+    copy.CopyFrom(entry)
+    copy.DiscardUnknownFields()
+    return copy.SerializeToString()
+
+
 @given(entries_st, st.binary(max_size=12), st.integers(0, 10**6), st.booleans(), st.booleans())
 def test_decode_batch_gives_what_the_frame_decoder_gives(entries: list[LogEntry], junk: bytes,
                                                          where: int, columns: bool,
@@ -197,11 +205,14 @@ def test_decode_batch_gives_what_the_frame_decoder_gives(entries: list[LogEntry]
     data = data[:at] + junk + data[at:]
     got = decode_batch(data, columns=columns, final=final)
     if final:
-        assert list(got.entries) == decode_all(data) and got.consumed == len(data)
+        assert list(map(known, got.entries)) == list(map(known, decode_all(data)))
+        assert got.consumed == len(data)
         return
     dec = FrameDecoder()
     chunk = dec.feed(data)
-    assert list(got.entries) == chunk.entries
+    # Junk inside a body can read as a field no schema has: the columns keep only the known
+    # fields (all a sink sends), the frame decoder keeps it too.
+    assert list(map(known, got.entries)) == list(map(known, chunk.entries))
     ends = [end for _, end in chunk.spans()]
     if isinstance(got.entries, Columns):
         assert got.ends == ends[-1:] and got.consumed == ends[-1]

@@ -82,7 +82,7 @@ def test_a_batch_is_parsed_the_same_whole_or_line_by_line(mixed: bool) -> None:
     assert x.fields[:5] == [{"k": [0]}, {"k": [1]}, {"k": {}}, {}, {"k": [4]}]
     assert x.messages[:5] == ["m0", "m1", "other key", None, "m4"]
     assert x.levels[:5] == ["info", "info", "3", None, "info"]
-    assert x.stamps[:5] == [0, 1, None, None, 4]
+    assert x.stamps[:5] == ["0", "1", None, None, "4"]
     assert p.stats.parsed == 5 and p.stats.not_object == int(mixed)
     if mixed:
         assert x.fields[5] is None and x.messages[5] is None
@@ -95,7 +95,7 @@ def test_the_keys_are_configurable_and_the_first_present_wins() -> None:
     assert rules is not None
     x, _ = parse(entry({"msg": "second", "text": "first", "lvl": 3, "when": 17,
                         "level": "kept"}), rules=rules)
-    assert (x.messages, x.levels, x.stamps) == (["first"], ["3"], [17])
+    assert (x.messages, x.levels, x.stamps) == (["first"], ["3"], ["17"])
     assert x.fields == [{"msg": "second", "level": "kept"}]
 
 
@@ -234,7 +234,7 @@ def test_a_batch_of_complete_objects_takes_the_column_path_with_the_same_records
     es_rows = [[json.loads(r) for r in bulk_documents(b, ctx()).body().splitlines()[1::2]]
                for b in (whole, mixed)]
     assert es_rows[0] == es_rows[1][:3]
-    assert es_rows[0][1]["log"] == {"level": "info", "time": 1} and es_rows[0][1]["json"] == {
+    assert es_rows[0][1]["log"] == {"level": "info", "time": "1"} and es_rows[0][1]["json"] == {
         "k": [1]}
     fl = [list(msgpack.Unpacker(io.BytesIO(b"".join(encode_parts(b, ctx(), True)[0])),
                                 raw=False, ext_hook=_ext_hook)) for b in (whole, mixed)]
@@ -257,3 +257,27 @@ def test_fluentd_records_of_many_pairs_get_the_longer_map_header(labels: int) ->
         assert got[0][1]["json"] == {"order": {"id": 42, "items": [1, 2]}, "retry": True,
                                      "amount": 9.5, "note": None}
         assert all(("l0" in r) == bool(labels) for _, r in got)
+
+
+def test_a_slice_of_a_parsed_batch_is_parsed_too() -> None:
+    """What an HTTP sink sends again in halves after a 413 keeps its fields."""
+    from pylog.frames import slice_of
+    x = batch()
+    half = slice_of(x, 1, 3)
+    assert isinstance(half, Parsed) and half.fields == x.fields[1:3]
+    assert half.lines == x.lines[1:3] and half.levels == x.levels[1:3]
+
+
+def test_fluentd_extras_never_repeat_a_selected_label_or_env_name() -> None:
+    named = ContainerContext(CID, "web", "img", "sha", "tag", "host",
+                             labels={"level": "from-label"}, env={"time": "from-env"})
+    parts, _ = encode_parts(parse(entry(OBJECT))[0], named, sub_second=True)
+    blob = b"".join(parts)
+    ((_, top),) = msgpack.Unpacker(io.BytesIO(blob), raw=False, ext_hook=_ext_hook,
+                                   object_pairs_hook=list)  # every map as its list of pairs
+    keys = [k for k, _ in top]
+    assert len(keys) == len(set(keys)), keys
+    record = dict(top)
+    assert record["level"] == "from-label" and record["pylog_level"] == "error"
+    assert record["time"] == "from-env" and record["pylog_time"] == "2026-12-06T05:00:00Z"
+    assert record["message"] == "payment failed"

@@ -266,3 +266,23 @@ async def test_a_line_in_16_kib_pieces_joins_its_event_and_holds_the_cursor(
         await asyncio.wait_for(again.task, TIMEOUT)
         assert sink.got == [b"2026 done", b"2026 long\n" + long + b"\n  tail"]
         clog.close()
+
+
+@pytest.mark.parametrize("pattern", [r"(?u)^\d", r"^\u00e9", r"^\N{LATIN SMALL LETTER E WITH ACUTE}"])
+def test_patterns_only_text_understands_are_searched_in_text(pattern: str) -> None:
+    """ASCII patterns a bytes regex refuses (they passed docker run): searched in the text."""
+    r = multiline_rules(parse_log_options({"multiline-pattern": pattern}).values)
+    assert r is not None
+    j: Joiner[int] = Joiner(r)
+    first = "\u00e9 start" if "d" not in pattern else "\u0663 start"  # é, or an Arabic 3
+    out = j.push(entries([first, "  more", first]), Z)
+    assert joined(out) == [f"{first}\n  more"]
+
+
+@pytest.mark.parametrize("opt", ["multiline-timeout", "rate-notice-interval"])
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf"])
+def test_durations_that_are_no_number_of_seconds_name_the_option(opt: str, value: str) -> None:
+    base = {"multiline-pattern": "^x"} if opt.startswith("multiline") else {"rate-limit": "5"}
+    with pytest.raises(OptionError) as e:
+        parse_log_options({**base, opt: value})
+    assert opt in str(e.value)

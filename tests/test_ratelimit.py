@@ -8,6 +8,7 @@ import re
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -145,3 +146,45 @@ async def test_a_delivery_sends_what_is_within_the_limit_and_counts_the_rest(
         assert value(scrape(driver), "pylog_rate_limited_lines_total", **labels) == held
         clog.close()
         await driver.close()
+
+
+def shaper_batch(texts: list[tuple[str, int, str]], start: int = 0) -> Any:
+    from pylog.reader import Batch
+    entries = [LogEntry(source=s, time_nano=T0 + t, line=x.encode()) for s, t, x in texts]
+    return Batch(entries, list(range(start + 1, start + len(entries) + 1)), 0)
+
+
+def test_multiline_and_a_rate_limit_hold_back_the_same_events_however_batched() -> None:
+    """Events end by their lines' times, not by where a batch ends: the limiter sees them in
+    the same order either way."""
+    from pylog.multiline import MultilineRules
+    from pylog.position import Position
+    from pylog.shaping import Shaper
+    lines = [("stdout", 0, "S a"), ("stderr", 5 * SECOND, "S b"), ("stderr", 6 * SECOND, "S c")]
+    rules = LineRules(multiline=MultilineRules(re.compile("^S")), rate=RateRules(1, 1))
+    sent = []
+    for cut in (3, 2, 1):
+        sh = Shaper(Position(0, 0), 1 << 20, rules)
+        got = list(sh.take(shaper_batch(lines[:cut]))[0])
+        if cut < 3:
+            got += sh.take(shaper_batch(lines[cut:], cut))[0]
+        sent.append([e.line for e in got + sh.end()])
+    assert sent[0] == sent[1] == sent[2] == [b"S a", b"S b", b"S c"], sent
+
+
+def test_with_parse_json_the_last_event_and_notice_still_go_when_the_container_stops() -> None:
+    from pylog.jsonlines import ParseRules
+    from pylog.multiline import MultilineRules
+    from pylog.position import Position
+    from pylog.shaping import Shaper
+    rules = LineRules(multiline=MultilineRules(re.compile("^S")), rate=RateRules(1, 1),
+                      parse=ParseRules())
+    counts = __import__("pylog.shaping", fromlist=["ShapingCounts"]).ShapingCounts()
+    sh = Shaper(Position(0, 0), 1 << 20, rules, counts)
+    first = list(sh.take(shaper_batch([("stdout", 0, "S a"), ("stdout", 5 * SECOND, "S b"),
+                                       ("stdout", 5 * SECOND + 1, "S c")]))[0])
+    rest = list(sh.end())
+    texts = [e.line for e in first + rest]
+    assert texts[:2] == [b"S a", b"S b"]  # "S c" is over the limit: held back, and noticed
+    assert NOTICE.match(texts[2]) and int(NOTICE.match(texts[2]).group(1)) == 1  # type: ignore[union-attr]
+    assert counts.limit.held == 1 and counts.parse.not_object == 2  # the notice is not counted

@@ -393,6 +393,19 @@ class Columns(Sequence[LogEntry]):
         for i in range(len(self.lines)):
             yield self[i]
 
+    def sliced(self, start: int, stop: int) -> Columns:
+        """Lines ``start`` to ``stop``, still as columns."""
+        return Columns(self.sources[start:stop], self.times[start:stop],
+                       self.lines[start:stop], self.sizes[start:stop])
+
+
+def slice_of(lines: Sequence[LogEntry], start: int, stop: int) -> Sequence[LogEntry]:
+    """Lines ``start`` to ``stop`` of a batch, of the same kind (columns stay columns, a
+    ``parse=json`` batch stays parsed)."""
+    if isinstance(lines, Columns):
+        return lines.sliced(start, stop)
+    return list(lines[start:stop])
+
 
 def columns_of(lines: Sequence[LogEntry]) -> tuple[list[str], list[int], list[bytes]]:
     """Sources, times and line bytes of a batch: as they are for :class:`Columns`, gathered

@@ -51,10 +51,16 @@ class Parsed(Columns):
     fields: list[dict[str, Any] | None] = field(default_factory=list)
     messages: list[str | None] = field(default_factory=list)
     levels: list[str | None] = field(default_factory=list)
-    stamps: list[Any] = field(default_factory=list)  # the lines' own times
+    stamps: list[str | None] = field(default_factory=list)  # the lines' own times, as text
 
     def plain(self) -> Columns:
         return Columns(self.sources, self.times, self.lines, self.sizes)
+
+    def sliced(self, start: int, stop: int) -> Parsed:
+        return Parsed(self.sources[start:stop], self.times[start:stop], self.lines[start:stop],
+                      self.sizes[start:stop], self.fields[start:stop],
+                      self.messages[start:stop], self.levels[start:stop],
+                      self.stamps[start:stop])
 
     def whole(self, i: int) -> dict[str, Any] | None:
         """Line i's object as the line had it (OTLP's body); None: sent as text."""
@@ -143,6 +149,8 @@ class JsonParser:
             messages = list(map(_text, messages))
         if not all(map(isinstance, levels, repeat(str))):
             levels = list(map(_text, levels))
+        if not all(map(isinstance, stamps, repeat(str))):  # one type a field: 1.7e9 -> "1.7e9"
+            stamps = list(map(_text, stamps))
         return Parsed(sources, times, texts, lines.sizes if isinstance(lines, Columns) else (),
                       objs, messages, levels, stamps)
 

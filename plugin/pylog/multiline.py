@@ -85,9 +85,15 @@ class MultilineRules:
         format) searches the bytes themselves (``\\d``, ``\\w``, ``\\s`` then match ASCII
         only), any other the line decoded."""
         if self.start.pattern.isascii():
-            return _bytes_pattern(self.start.pattern, self.start.flags).search
+            try:
+                return _bytes_pattern(self.start.pattern, self.start.flags).search
+            except re.error:  # (?u), \\uXXXX, \\N{...}: only for text
+                pass
         text_search = self.start.search
         return lambda b: text_search(b.decode("utf-8", "replace"))
+
+
+_NEVER = 1 << 126  # a time no line has
 
 
 @functools.lru_cache(maxsize=64)
@@ -148,8 +154,12 @@ class Joiner(Generic[T]):
         out: list[Line] = []
         rules, opened = self.rules, self._open
         starts = list(map(rules.search, texts))
+        next_due = self.next_due() or _NEVER
         for i, text in enumerate(texts):
             source, t = sources[i], times[i]
+            if t >= next_due:  # an event silent at this line's time ends before it, whatever
+                out += self.due(t)  # the batches: every sink sees the same events, in order
+                next_due = self.next_due() or _NEVER
             ev = opened.get(source)
             if ev is not None:
                 silent = t - ev.last_nano >= rules.timeout_ns
@@ -161,6 +171,7 @@ class Joiner(Generic[T]):
                     ev = None
             if ev is None:
                 ev = opened[source] = _Event(t, t, hold_of(i), [text], len(text))
+                next_due = min(next_due, t + rules.timeout_ns)
             else:
                 ev.parts.append(text)
                 ev.size += 1 + len(text)

@@ -8,6 +8,7 @@ Sinks add their options to :data:`OPTION_GROUPS` (one registry line each).
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -74,9 +75,14 @@ def parse_duration(name: str, value: str) -> float:
     """A Go duration (``500ms``, ``1s``, ``1m30s``) in seconds; a bare number is seconds."""
     text = value.strip()
     try:
-        return float(text)
+        seconds = float(text)
     except ValueError:
         pass
+    else:
+        if not math.isfinite(seconds):
+            raise OptionError(f"invalid value {value!r} for log opt {name!r}: expected a "
+                              f"duration such as 500ms, 1s or 1m30s")
+        return seconds
     total, pos = 0.0, 0
     for m in re.finditer(r"(\d+(?:\.\d+)?)(ns|us|µs|ms|s|m|h)", text):
         if m.start() != pos:

@@ -4,7 +4,7 @@ A token bucket of ``rate-burst`` lines, refilled at ``rate-limit`` lines a secon
 own times**: every sink of a container keeps and holds back the same lines, live or catching up
 after an outage. A line held back is not sent to sinks; the store keeps it (``docker logs`` has
 it). For each stream that had lines held back, each sink gets one notice record per
-``rate-notice-interval`` saying how many, sent where those lines would have been.
+``rate-notice-interval`` saying how many, stamped with the last one's time.
 
 With multiline rules the limit counts events (the records sinks receive), not lines.
 """

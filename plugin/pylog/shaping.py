@@ -112,22 +112,29 @@ class Shaper:
             seq = batch.seq
             events = self.joiner.push_columns(cols.sources, cols.times, cols.lines,
                                               lambda i: Position(seq, offsets[i]))
-            self._safe, newest = Position(seq, end), cols.times[-1]
+            self._safe, newest = Position(seq, end), cols.times[-1]  # (the notices' clock)
         else:
             lines, holds = self._lines_and_holds(batch)
             events = self.joiner.push(lines, holds)
             newest = lines[-1].time_nano if lines else None
-        if newest is not None:  # another stream's lines say how long an event's stream is silent
-            events += self.joiner.due(newest)
-        return self._shape(events), self._cursor()
+        return self._shape(events, newest), self._cursor()
 
-    def _shape(self, lines: Sequence[Line], now: int | None = None) -> Sequence[Line]:
-        """The rate limit, then JSON parsing (only of what is sent)."""
-        if self.limiter is not None and (lines or now is not None):
-            lines = self.limiter.take(lines) + self.limiter.due(
-                lines[-1].time_nano if now is None else now)
+    def _shape(self, lines: Sequence[Line], now: int | None = None,
+               final: bool = False) -> Sequence[Line]:
+        """The rate limit (its notices due at ``now``, or all of them if ``final``), then JSON
+        parsing of what is sent."""
+        notices = 0
+        if self.limiter is not None:
+            before = self.limiter.stats.notices
+            out = self.limiter.take(lines) if lines else []
+            if final:
+                out += self.limiter.flush()
+            elif lines or now is not None:
+                out += self.limiter.due(lines[-1].time_nano if now is None else now)
+            notices, lines = self.limiter.stats.notices - before, out
         if self.parser is not None and lines:
             lines = self.parser.parse(lines)
+            self.parser.stats.not_object -= notices  # pylog's notices are not the container's
         return lines
 
     def _lines_and_holds(self, batch: Batch) -> tuple[list[Line], list[Position]]:
@@ -164,9 +171,7 @@ class Shaper:
         rest = self.reassembler.flush()
         if self.joiner is not None:
             rest = self.joiner.push(rest, [self._safe] * len(rest)) + self.joiner.flush()
-        if self.limiter is not None:
-            rest = self.limiter.take(rest) + self.limiter.flush()
-        return list(self._shape(rest)) if self.parser is not None else rest
+        return list(self._shape(rest, final=True))
 
     def notices(self) -> list[Line]:
         """The rate limit's notices not sent yet (pylog shuts down: its counts would be lost)."""

@@ -105,7 +105,17 @@ def context_pairs(ctx: ContainerContext) -> tuple[int, bytes]:
     body = b"".join(msgpack.packb(k) + msgpack.packb(v) for k, v in pairs.items())
     cached = (len(pairs), body)
     object.__setattr__(ctx, "_fluentd_pairs", cached)
+    object.__setattr__(ctx, "_fluentd_keys", frozenset(pairs) | {"source", "log"})
     return cached
+
+
+def _extra_keys(ctx: ContainerContext) -> tuple[bytes, bytes, bytes, bytes]:
+    """The packed names of parse=json's pairs: ``message``, ``level``, ``time``, ``json``, or
+    ``pylog_<name>`` where a selected label or env var already has that name."""
+    context_pairs(ctx)
+    taken: frozenset[str] = getattr(ctx, "_fluentd_keys")  # noqa: B009 - set just above
+    return tuple(msgpack.packb(k if k not in taken else f"pylog_{k}")
+                 for k in ("message", "level", "time", "json"))
 
 
 def _clamp(ns: int) -> int:
@@ -176,7 +186,7 @@ def _parsed_parts(lines: Parsed, ctx: ContainerContext, sub_second: bool,
     and its map header counts them."""
     parts, ends = encode_parts(lines.plain(), ctx, sub_second)
     n, _pairs = context_pairs(ctx)
-    extras, counts = _extras(lines)
+    extras, counts = _extras(lines, _extra_keys(ctx))
     cut = len(_map_header(n + 2))
     heads = {k: _map_header(n + 2 + k) for k in set(counts)}
     growth = {k: len(h) - cut for k, h in heads.items()}  # a longer map header, past 15 pairs
@@ -192,19 +202,17 @@ def _parsed_parts(lines: Parsed, ctx: ContainerContext, sub_second: bool,
     return parts, list(map(add, ends, accumulate(grown)))
 
 
-_K_MESSAGE, _K_LEVEL, _K_TIME, _K_JSON = (msgpack.packb(k) for k in
-                                          ("message", "level", "time", "json"))
-
-
-def _extras(lines: Parsed) -> tuple[list[bytes], list[int]]:
+def _extras(lines: Parsed, keys: tuple[bytes, bytes, bytes, bytes]
+            ) -> tuple[list[bytes], list[int]]:
     """Each line's extra key/value pairs, msgpack-encoded, and how many (0: sent as text)."""
     packb = msgpack.Packer().pack  # one packer a batch (msgpack.packb makes one a call)
+    k_message, k_level, k_time, k_json = keys
     if None not in lines.fields and None not in lines.messages and None not in lines.levels \
             and None not in lines.stamps:  # every line an object with all three: C calls
         extras = list(map(b"".join, zip(
-            repeat(_K_MESSAGE), map(packb, lines.messages), repeat(_K_LEVEL),
-            map(packb, lines.levels), repeat(_K_TIME), map(packb, lines.stamps),
-            repeat(_K_JSON), map(packb, lines.fields))))
+            repeat(k_message), map(packb, lines.messages), repeat(k_level),
+            map(packb, lines.levels), repeat(k_time), map(packb, lines.stamps),
+            repeat(k_json), map(packb, lines.fields))))
         return extras, [4] * len(extras)
     extras, counts = [], []
     for text, fields, msg, level, when in zip(lines.lines, lines.fields, lines.messages,
@@ -213,10 +221,10 @@ def _extras(lines: Parsed) -> tuple[list[bytes], list[int]]:
             extras.append(b"")
             counts.append(0)
             continue
-        pairs = {"message": msg if msg is not None else text.decode("utf-8", "replace"),
-                 "level": level, "time": when, "json": fields}
-        kept = {k: v for k, v in pairs.items() if v is not None or k == "json"}
-        extras.append(b"".join(packb(k) + packb(v) for k, v in kept.items()))
+        pairs = ((k_message, msg if msg is not None else text.decode("utf-8", "replace")),
+                 (k_level, level), (k_time, when), (k_json, fields))
+        kept = [(k, v) for k, v in pairs if v is not None]
+        extras.append(b"".join(k + packb(v) for k, v in kept))
         counts.append(len(kept))
     return extras, counts
 

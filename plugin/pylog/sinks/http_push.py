@@ -17,7 +17,7 @@ from typing import Any
 
 import aiohttp
 
-from ..frames import columns_of
+from ..frames import columns_of, slice_of
 from ..reassembly import Line
 from ..record import ContainerContext
 from .base import Sink, SinkConfig, SinkError
@@ -137,9 +137,9 @@ class HttpPushSink(Sink):
         if len(bodies) == 1:
             await self._push(lines, ctx, bodies[0][1])
             return
-        items, start = list(lines), 0  # parts taken stay taken if a later one fails: a
-        for count, body in bodies:     # retry sends them again (at least once)
-            await self._push(items[start:start + count], ctx, body)
+        start = 0  # parts taken stay taken if a later one fails: a retry sends them again
+        for count, body in bodies:
+            await self._push(slice_of(lines, start, start + count), ctx, body)
             start += count
 
     async def _push(self, lines: Sequence[Line], ctx: ContainerContext, body: bytes) -> None:
@@ -150,10 +150,9 @@ class HttpPushSink(Sink):
             raise SinkError(f"POST {self.url}: {answer.status} {self.error_text(answer)}",
                             retry_after=answer.retry_after)
         elif answer.status == 413 and len(lines) > 1:
-            items = list(lines)  # Columns have no slices
-            half = len(items) // 2
-            await self.send(items[:half], ctx)
-            await self.send(items[half:], ctx)
+            half = len(lines) // 2  # each half encoded again as what it is (parsed, say)
+            await self.send(slice_of(lines, 0, half), ctx)
+            await self.send(slice_of(lines, half, len(lines)), ctx)
         elif not await self.partly_taken(lines, ctx, answer, self.error_text(answer)):
             await self.refused(lines, ctx, answer.status, self.error_text(answer))
 

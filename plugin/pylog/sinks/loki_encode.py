@@ -75,11 +75,13 @@ def structured_metadata(ctx: ContainerContext) -> dict[str, str]:
     return {k: v for k, v in out.items() if v}
 
 
-def _parts(texts: list[bytes], per_entry: int, max_bytes: int) -> Iterator[tuple[int, int]]:
+def _parts(texts: list[bytes], per_entry: int, max_bytes: int,
+           levels: list[str | None] | None = None) -> Iterator[tuple[int, int]]:
     """The batch cut into pushes of about ``max_bytes`` (a line bigger alone): (start, end)."""
     start, size = 0, 0
     for i, text in enumerate(texts):
-        cost = len(text) + per_entry
+        level = levels[i] if levels is not None else None
+        cost = len(text) + per_entry + (len(level) + 9 if level else 0)  # "level" metadata
         if i > start and size + cost > max_bytes:
             yield start, i
             start, size = i, 0
@@ -100,7 +102,7 @@ def push_bodies(lines: Sequence[Line], ctx: ContainerContext,
     all_sources, all_times, all_texts = columns_of(lines)
     all_levels = lines.levels if isinstance(lines, Parsed) else None
     out = []
-    for start, end in _parts(all_texts, per_entry, max_bytes):
+    for start, end in _parts(all_texts, per_entry, max_bytes, all_levels):
         sources, times, texts = all_sources[start:end], all_times[start:end], all_texts[start:end]
         levels = all_levels[start:end] if all_levels is not None else None
         by_source: dict[str, list[int]] = {}
