@@ -92,10 +92,16 @@ def test_each_event_is_one_record_at_every_sink(pylog: PylogServer, containers: 
 
 def test_a_restart_of_pylog_in_the_middle_of_an_event_loses_and_repeats_nothing(
         docker_ready: None, busybox: str, tmp_path: Path, receiver: ThreadedReceiver) -> None:
+    problem = rsyslogd_problem()
+    if problem:
+        pytest.fail(problem)
     server = new_server(tmp_path, ["--gc-interval", "0"])
     server.start()
     c = Containers(busybox)
     otlp, loki = ThreadedOtlpReceiver(), ThreadedLokiReceiver()
+    rsyslog = Rsyslogd(tmp_path / "rsyslog")
+    rsyslog.start()
+    es = Osmem().start()
     try:
         # The Java trace's first half, then (after the restart) its second half and one more
         # event; the trace is still open when pylog stops, since nothing has ended it.
@@ -103,7 +109,8 @@ def test_a_restart_of_pylog_in_the_middle_of_an_event_loses_and_repeats_nothing(
                             printf(JAVA[3:] + LAST)])
         cid = c.start(server.name, script, START, "multiline-timeout=1h",
                       f"fluentd-address={receiver.address}", f"otlp-endpoint={otlp.url}",
-                      f"loki-url={loki.url}")
+                      f"loki-url={loki.url}", f"syslog-address={rsyslog.address('tcp')}",
+                      f"elasticsearch-url={es.url}")
         receiver.wait_for(1, cid[:12])  # the traceback, ended by the trace's first line
         server.stop()  # SIGTERM: pylog shuts down with the trace open
         server.start()
@@ -116,11 +123,20 @@ def test_a_restart_of_pylog_in_the_middle_of_an_event_loses_and_repeats_nothing(
         assert got == want
         assert [r.body for r in otlp.wait_for(3)] == want, "otlp"
         assert [e.line for e in loki.wait_for(3)] == want, "loki"
+        got_syslog = [r.msg.decode() for r in rsyslog.wait_for(3, lambda r: r.app == cid[:12])]
+        assert got_syslog == want, "syslog"
+        es.wait_count(cid, 3)
+        # Exactly 3 documents: a re-sent event has the same id (the first line's time and the
+        # joined bytes), so it could not have added a fourth.
+        assert es.count(cid) == 3
+        assert sorted(d["message"] for d in es.docs(cid, fields=["message"])) == sorted(want)
     finally:
         c.cleanup()
         server.stop()
         otlp.close()
         loki.close()
+        rsyslog.stop()
+        es.stop()
 
 
 @pytest.mark.parametrize(("opt", "says"), [
