@@ -4,18 +4,13 @@
 from __future__ import annotations
 
 import json
-import shlex
 from pathlib import Path
 
 import pytest
 
-from tests.peers.fluentd_receiver import ThreadedReceiver
-from tests.peers.loki_receiver import ThreadedLokiReceiver
-from tests.peers.otlp_receiver import ThreadedOtlpReceiver
-from tests.peers.rsyslog import Rsyslogd, rsyslogd_problem
-
 from .conftest import Containers, PylogServer, logs
-from .test_sink_elasticsearch import Osmem, refused_run
+from .test_multiline import five_sinks, printf
+from .test_sink_elasticsearch import refused_run
 
 pytestmark = pytest.mark.e2e
 
@@ -23,25 +18,15 @@ OBJECT = {"time": "2026-12-06T05:10:00.5Z", "level": "WARN", "msg": "slow query"
           "db": {"table": "orders", "ms": 812}, "stream": "not the record's"}
 JSON_LINE = json.dumps(OBJECT)
 TEXT = "plain text after it"
-SCRIPT = f"printf '%s\\n' {shlex.quote(JSON_LINE)} {shlex.quote(TEXT)}"
-
+SCRIPT = printf([JSON_LINE, TEXT])
 
 
 def test_a_json_line_is_fields_at_every_sink(pylog: PylogServer, containers: Containers,
                                              tmp_path: Path) -> None:
-    problem = rsyslogd_problem()
-    if problem:
-        pytest.fail(problem)
-    fluentd, otlp, loki = ThreadedReceiver(), ThreadedOtlpReceiver(), ThreadedLokiReceiver()
-    rsyslog = Rsyslogd(tmp_path / "rsyslog")
-    rsyslog.start()
-    es = Osmem().start()
-    try:
-        cid = containers.run(pylog.name, SCRIPT, "parse=json",
-                             f"fluentd-address={fluentd.address}",
-                             f"syslog-address={rsyslog.address('tcp')}",
-                             f"elasticsearch-url={es.url}", f"otlp-endpoint={otlp.url}",
-                             f"loki-url={loki.url}")
+    with five_sinks(tmp_path) as sinks:
+        fluentd, otlp, loki, rsyslog, es = (sinks.fluentd, sinks.otlp, sinks.loki,
+                                            sinks.rsyslog, sinks.es)
+        cid = containers.run(pylog.name, SCRIPT, "parse=json", *sinks.opts)
         assert logs(cid)[0].decode().splitlines() == [JSON_LINE, TEXT]
 
         first, text = fluentd.wait_for(2, cid[:12])
@@ -69,11 +54,6 @@ def test_a_json_line_is_fields_at_every_sink(pylog: PylogServer, containers: Con
 
         got = {r.msg.decode(): r for r in rsyslog.wait_for(2, lambda r: r.app == cid[:12])}
         assert got[JSON_LINE].severity == 4 and got[TEXT].severity == 6  # warning; info
-    finally:
-        for peer in (fluentd, otlp, loki):
-            peer.close()
-        rsyslog.stop()
-        es.stop()
 
 
 def test_a_bad_parse_option_fails_docker_run(pylog: PylogServer, containers: Containers) -> None:

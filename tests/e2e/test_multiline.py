@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import shlex
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -53,20 +56,48 @@ def printf(lines: list[str], fd: int = 1) -> str:
 SCRIPT = "; ".join([printf(PYTHON + JAVA + GO + LAST), printf(ERR, 2)])
 
 
-def test_each_event_is_one_record_at_every_sink(pylog: PylogServer, containers: Containers,
-                                                tmp_path: Path) -> None:
+@dataclass
+class FiveSinks:
+    """A receiver for every sink, each decoding as its peer does, and the log-opts to reach them."""
+
+    fluentd: ThreadedReceiver
+    otlp: ThreadedOtlpReceiver
+    loki: ThreadedLokiReceiver
+    rsyslog: Rsyslogd
+    es: Osmem
+
+    @property
+    def opts(self) -> list[str]:
+        return [f"fluentd-address={self.fluentd.address}",
+                f"syslog-address={self.rsyslog.address('tcp')}",
+                f"elasticsearch-url={self.es.url}", f"otlp-endpoint={self.otlp.url}",
+                f"loki-url={self.loki.url}"]
+
+
+@contextmanager
+def five_sinks(tmp_path: Path) -> Iterator[FiveSinks]:
     problem = rsyslogd_problem()
     if problem:
         pytest.fail(problem)
-    fluentd, otlp, loki = ThreadedReceiver(), ThreadedOtlpReceiver(), ThreadedLokiReceiver()
-    rsyslog = Rsyslogd(tmp_path / "rsyslog")
-    rsyslog.start()
-    es = Osmem().start()
+    sinks = FiveSinks(ThreadedReceiver(), ThreadedOtlpReceiver(), ThreadedLokiReceiver(),
+                      Rsyslogd(tmp_path / "rsyslog"), Osmem())
+    sinks.rsyslog.start()
+    sinks.es.start()
     try:
-        cid = containers.run(pylog.name, SCRIPT, START, f"fluentd-address={fluentd.address}",
-                             f"syslog-address={rsyslog.address('tcp')}",
-                             f"elasticsearch-url={es.url}", f"otlp-endpoint={otlp.url}",
-                             f"loki-url={loki.url}")
+        yield sinks
+    finally:
+        for peer in (sinks.fluentd, sinks.otlp, sinks.loki):
+            peer.close()
+        sinks.rsyslog.stop()
+        sinks.es.stop()
+
+
+def test_each_event_is_one_record_at_every_sink(pylog: PylogServer, containers: Containers,
+                                                tmp_path: Path) -> None:
+    with five_sinks(tmp_path) as sinks:
+        fluentd, otlp, loki, rsyslog, es = (sinks.fluentd, sinks.otlp, sinks.loki,
+                                            sinks.rsyslog, sinks.es)
+        cid = containers.run(pylog.name, SCRIPT, START, *sinks.opts)
         out, err = logs(cid)
         assert out.decode().splitlines() == PYTHON + JAVA + GO + LAST  # as written
         assert err.decode().splitlines() == ERR
@@ -83,11 +114,6 @@ def test_each_event_is_one_record_at_every_sink(pylog: PylogServer, containers: 
             assert sorted(records) == want, sink
         first = next(e for e in fluentd.events(cid[:12]) if e.record["log"] == EVENTS[0])
         assert first.record["source"] == "stdout"
-    finally:
-        for peer in (fluentd, otlp, loki):
-            peer.close()
-        rsyslog.stop()
-        es.stop()
 
 
 def test_a_restart_of_pylog_in_the_middle_of_an_event_loses_and_repeats_nothing(
