@@ -253,7 +253,8 @@ def test_fluentd_records_of_many_pairs_get_the_longer_map_header(labels: int) ->
         blob = b"".join(parts)
         got = list(msgpack.Unpacker(io.BytesIO(blob), raw=False, ext_hook=_ext_hook))
         assert len(got) == len(lines)
-        assert ends == [len(b"".join(parts[:4 * (i + 1)])) for i in range(len(lines))]
+        width = len(parts) // len(lines)  # an entry's parts
+        assert ends == [len(b"".join(parts[:width * (i + 1)])) for i in range(len(lines))]
         assert got[0][1]["json"] == {"order": {"id": 42, "items": [1, 2]}, "retry": True,
                                      "amount": 9.5, "note": None}
         assert all(("l0" in r) == bool(labels) for _, r in got)
@@ -281,3 +282,19 @@ def test_fluentd_extras_never_repeat_a_selected_label_or_env_name() -> None:
     assert record["level"] == "from-label" and record["pylog_level"] == "error"
     assert record["time"] == "from-env" and record["pylog_time"] == "2026-12-06T05:00:00Z"
     assert record["message"] == "payment failed"
+
+
+def test_a_parsed_batch_over_the_buffer_limit_splits_into_whole_entries(tmp_path: Path) -> None:
+    """Entries of five parts (the extras): each message holds whole entries, none lost."""
+    from tests.test_sink_fluentd import sink as fluentd_sink
+    lines, _ = parse(*(entry({**OBJECT, "n": i}) if i % 3 else entry(b"text %d" % i)
+                       for i in range(40)))
+    messages = fluentd_sink(tmp_path, 1, **{"fluentd-buffer-limit": "1k"}).messages(lines, ctx())
+    assert len(messages) > 5
+    got = []
+    for packed, _chunk in messages:
+        _tag, entries, option = msgpack.unpackb(packed, raw=False)
+        records = list(msgpack.Unpacker(io.BytesIO(entries), raw=False, ext_hook=_ext_hook))
+        assert option["size"] == len(records)
+        got += [r.get("json", {}).get("n", r["log"]) for _, r in records]
+    assert got == [i if i % 3 else f"text {i}" for i in range(40)]

@@ -14,7 +14,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from itertools import chain, repeat
-from operator import is_
 from typing import Any
 
 import orjson
@@ -113,9 +112,11 @@ def _depth(value: Any) -> int:
 
 def _brackets(texts: list[bytes]) -> int:
     """A bound on the batch's deepest line: the most ``{`` in a line plus the most ``[``
-    (each counted in C)."""
-    return (max(map(bytes.count, texts, repeat(b"{")))
-            + max(map(bytes.count, texts, repeat(b"["))))
+    (each counted in C; lines are counted for ``[`` only if the batch has one)."""
+    braces = max(map(bytes.count, texts, repeat(b"{")))
+    if len(texts) > 1 and b"[" not in b"".join(texts):
+        return braces
+    return braces + max(map(bytes.count, texts, repeat(b"[")))
 
 
 _MISSING = object()
@@ -142,17 +143,9 @@ class JsonParser:
         else:
             self.stats.parsed += len(objs)
         rules = self.rules
-        messages = self._take(objs, rules.message_keys)
-        levels = self._take(objs, rules.level_keys)
-        stamps = self._take(objs, rules.time_keys)
-        if not all(map(isinstance, messages, repeat(str))):
-            messages = list(map(_text, messages))
-        if not all(map(isinstance, levels, repeat(str))):
-            levels = list(map(_text, levels))
-        if not all(map(isinstance, stamps, repeat(str))):  # one type a field: 1.7e9 -> "1.7e9"
-            stamps = list(map(_text, stamps))
         return Parsed(sources, times, texts, lines.sizes if isinstance(lines, Columns) else (),
-                      objs, messages, levels, stamps)
+                      objs, self._take(objs, rules.message_keys),
+                      self._take(objs, rules.level_keys), self._take(objs, rules.time_keys))
 
     def _all_objects(self, texts: list[bytes]) -> list[dict[str, Any] | None] | None:
         """Every line's object, if every line is one within the limits; else None."""
@@ -188,19 +181,21 @@ class JsonParser:
         return obj
 
     @staticmethod
-    def _take(objs: list[dict[str, Any] | None], keys: tuple[str, ...]) -> list[Any]:
-        """Each object's value of the first of ``keys`` it has, taken out of it (None: none)."""
+    def _take(objs: list[dict[str, Any] | None], keys: tuple[str, ...]) -> list[str | None]:
+        """Each object's value of the first of ``keys`` it has, taken out of it, as text
+        (None: none, or sent as text)."""
         if None not in objs:
             got = list(map(dict.pop, objs, repeat(keys[0]), repeat(_MISSING)))  # type: ignore[arg-type]
         else:
             got = [o.pop(keys[0], _MISSING) if o is not None else None for o in objs]
-        if not any(map(is_, got, repeat(_MISSING))):  # the first key everywhere: done
+        if all(map(isinstance, got, repeat(str))):  # the first key everywhere, as text: done
             return got
         for i, v in enumerate(got):
             if v is _MISSING:
                 obj = objs[i]
                 assert obj is not None
-                got[i] = next((obj.pop(k) for k in keys[1:] if k in obj), None)
+                v = next((obj.pop(k) for k in keys[1:] if k in obj), None)
+            got[i] = _text(v)  # one type a field: 1.7e9 -> "1.7e9"
         return got
 
 

@@ -25,11 +25,12 @@ import struct
 from bisect import bisect_right
 from collections.abc import Sequence
 from itertools import accumulate, repeat
-from operator import add, floordiv, mod
+from operator import add, floordiv, getitem, mod
 from typing import Any
 from urllib.parse import urlsplit
 
 import msgpack
+import msgspec
 from fluent.sender import EventTime  # the slow path's packer, the fast path's reference
 
 from ..errors import OptionError
@@ -109,12 +110,12 @@ def context_pairs(ctx: ContainerContext) -> tuple[int, bytes]:
     return cached
 
 
-def _extra_keys(ctx: ContainerContext) -> tuple[bytes, bytes, bytes, bytes]:
-    """The packed names of parse=json's pairs: ``message``, ``level``, ``time``, ``json``, or
+def _extra_keys(ctx: ContainerContext) -> tuple[str, str, str, str]:
+    """The names of parse=json's pairs: ``message``, ``level``, ``time``, ``json``, or
     ``pylog_<name>`` where a selected label or env var already has that name."""
     context_pairs(ctx)
     taken: frozenset[str] = getattr(ctx, "_fluentd_keys")  # noqa: B009 - set just above
-    return tuple(msgpack.packb(k if k not in taken else f"pylog_{k}")
+    return tuple(k if k not in taken else f"pylog_{k}"  # type: ignore[return-value]
                  for k in ("message", "level", "time", "json"))
 
 
@@ -130,7 +131,7 @@ _STR_SIZES = [len(h) + n for n, h in enumerate(_STR_HEADERS)]  # header + string
 def encode_parts(lines: Sequence[Line], ctx: ContainerContext, sub_second: bool,
                  ) -> tuple[list[bytes], list[int]]:
     """The msgpack ``[time, record]`` entries of PackedForward, as parts to join: entry i is
-    ``parts[4 * i:4 * i + 4]`` and ends ``ends[i]`` bytes after the first one starts.
+    ``parts[4 * i:4 * i + 4]`` (five parts with ``parse=json``) and ends ``ends[i]`` bytes after the first one starts.
 
     The record's constant part (the context pairs, then ``source``) is encoded once per batch;
     per line only the time, the ``log`` string header and the line itself are added. Every step
@@ -182,8 +183,8 @@ def _parsed_parts(lines: Parsed, ctx: ContainerContext, sub_second: bool,
                   ) -> tuple[list[bytes], list[int]]:
     """:func:`encode_parts` of a ``parse=json`` batch: a parsed line's record also has
     ``message``, ``level``, ``time`` and ``json`` (docs/json-logs.md) after ``log``. The usual
-    entries are made first, then each parsed line's extra pairs are appended to its line part
-    and its map header counts them."""
+    entries are made first; each entry then gets a fifth part, its extra pairs, and its map
+    header counts them."""
     parts, ends = encode_parts(lines.plain(), ctx, sub_second)
     n, _pairs = context_pairs(ctx)
     extras, counts = _extras(lines, _extra_keys(ctx))
@@ -192,27 +193,33 @@ def _parsed_parts(lines: Parsed, ctx: ContainerContext, sub_second: bool,
     growth = {k: len(h) - cut for k, h in heads.items()}  # a longer map header, past 15 pairs
     if len(counts) == counts.count(counts[0]):  # every line with the same pairs: one header
         mids = {m: heads[counts[0]] + m[cut:] for m in set(parts[1::4])}
-        parts[1::4] = list(map(mids.__getitem__, parts[1::4]))
+        new_mids = list(map(mids.__getitem__, parts[1::4]))
         grown = map(add, map(len, extras), repeat(growth[counts[0]]))
     else:
         by_count = {(m, k): heads[k] + m[cut:] for m, k in set(zip(parts[1::4], counts))}
-        parts[1::4] = list(map(by_count.__getitem__, zip(parts[1::4], counts)))
+        new_mids = list(map(by_count.__getitem__, zip(parts[1::4], counts)))
         grown = map(add, map(len, extras), map(growth.__getitem__, counts))
-    parts[3::4] = list(map(add, parts[3::4], extras))
-    return parts, list(map(add, ends, accumulate(grown)))
+    out: list[bytes] = [b""] * (5 * len(extras))
+    out[0::5], out[1::5], out[2::5], out[3::5] = parts[0::4], new_mids, parts[2::4], parts[3::4]
+    out[4::5] = extras
+    return out, list(map(add, ends, accumulate(grown)))
 
 
-def _extras(lines: Parsed, keys: tuple[bytes, bytes, bytes, bytes]
-            ) -> tuple[list[bytes], list[int]]:
-    """Each line's extra key/value pairs, msgpack-encoded, and how many (0: sent as text)."""
-    packb = msgpack.Packer().pack  # one packer a batch (msgpack.packb makes one a call)
+_PAIRS = slice(1, None)  # past the header of the array (of at most 15 items) the pairs make
+
+
+def _extras(lines: Parsed, keys: tuple[str, str, str, str]) -> tuple[list[bytes], list[int]]:
+    """Each line's extra key/value pairs, msgpack-encoded, and how many (0: sent as text).
+
+    A line's pairs are packed as one flat array of keys and values (msgspec, one C call a
+    line), its one-byte header then cut off: what is left is the pairs as a map holds them."""
+    pack = msgspec.msgpack.Encoder().encode
     k_message, k_level, k_time, k_json = keys
     if None not in lines.fields and None not in lines.messages and None not in lines.levels \
             and None not in lines.stamps:  # every line an object with all three: C calls
-        extras = list(map(b"".join, zip(
-            repeat(k_message), map(packb, lines.messages), repeat(k_level),
-            map(packb, lines.levels), repeat(k_time), map(packb, lines.stamps),
-            repeat(k_json), map(packb, lines.fields))))
+        arrays = map(pack, zip(repeat(k_message), lines.messages, repeat(k_level), lines.levels,
+                               repeat(k_time), lines.stamps, repeat(k_json), lines.fields))
+        extras = list(map(getitem, arrays, repeat(_PAIRS)))
         return extras, [4] * len(extras)
     extras, counts = [], []
     for text, fields, msg, level, when in zip(lines.lines, lines.fields, lines.messages,
@@ -223,9 +230,9 @@ def _extras(lines: Parsed, keys: tuple[bytes, bytes, bytes, bytes]
             continue
         pairs = ((k_message, msg if msg is not None else text.decode("utf-8", "replace")),
                  (k_level, level), (k_time, when), (k_json, fields))
-        kept = [(k, v) for k, v in pairs if v is not None]
-        extras.append(b"".join(k + packb(v) for k, v in kept))
-        counts.append(len(kept))
+        kept = [x for k, v in pairs if v is not None for x in (k, v)]
+        extras.append(pack(kept)[1:])
+        counts.append(len(kept) // 2)
     return extras, counts
 
 
@@ -290,6 +297,7 @@ class FluentdSink(Sink):
         parts, ends = encode_parts(lines, ctx, self.sub_second)  # ends: offset after each entry
         tag = msgpack.packb(ctx.tag)
         out: list[tuple[bytes, str | None]] = []
+        width = len(parts) // len(ends) if ends else 4  # parts an entry: 5 with parse=json
         start, done = 0, 0  # first entry of the message, bytes before it
         while start < len(ends):
             end = max(start + 1, bisect_right(ends, done + self.limit, lo=start))
@@ -300,7 +308,7 @@ class FluentdSink(Sink):
             size = ends[end - 1] - done
             # [tag, entries as one msgpack bin, option], joined once
             head = b"\x93" + tag + b"\xc6" + struct.pack(">I", size)
-            packed = b"".join([head, *parts[4 * start:4 * end], msgpack.packb(option)])
+            packed = b"".join([head, *parts[width * start:width * end], msgpack.packb(option)])
             out.append((packed, chunk))
             start, done = end, ends[end - 1]
         return out
