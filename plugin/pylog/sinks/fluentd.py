@@ -142,12 +142,19 @@ def encode_parts(lines: Sequence[Line], ctx: ContainerContext, sub_second: bool,
     lengths, not over the four parts' sizes (about 40% of the encoding's time)."""
     if isinstance(lines, Parsed):
         return _parsed_parts(lines, ctx, sub_second)
+    return _entries(lines, ctx, sub_second)
+
+
+def _entries(lines: Sequence[Line], ctx: ContainerContext, sub_second: bool, extra: int = 0,
+             width: int = 4) -> tuple[list[bytes], list[int]]:
+    """:func:`encode_parts`, with room: each record's map header counts ``extra`` more pairs,
+    and each entry takes ``width`` parts (the last ``width - 4`` left empty, for them)."""
     sources, times, texts = columns_of(lines)  # texts: raw bytes, a msgpack str (as Docker's)
     count = len(texts)
     if not count:
         return [], []
     n, pairs = context_pairs(ctx)
-    map_head = _map_header(n + 2)
+    map_head = _map_header(n + 2 + extra)
     middle = {src: map_head + pairs + enc + _LOG_KEY for src, enc in _SOURCE.items()}
     if len(set(sources)) == 1:
         mids: list[bytes] = [middle[sources[0]]] * count
@@ -171,38 +178,33 @@ def encode_parts(lines: Sequence[Line], ctx: ContainerContext, sub_second: bool,
     else:
         heads = [b"\x92" + msgpack.packb(t // 10**9) for t in times]
         ends = list(accumulate(map(add, map(add, map(len, heads), sizes), map(len, mids))))
-    parts: list[bytes] = [b""] * (4 * count)
-    parts[0::4] = heads
-    parts[1::4] = mids
-    parts[2::4] = strs
-    parts[3::4] = texts
+    parts: list[bytes] = [b""] * (width * count)
+    parts[0::width] = heads
+    parts[1::width] = mids
+    parts[2::width] = strs
+    parts[3::width] = texts
     return parts, ends
 
 
 def _parsed_parts(lines: Parsed, ctx: ContainerContext, sub_second: bool,
                   ) -> tuple[list[bytes], list[int]]:
     """:func:`encode_parts` of a ``parse=json`` batch: a parsed line's record also has
-    ``message``, ``level``, ``time`` and ``json`` (docs/json-logs.md) after ``log``. The usual
-    entries are made first; each entry then gets a fifth part, its extra pairs, and its map
-    header counts them."""
-    parts, ends = encode_parts(lines.plain(), ctx, sub_second)
-    n, _pairs = context_pairs(ctx)
+    ``message``, ``level``, ``time`` and ``json`` (docs/json-logs.md) after ``log``, as each
+    entry's fifth part, and its map header counts them."""
     extras, counts = _extras(lines, _extra_keys(ctx))
-    cut = len(_map_header(n + 2))
-    heads = {k: _map_header(n + 2 + k) for k in set(counts)}
-    growth = {k: len(h) - cut for k, h in heads.items()}  # a longer map header, past 15 pairs
     if len(counts) == counts.count(counts[0]):  # every line with the same pairs: one header
-        mids = {m: heads[counts[0]] + m[cut:] for m in set(parts[1::4])}
-        new_mids = list(map(mids.__getitem__, parts[1::4]))
-        grown = map(add, map(len, extras), repeat(growth[counts[0]]))
+        parts, ends = _entries(lines.plain(), ctx, sub_second, counts[0], 5)
     else:
-        by_count = {(m, k): heads[k] + m[cut:] for m, k in set(zip(parts[1::4], counts))}
-        new_mids = list(map(by_count.__getitem__, zip(parts[1::4], counts)))
-        grown = map(add, map(len, extras), map(growth.__getitem__, counts))
-    out: list[bytes] = [b""] * (5 * len(extras))
-    out[0::5], out[1::5], out[2::5], out[3::5] = parts[0::4], new_mids, parts[2::4], parts[3::4]
-    out[4::5] = extras
-    return out, list(map(add, ends, accumulate(grown)))
+        parts, ends = _entries(lines.plain(), ctx, sub_second, 0, 5)
+        n, _pairs = context_pairs(ctx)
+        cut = len(_map_header(n + 2))
+        by_count = {(m, k): _map_header(n + 2 + k) + m[cut:]
+                    for m, k in set(zip(parts[1::5], counts))}
+        parts[1::5] = list(map(by_count.__getitem__, zip(parts[1::5], counts)))
+        growth = {k: len(_map_header(n + 2 + k)) - cut for k in set(counts)}  # past 15 pairs
+        ends = list(map(add, ends, accumulate(map(growth.__getitem__, counts))))
+    parts[4::5] = extras
+    return parts, list(map(add, ends, accumulate(map(len, extras))))
 
 
 _PAIRS = slice(1, None)  # past the header of the array (of at most 15 items) the pairs make
