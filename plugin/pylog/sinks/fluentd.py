@@ -25,7 +25,7 @@ import struct
 from bisect import bisect_right
 from collections.abc import Sequence
 from itertools import accumulate, repeat
-from operator import add, floordiv, getitem, mod
+from operator import add, floordiv, mod
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -221,7 +221,7 @@ def _extras(lines: Parsed, keys: tuple[str, str, str, str]) -> tuple[list[bytes]
             and None not in lines.stamps:  # every line an object with all three: C calls
         arrays = map(pack, zip(repeat(k_message), lines.messages, repeat(k_level), lines.levels,
                                repeat(k_time), lines.stamps, repeat(k_json), lines.fields))
-        extras = list(map(getitem, arrays, repeat(_PAIRS)))
+        extras: list[bytes] = list(map(bytes.__getitem__, arrays, repeat(_PAIRS)))
         return extras, [4] * len(extras)
     extras, counts = [], []
     for text, fields, msg, level, when in zip(lines.lines, lines.fields, lines.messages,
