@@ -41,7 +41,8 @@ from pylog.namespaces import hold_namespaces
 from pylog.options import parse_log_options
 from pylog.record import ContainerContext, build_context, record_columns
 from pylog.sinks.elasticsearch import ElasticsearchSink, bulk_documents, chunks, document_ids
-from pylog.sinks.fluentd import FluentdSink, encode_parts
+from pylog.sinks.fluentd import FluentdSink
+from pylog.sinks.fluentd_encode import encode_parts
 from pylog.sinks.loki_encode import push_bodies
 from pylog.sinks.loki_settings import DEFAULT_EXTERNAL_LABELS, parse_external_labels
 from pylog.sinks.otlp_encode import request_body

@@ -20,7 +20,7 @@ from pylog.frames import (
     frame_lengths,
 )
 from pylog.record import ContainerContext
-from pylog.sinks.fluentd import context_pairs, encode_parts
+from pylog.sinks.fluentd_encode import context_pairs, encode_parts
 from tests.helpers_frames import decode_all
 
 T0 = 1_795_319_769_123_456_789

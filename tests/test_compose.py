@@ -45,7 +45,8 @@ from pylog.options import parse_log_options
 from pylog.record import TimestampFormatter, build_context, record_json
 from pylog.sinks import configured_sinks
 from pylog.sinks.elasticsearch import ElasticsearchSink, template_mappings
-from pylog.sinks.fluentd import FluentdSink, context_pairs
+from pylog.sinks.fluentd import FluentdSink
+from pylog.sinks.fluentd_encode import context_pairs
 from tests.helpers_records import sharing_summary
 from tests.peers.fluentd_receiver import FluentdReceiver, _ext_hook
 

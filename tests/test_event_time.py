@@ -7,7 +7,7 @@ from fluent.sender import EventTime
 
 from pylog.entry import LogEntry
 from pylog.record import ContainerContext
-from pylog.sinks.fluentd import encode_parts
+from pylog.sinks.fluentd_encode import encode_parts
 
 CTX = ContainerContext(container_id="c" * 64, name="web", image_name="img", image_id="sha256:0",
                        tag="web", host_name="host")

@@ -32,7 +32,7 @@ from pylog.options import parse_log_options
 from pylog.record import ContainerContext
 from pylog.shaping import LineRules
 from pylog.sinks.es_documents import bulk_documents
-from pylog.sinks.fluentd import encode_parts
+from pylog.sinks.fluentd_encode import encode_parts
 from pylog.sinks.loki_encode import push_bodies
 from pylog.sinks.otlp_encode import protobuf_request
 from pylog.sinks.syslog import Encoder
