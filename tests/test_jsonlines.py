@@ -5,6 +5,7 @@ proto, the syslog PRI)."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import io
 import json
 import time
@@ -13,7 +14,10 @@ from pathlib import Path
 from typing import Any
 
 import msgpack
+import orjson
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
 
 from pylog.delivery import Delivery
@@ -113,6 +117,29 @@ def test_what_is_not_a_usable_object_is_sent_as_text_and_counted(text: bytes, wh
     x, p = parse(line)
     assert x == [line]
     assert getattr(p.stats, why) == 1 and p.stats.parsed == 0
+
+
+@pytest.mark.parametrize("deep", [
+    b'{"a":' * (MAX_DEPTH + 1) + b"1" + b"}" * (MAX_DEPTH + 1),
+    b'{"a":' + b"[" * MAX_DEPTH + b"1" + b"]" * MAX_DEPTH + b"}",
+])
+def test_a_deep_line_among_flat_ones_is_sent_as_text(deep: bytes) -> None:
+    """A batch of flat objects (the cheap path) with one too deep: only that one is text."""
+    lines = [entry({"msg": "flat", "n": i}) for i in range(5)] + [entry(deep)]
+    x, p = parse(*lines)
+    assert isinstance(x, Parsed) and x.fields[:5] == [{"n": i} for i in range(5)]
+    assert x.fields[5] is None and p.stats == ParseStats(parsed=5, too_deep=1)
+
+
+@given(st.recursive(st.none() | st.booleans() | st.integers(-2**63, 2**63 - 1) | st.text(),
+                    lambda c: st.lists(c, max_size=3) | st.dictionaries(st.text(), c, max_size=3),
+                    max_leaves=8))
+def test_an_object_the_collector_does_not_track_is_one_deep(value: Any) -> None:
+    """The depth check skips objects CPython leaves untracked: that must mean no object or
+    array inside (this fails if an interpreter or orjson ever untracks one that has)."""
+    obj = orjson.loads(json.dumps({"k": value}))
+    if not gc.is_tracked(obj):
+        assert not any(isinstance(v, (dict, list)) for v in obj.values())
 
 
 def test_nesting_up_to_the_limit_is_parsed() -> None:

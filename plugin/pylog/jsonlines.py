@@ -11,6 +11,7 @@ as text, as without the option, and counted. The store keeps the line as written
 
 from __future__ import annotations
 
+import gc
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from itertools import chain, repeat
@@ -149,13 +150,20 @@ class JsonParser:
 
     def _all_objects(self, texts: list[bytes]) -> list[dict[str, Any] | None] | None:
         """Every line's object, if every line is one within the limits; else None."""
-        if max(map(len, texts)) > self.rules.max_bytes or _brackets(texts) > MAX_DEPTH:
+        if max(map(len, texts)) > self.rules.max_bytes:
             return None
         try:
             objs = list(map(orjson.loads, texts))
         except orjson.JSONDecodeError:
             return None
-        return objs if all(map(isinstance, objs, repeat(dict))) else None
+        if not all(map(isinstance, objs, repeat(dict))):
+            return None
+        # CPython leaves a dict of plain values (str, number, bool, None) untracked by the
+        # cycle collector: such an object is one deep. Only the others' brackets are counted.
+        if any(map(gc.is_tracked, objs)) and _brackets(
+                [t for t, o in zip(texts, objs) if gc.is_tracked(o)]) > MAX_DEPTH:
+            return None
+        return objs
 
     def _object(self, text: bytes) -> dict[str, Any] | None:
         """One line's object, or None (counted by why)."""
