@@ -190,7 +190,8 @@ def baseline_configs(ref: str, configs: list[Config]) -> list[Config]:
 def runs_in(sc: Scenario, config: Config) -> bool:
     """Whether a driver has a row in a scenario (E1 is only for the osmem-server comparison,
     and the osmem-server row only for E1)."""
-    return (not sc.drivers or config.key in sc.drivers) and (not config.only
+    key = config.key.removesuffix("@base")  # a --baseline row runs where its driver runs
+    return (not sc.drivers or key in sc.drivers) and (not config.only
                                                               or sc.name in config.only)
 
 
