@@ -20,6 +20,7 @@ import sys
 import zlib
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
+from itertools import accumulate
 from pathlib import Path
 from typing import Any
 
@@ -49,7 +50,7 @@ from pylog.sinks.elasticsearch import (
     index_template,
     load_credentials,
 )
-from pylog.sinks.es_documents import Doc
+from pylog.sinks.es_documents import PARTS, Doc
 
 SECRET = "s3cr3t-Pa55word"
 API_KEY = "VnVhQ2ZHY0JDZGJrUW0tZTVhT3g6dWkybHAyYXhUTm1zeWFrdzl0dk5udw=="
@@ -406,6 +407,8 @@ def test_the_size_of_a_batch_is_that_of_its_body(batch: list[tuple[str, int, byt
     entries += entries[:repeats]
     docs = bulk_documents(entries, ctx())
     assert docs.size() == len(docs.body()) == docs.ends[-1]
+    each = [len(b"".join(docs.parts[PARTS * i:PARTS * (i + 1)])) for i in range(len(docs))]
+    assert docs.ends == list(accumulate(each))
     assert chunks(docs, docs.size()) == [docs]
     assert sum(len(c.body()) for c in chunks(docs, max(1, docs.size() // 3))) == docs.size()
 

@@ -7,14 +7,15 @@ import base64
 import struct
 import zlib
 from bisect import bisect_right
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from functools import lru_cache
 from itertools import accumulate, chain, repeat
+from operator import add
 from typing import Any
 
 from ..frames import columns_of
 from ..reassembly import Line
-from ..record import ContainerContext, record_columns
+from ..record import ContainerContext, RecordColumns, record_columns
 
 
 def document_ids(lines: Sequence[Line], container_id: str) -> list[bytes]:
@@ -100,10 +101,11 @@ class Docs(Sequence[Doc]):
     the running total), so no per-document string is ever made: see :func:`record_columns` for
     what that buys. ``docs[i]`` is document i as a :class:`Doc`; a slice is a Docs."""
 
-    __slots__ = ("_ends", "_total", "base", "ids", "parts")
+    __slots__ = ("_ends", "_records", "_total", "base", "ids", "parts")
 
     def __init__(self, ids: list[bytes], parts: list[bytes], ends: list[int] | None = None,
-                 base: int = 0, total: int | None = None) -> None:
+                 base: int = 0, total: int | None = None,
+                 records: RecordColumns | None = None) -> None:
         self.ids = ids        # each document's _id
         self.parts = parts    # PARTS per document
         self.base = base
@@ -111,11 +113,16 @@ class Docs(Sequence[Doc]):
         # only when a request is cut out of the batch: one taken whole needs just its size.
         self._ends = ends
         self._total = total
+        self._records = records  # the records' columns: their sizes, without a sum per part
 
     @property
     def ends(self) -> list[int]:
         if self._ends is None:
-            sizes = map(sum, zip(*[map(len, self.parts[k::PARTS]) for k in range(PARTS)]))
+            if self._records is not None:  # the action and id, then the record
+                sizes: Iterable[int] = map(add, map(add, map(len, self.ids), self._records.sizes()),
+                                           repeat(len(_ACTION)))
+            else:
+                sizes = map(sum, zip(*[map(len, self.parts[k::PARTS]) for k in range(PARTS)]))
             self._ends = list(accumulate(sizes, initial=self.base))[1:]
         return self._ends
 
@@ -191,7 +198,8 @@ def bulk_documents(lines: Sequence[Line], ctx: ContainerContext) -> Docs:
     parts[3::PARTS] = cols.fractions
     parts[4::PARTS] = cols.messages
     parts[5::PARTS] = cols.tails
-    return Docs(ids, parts, total=n * len(_ACTION) + sum(map(len, ids)) + cols.size())
+    return Docs(ids, parts, total=n * len(_ACTION) + sum(map(len, ids)) + cols.size(),
+                records=cols)
 
 
 def chunks(docs: Docs, max_bytes: int) -> list[Docs]:
