@@ -296,9 +296,14 @@ def test_a_slice_of_a_parsed_batch_is_parsed_too() -> None:
     assert half.lines == x.lines[1:3] and half.levels == x.levels[1:3]
 
 
+def test_an_empty_parsed_batch_encodes_to_nothing() -> None:
+    assert encode_parts(batch().sliced(0, 0), ctx(), sub_second=True) == ([], [])
+
+
 def test_fluentd_extras_never_repeat_a_selected_label_or_env_name() -> None:
     named = ContainerContext(CID, "web", "img", "sha", "tag", "host",
-                             labels={"level": "from-label"}, env={"time": "from-env"})
+                             labels={"level": "from-label", "pylog_level": "taken too"},
+                             env={"time": "from-env"})
     parts, _ = encode_parts(parse(entry(OBJECT))[0], named, sub_second=True)
     blob = b"".join(parts)
     ((_, top),) = msgpack.Unpacker(io.BytesIO(blob), raw=False, ext_hook=_ext_hook,
@@ -306,7 +311,8 @@ def test_fluentd_extras_never_repeat_a_selected_label_or_env_name() -> None:
     keys = [k for k, _ in top]
     assert len(keys) == len(set(keys)), keys
     record = dict(top)
-    assert record["level"] == "from-label" and record["pylog_level"] == "error"
+    assert record["level"] == "from-label" and record["pylog_level"] == "taken too"
+    assert record["pylog_pylog_level"] == "error"
     assert record["time"] == "from-env" and record["pylog_time"] == "2026-12-06T05:00:00Z"
     assert record["message"] == "payment failed"
 

@@ -59,11 +59,16 @@ def context_pairs(ctx: ContainerContext) -> tuple[int, bytes]:
 
 def _extra_keys(ctx: ContainerContext) -> tuple[str, str, str, str]:
     """The names of parse=json's pairs: ``message``, ``level``, ``time``, ``json``, or
-    ``pylog_<name>`` where a selected label or env var already has that name."""
+    ``pylog_<name>`` (``pylog_pylog_<name>``...) where a selected label or env var already has
+    that name."""
     context_pairs(ctx)
     taken: frozenset[str] = getattr(ctx, "_fluentd_keys")  # noqa: B009 - set just above
-    return tuple(k if k not in taken else f"pylog_{k}"  # type: ignore[return-value]
-                 for k in ("message", "level", "time", "json"))
+    names = []
+    for k in ("message", "level", "time", "json"):
+        while k in taken:
+            k = f"pylog_{k}"
+        names.append(k)
+    return tuple(names)  # type: ignore[return-value]
 
 
 def _clamp(ns: int) -> int:
@@ -78,7 +83,8 @@ _STR_SIZES = [len(h) + n for n, h in enumerate(_STR_HEADERS)]  # header + string
 def encode_parts(lines: Sequence[Line], ctx: ContainerContext, sub_second: bool,
                  ) -> tuple[list[bytes], list[int]]:
     """The msgpack ``[time, record]`` entries of PackedForward, as parts to join: entry i is
-    ``parts[4 * i:4 * i + 4]`` (five parts with ``parse=json``) and ends ``ends[i]`` bytes after the first one starts.
+    ``parts[w * i:w * i + w]``, ``w`` parts wide (4; 5 with ``parse=json``: see
+    :func:`_parsed_parts`), and ends ``ends[i]`` bytes after the first one starts.
 
     The record's constant part (the context pairs, then ``source``) is encoded once per batch;
     per line only the time, the ``log`` string header and the line itself are added. Every step
@@ -138,6 +144,8 @@ def _parsed_parts(lines: Parsed, ctx: ContainerContext, sub_second: bool,
     """:func:`encode_parts` of a ``parse=json`` batch: a parsed line's record also has
     ``message``, ``level``, ``time`` and ``json`` (docs/json-logs.md) after ``log``, as each
     entry's fifth part, and its map header counts them."""
+    if not len(lines):
+        return [], []
     extras, counts = _extras(lines, _extra_keys(ctx))
     if len(counts) == counts.count(counts[0]):  # every line with the same pairs: one header
         parts, ends = _entries(lines.plain(), ctx, sub_second, counts[0], 5)
