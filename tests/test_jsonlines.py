@@ -4,12 +4,10 @@ proto, the syslog PRI)."""
 
 from __future__ import annotations
 
-import asyncio
 import gc
 import io
 import json
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -40,11 +38,10 @@ from pylog.sinks.fluentd_encode import encode_parts
 from pylog.sinks.loki_encode import push_bodies
 from pylog.sinks.otlp_encode import protobuf_request
 from pylog.sinks.syslog import Encoder
-from pylog.store import ContainerLog, StoreOptions
+from tests.deliveries import container_stops, running_log
 from tests.peers.fluentd_receiver import _ext_hook
 from tests.peers.loki_receiver import decode_push
 from tests.peers.otlp_receiver import plain
-from tests.test_delivery import TIMEOUT, BuggySink
 from tests.test_metrics import CID, context, driver_with, scrape, value
 
 T = 1_795_000_000_123_456_789
@@ -227,10 +224,7 @@ def test_syslog_takes_the_severity_from_the_level(fmt: str) -> None:
 
 
 async def test_a_delivery_with_parse_json_sends_fields_and_counts(tmp_path: Path) -> None:
-    with ThreadPoolExecutor(1) as ex:
-        clog = ContainerLog(tmp_path / CID, StoreOptions(), ex)
-        clog.writers = 1
-        sink = BuggySink(tmp_path)
+    with running_log(tmp_path) as (clog, sink):
         rules = LineRules(parse=ParseRules())
         delivery = Delivery(clog, sink, context, rules=rules)
         driver = driver_with(tmp_path, clog, delivery)
@@ -239,16 +233,12 @@ async def test_a_delivery_with_parse_json_sends_fields_and_counts(tmp_path: Path
                              enumerate([OBJECT, b"text", OBJECT])))
         delivery.start()
         await sink.wait_for(3)
-        clog.writers = 0
-        clog.wake()
-        assert delivery.task is not None
-        await asyncio.wait_for(delivery.task, TIMEOUT)
+        await container_stops(delivery, clog)
         assert delivery.counts.parse == ParseStats(parsed=2, not_object=1)
         s = scrape(driver)
         labels = {"container_id": CID[:12], "sink": sink.key}
         assert value(s, "pylog_parse_lines_total", result="parsed", **labels) == 2
         assert value(s, "pylog_parse_lines_total", result="not_object", **labels) == 1
-        clog.close()
         await driver.close()
 
 

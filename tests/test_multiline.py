@@ -3,9 +3,7 @@ without losing a line across a restart of pylog."""
 
 from __future__ import annotations
 
-import asyncio
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -17,9 +15,8 @@ from pylog.frames import encode_frame
 from pylog.multiline import Joiner, MultilineRules, datetime_regex, multiline_rules
 from pylog.options import parse_log_options
 from pylog.shaping import LineRules
-from pylog.store import ContainerLog, StoreOptions
-from tests.test_delivery import TIMEOUT, BuggySink
-from tests.test_metrics import CID, context
+from tests.deliveries import container_stops, pylog_stops, running_log
+from tests.test_metrics import context
 
 SECOND = 1_000_000_000
 Z = [0] * 100  # the holds, where a test does not look at them
@@ -163,72 +160,49 @@ def frames_of(texts: list[str], t0: int, source: str = "stdout") -> bytes:
 
 async def test_a_delivery_joins_events_and_flushes_the_last_when_the_container_stops(
         tmp_path: Path) -> None:
-    with ThreadPoolExecutor(1) as ex:
-        clog = ContainerLog(tmp_path / CID, StoreOptions(), ex)
-        clog.writers = 1
-        sink = BuggySink(tmp_path)
+    with running_log(tmp_path) as (clog, sink):
         delivery = Delivery(clog, sink, context, rules=LineRules(multiline=rules("%Y-%m-%d")))
         clog.append(frames_of(JAVA + JAVA, time.time_ns()))
         delivery.start()
         await sink.wait_for(1)
         assert sink.got == ["\n".join(JAVA).encode()]
-        clog.writers = 0
-        clog.wake()
-        assert delivery.task is not None
-        await asyncio.wait_for(delivery.task, TIMEOUT)
+        await container_stops(delivery, clog)
         assert sink.got == ["\n".join(JAVA).encode()] * 2
         assert delivery.lines == 2
-        clog.close()
 
 
 async def test_an_open_event_is_sent_after_the_timeout_while_the_container_runs(
         tmp_path: Path) -> None:
-    with ThreadPoolExecutor(1) as ex:
-        clog = ContainerLog(tmp_path / CID, StoreOptions(), ex)
-        clog.writers = 1
-        sink = BuggySink(tmp_path)
-        delivery = Delivery(clog, sink, context, rules=LineRules(multiline=rules("%Y", timeout_ns=SECOND // 5)))
+    with running_log(tmp_path) as (clog, sink):
+        delivery = Delivery(clog, sink, context,
+                            rules=LineRules(multiline=rules("%Y", timeout_ns=SECOND // 5)))
         clog.append(frames_of(["2026 boom"] + PYTHON, time.time_ns()))
         delivery.start()
         await sink.wait_for(1)  # nothing else written: only the timeout can end the event
         assert sink.got == ["\n".join(["2026 boom"] + PYTHON).encode()]
         assert delivery.acked is not None and delivery.acked.offset == clog.frame_end
-        delivery.closing = True
-        clog.wake()
-        assert delivery.task is not None
-        await asyncio.wait_for(delivery.task, TIMEOUT)
-        clog.close()
+        await pylog_stops(delivery, clog)
 
 
 async def test_a_restart_in_the_middle_of_an_event_loses_no_line(tmp_path: Path) -> None:
     """pylog stops while an event is open: the cursor stays just before its first line, so the
     next start reads it again and sends it whole (the event ended before it is not sent twice)."""
     t = time.time_ns()
-    with ThreadPoolExecutor(1) as ex:
-        clog = ContainerLog(tmp_path / CID, StoreOptions(), ex)
-        clog.writers = 1
-        sink = BuggySink(tmp_path)
+    with running_log(tmp_path) as (clog, sink):
         r = rules("%Y", timeout_ns=60 * SECOND)
         delivery = Delivery(clog, sink, context, rules=LineRules(multiline=r))
         clog.append(frames_of(["2026 one", "  1a"], t))
         delivery.start()
         clog.append(frames_of(["2026 two", "  2a"], t + 10))  # ends "one"; "two" stays open
         await sink.wait_for(1)
-        delivery.closing = True  # pylog shuts down
-        clog.wake()
-        assert delivery.task is not None
-        await asyncio.wait_for(delivery.task, TIMEOUT)
+        await pylog_stops(delivery, clog)
         assert sink.got == [b"2026 one\n  1a"]
 
         again = Delivery(clog, sink, context, rules=LineRules(multiline=r))  # pylog started again
         clog.append(frames_of(["  2b", "2026 three"], t + 20))
         again.start()
-        clog.writers = 0
-        clog.wake()
-        assert again.task is not None
-        await asyncio.wait_for(again.task, TIMEOUT)
+        await container_stops(again, clog)
         assert sink.got == [b"2026 one\n  1a", b"2026 two\n  2a\n  2b", b"2026 three"]
-        clog.close()
 
 
 async def test_a_line_in_16_kib_pieces_joins_its_event_and_holds_the_cursor(
@@ -242,30 +216,20 @@ async def test_a_line_in_16_kib_pieces_joins_its_event_and_holds_the_cursor(
                        partial_log_metadata=PartialLogEntryMetadata(
                            id="p", ordinal=n + 1, last=i + 16384 >= len(long)))
               for n, i in enumerate(range(0, len(long), 16384))]
-    with ThreadPoolExecutor(1) as ex:
-        clog = ContainerLog(tmp_path / CID, StoreOptions(), ex)
-        clog.writers = 1
-        sink = BuggySink(tmp_path)
+    with running_log(tmp_path) as (clog, sink):
         r = rules("%Y", timeout_ns=60 * SECOND)
         first = Delivery(clog, sink, context, rules=LineRules(multiline=r))
         clog.append(frames_of(["2026 done", "2026 long"], t - 10)
                     + b"".join(encode_frame(p) for p in pieces))
         first.start()
         await sink.wait_for(1)
-        first.closing = True
-        clog.wake()
-        assert first.task is not None
-        await asyncio.wait_for(first.task, TIMEOUT)
+        await pylog_stops(first, clog)
         assert sink.got == [b"2026 done"]
         again = Delivery(clog, sink, context, rules=LineRules(multiline=r))
         clog.append(frames_of(["  tail"], t + 2))
         again.start()
-        clog.writers = 0
-        clog.wake()
-        assert again.task is not None
-        await asyncio.wait_for(again.task, TIMEOUT)
+        await container_stops(again, clog)
         assert sink.got == [b"2026 done", b"2026 long\n" + long + b"\n  tail"]
-        clog.close()
 
 
 @pytest.mark.parametrize("pattern", [r"(?u)^\d", r"^\u00e9", r"^\N{LATIN SMALL LETTER E WITH ACUTE}"])

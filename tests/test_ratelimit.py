@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import re
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -19,8 +18,8 @@ from pylog.frames import encode_frame
 from pylog.options import parse_log_options
 from pylog.ratelimit import Limiter, RateRules, rate_rules
 from pylog.shaping import LineRules
-from pylog.store import ContainerLog, StoreOptions
-from tests.test_delivery import TIMEOUT, BuggySink
+from tests.deliveries import container_stops, running_log
+from tests.test_delivery import TIMEOUT
 from tests.test_metrics import CID, context, driver_with, scrape, value
 
 SECOND = 1_000_000_000
@@ -117,10 +116,7 @@ def test_options_make_rules() -> None:
 
 async def test_a_delivery_sends_what_is_within_the_limit_and_counts_the_rest(
         tmp_path: Path) -> None:
-    with ThreadPoolExecutor(1) as ex:
-        clog = ContainerLog(tmp_path / CID, StoreOptions(), ex)
-        clog.writers = 1
-        sink = BuggySink(tmp_path)
+    with running_log(tmp_path) as (clog, sink):
         delivery = Delivery(clog, sink, context, rules=LineRules(rate=RateRules(100, 100, SECOND)))
         driver = driver_with(tmp_path, clog, delivery)
         lines = burst(5000, 100_000, t0=time.time_ns())  # 50 ms
@@ -131,10 +127,7 @@ async def test_a_delivery_sends_what_is_within_the_limit_and_counts_the_rest(
                 sink.changed.clear()
                 await sink.changed.wait()
         await asyncio.wait_for(noticed(), TIMEOUT)
-        clog.writers = 0
-        clog.wake()
-        assert delivery.task is not None
-        await asyncio.wait_for(delivery.task, TIMEOUT)
+        await container_stops(delivery, clog)
         sent = [line for line in sink.got if not NOTICE.match(line)]
         (notice,) = [line for line in sink.got if NOTICE.match(line)]
         held = int(NOTICE.match(notice).group(1))  # type: ignore[union-attr]
@@ -144,7 +137,6 @@ async def test_a_delivery_sends_what_is_within_the_limit_and_counts_the_rest(
         assert delivery.counts.limit.held == held
         labels = {"container_id": CID[:12], "sink": sink.key}
         assert value(scrape(driver), "pylog_rate_limited_lines_total", **labels) == held
-        clog.close()
         await driver.close()
 
 
