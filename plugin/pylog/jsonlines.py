@@ -113,11 +113,9 @@ def _depth(value: Any) -> int:
 
 def _brackets(texts: list[bytes]) -> int:
     """A bound on the batch's deepest line: the most ``{`` in a line plus the most ``[``
-    (each counted in C; lines are counted for ``[`` only if the batch has one)."""
-    braces = max(map(bytes.count, texts, repeat(b"{")))
-    if len(texts) > 1 and b"[" not in b"".join(texts):
-        return braces
-    return braces + max(map(bytes.count, texts, repeat(b"[")))
+    (each counted in C)."""
+    return (max(map(bytes.count, texts, repeat(b"{")))
+            + max(map(bytes.count, texts, repeat(b"["))))
 
 
 _MISSING = object()
