@@ -197,7 +197,8 @@ class Delivery:
             self._reader = None
         reader = self._reader = LogReader(self.clog, await asyncio.to_thread(self._saved))
         self.acked = reader.pos
-        shaper = Shaper(reader.pos, self.max_line, self.rules, self.counts)
+        shaper = Shaper(reader.pos, self.max_line, self.rules, self.counts,
+                        structs=self.sink.PACKS_STRUCTS)
         waiter = self._waiter
         ahead: asyncio.Task[Batch] | None = None  # the next batch, read while one is sent
 

@@ -20,6 +20,7 @@ from typing import Any
 import orjson
 
 from .frames import Columns, columns_of
+from .jsonshapes import Shapes
 from .reassembly import Line
 
 MAX_DEPTH = 32  # objects and arrays inside each other; deeper lines are sent as text
@@ -44,27 +45,42 @@ def parse_rules(values: Any) -> ParseRules | None:
 @dataclass(slots=True)
 class Parsed(Columns):
     """A batch after ``parse=json``: its lines as :class:`Columns` (as written: Loki and
-    syslog send them), and for each line its fields (the object, message, level and time taken
-    out) or None where the line is sent as text, its message, level and own time (None:
-    none)."""
+    syslog send them), and for each line its object (the fields left once message, level and
+    time are taken out: a dict, or a learned shape's struct, :mod:`pylog.jsonshapes`) or None
+    where the line is sent as text, its message, level and own time (None: none)."""
 
-    fields: list[dict[str, Any] | None] = field(default_factory=list)
+    objects: list[Any] = field(default_factory=list)
     messages: list[str | None] = field(default_factory=list)
     levels: list[str | None] = field(default_factory=list)
     stamps: list[str | None] = field(default_factory=list)  # the lines' own times, as text
+    rules: ParseRules = ParseRules()
+    shaped: bool = False  # the objects are structs
+    _dicts: list[dict[str, Any] | None] | None = None
+
+    @property
+    def fields(self) -> list[dict[str, Any] | None]:
+        """Each line's fields as a dict (None: sent as text). Structs' lines are parsed again
+        the general way, once: what orjson makes of them, as the general path would have."""
+        if not self.shaped:
+            return self.objects
+        if self._dicts is None:
+            self._dicts = [None if o is None else _taken_out(orjson.loads(t), self.rules)
+                           for t, o in zip(self.lines, self.objects)]
+        return self._dicts
 
     def plain(self) -> Columns:
         return Columns(self.sources, self.times, self.lines, self.sizes)
 
     def sliced(self, start: int, stop: int) -> Parsed:
         return Parsed(self.sources[start:stop], self.times[start:stop], self.lines[start:stop],
-                      self.sizes[start:stop], self.fields[start:stop],
+                      self.sizes[start:stop], self.objects[start:stop],
                       self.messages[start:stop], self.levels[start:stop],
-                      self.stamps[start:stop])
+                      self.stamps[start:stop], self.rules, self.shaped,
+                      None if self._dicts is None else self._dicts[start:stop])
 
     def whole(self, i: int) -> dict[str, Any] | None:
         """Line i's object as the line had it (OTLP's body); None: sent as text."""
-        return orjson.loads(self.lines[i]) if self.fields[i] is not None else None
+        return orjson.loads(self.lines[i]) if self.objects[i] is not None else None
 
     def json_members(self) -> list[bytes]:
         """Each record's message, as JSON, and for a parsed line ``,"log":{...},"json":{...}``
@@ -124,27 +140,61 @@ _MISSING = object()
 class JsonParser:
     """Turns batches into :class:`Parsed` ones. A batch whose every line is an object within
     the limits (a JSON logger's) is parsed and taken apart a column at a time, in C calls;
-    any other line by line."""
+    any other line by line. With ``shapes`` (for a sink that packs structs as they are:
+    fluentd), a batch of lines with known keys is decoded into structs
+    (:mod:`pylog.jsonshapes`)."""
 
-    def __init__(self, rules: ParseRules, stats: ParseStats | None = None) -> None:
+    def __init__(self, rules: ParseRules, stats: ParseStats | None = None,
+                 shapes: bool = False) -> None:
         self.rules = rules
         self.stats = ParseStats() if stats is None else stats
+        self.shapes = Shapes() if shapes else None
 
     def parse(self, lines: Sequence[Line]) -> Sequence[Line]:
         sources, times, texts = columns_of(lines)
         if not texts:
             return lines
+        sizes = lines.sizes if isinstance(lines, Columns) else ()
+        rules = self.rules
+        shaped = self._shaped(texts)
+        if shaped is not None:
+            self.stats.parsed += len(texts)
+            return Parsed(sources, times, texts, sizes, *shaped, rules, True)
         objs = self._all_objects(texts)
         if objs is None:
             objs = list(map(self._object, texts))
-            if all(o is None for o in objs):
-                return lines
         else:
             self.stats.parsed += len(objs)
-        rules = self.rules
-        return Parsed(sources, times, texts, lines.sizes if isinstance(lines, Columns) else (),
-                      objs, self._take(objs, rules.message_keys),
-                      self._take(objs, rules.level_keys), self._take(objs, rules.time_keys))
+        if self.shapes is not None:
+            self.shapes.learn(objs)
+        if all(o is None for o in objs):
+            return lines
+        return Parsed(sources, times, texts, sizes, objs, self._take(objs, rules.message_keys),
+                      self._take(objs, rules.level_keys), self._take(objs, rules.time_keys),
+                      rules)
+
+    def _shaped(self, texts: list[bytes]) -> tuple[list[Any], list[str | None],
+                                                   list[str | None], list[str | None]] | None:
+        """The batch decoded into the learned shape's structs, with message, level and time
+        taken out; None if it has no shape yet or a line does not fit it."""
+        shapes, rules = self.shapes, self.rules
+        if shapes is None or shapes.shape is None or max(map(len, texts)) > rules.max_bytes:
+            return None
+        # A bound on the deepest line: each line that decodes has a '{' of its own, so one
+        # line has at most the batch's brackets less one for each other line (flat: 1).
+        joined = b"".join(texts)
+        if joined.count(b"{") + joined.count(b"[") - len(texts) + 1 > MAX_DEPTH \
+                and _brackets(texts) > MAX_DEPTH:  # maybe too deep: the general path tells
+            return None
+        objs = shapes.decode(texts)
+        if objs is None:
+            return None
+        messages = shapes.take(objs, rules.message_keys)
+        levels = None if messages is None else shapes.take(objs, rules.level_keys)
+        stamps = None if levels is None else shapes.take(objs, rules.time_keys)
+        if messages is None or levels is None or stamps is None:
+            return None
+        return objs, messages, levels, stamps
 
     def _all_objects(self, texts: list[bytes]) -> list[dict[str, Any] | None] | None:
         """Every line's object, if every line is one within the limits; else None."""
@@ -203,6 +253,16 @@ class JsonParser:
                 v = next((obj.pop(k) for k in keys[1:] if k in obj), None)
             got[i] = _text(v)  # one type a field: 1.7e9 -> "1.7e9"
         return got
+
+
+def _taken_out(obj: dict[str, Any], rules: ParseRules) -> dict[str, Any]:
+    """``obj`` with its message, level and time taken out (the first present of each)."""
+    for keys in (rules.message_keys, rules.level_keys, rules.time_keys):
+        for k in keys:
+            if k in obj:
+                del obj[k]
+                break
+    return obj
 
 
 def _text(value: Any) -> str | None:

@@ -79,13 +79,14 @@ class Shaper:
     """One delivery's lines, batch by batch, from the position it started reading at."""
 
     def __init__(self, start: Position, max_line: int, rules: LineRules | None = None,
-                 counts: ShapingCounts | None = None) -> None:
+                 counts: ShapingCounts | None = None, structs: bool = False) -> None:
         rules, counts = rules or LineRules(), counts or ShapingCounts()
         self.reassembler = Reassembler(max_line)
         self.joiner: Joiner[Position] | None = (Joiner(rules.multiline) if rules.multiline
                                                 else None)
         self.limiter = Limiter(rules.rate, counts.limit) if rules.rate else None
-        self.parser = JsonParser(rules.parse, counts.parse) if rules.parse else None
+        self.parser = (JsonParser(rules.parse, counts.parse, shapes=structs) if rules.parse
+                       else None)
         self._safe = start  # the newest position with no line half-read before it
 
     @property

@@ -69,6 +69,9 @@ class Sink:
     # Takes whole lines as :class:`pylog.frames.Columns` (one list per field) besides LogEntry
     # lists: the delivery then decodes a batch without an object per line.
     COLUMNS: ClassVar[bool] = False
+    # parse=json objects may be a learned shape's structs (pylog.jsonshapes): the sink encodes
+    # them as they are (msgspec), not through Parsed.fields.
+    PACKS_STRUCTS: ClassVar[bool] = False
     MAX_RETRY_WAIT: ClassVar[float] = 10.0
 
     def __init__(self, config: SinkConfig, state_dir: Path) -> None:

@@ -71,6 +71,7 @@ class FluentdSink(Sink):
     KIND = "fluentd"
     ADDRESS_OPTION = "fluentd-address"
     COLUMNS = True
+    PACKS_STRUCTS = True
     RETRY_WAIT_OPTION = "fluentd-retry-wait"
     OPTIONS = {
         "fluentd-address": (parse_fluentd_address, None),

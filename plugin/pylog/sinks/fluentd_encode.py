@@ -169,17 +169,29 @@ def _extras(lines: Parsed, keys: tuple[str, str, str, str]) -> tuple[list[bytes]
     """Each line's extra key/value pairs, msgpack-encoded, and how many (0: sent as text).
 
     A line's pairs are packed as one flat array of keys and values (msgspec, one C call a
-    line), its one-byte header then cut off: what is left is the pairs as a map holds them."""
+    line), its one-byte header then cut off: what is left is the pairs as a map holds them.
+    A learned shape's structs are packed as they are; an integer msgpack cannot hold (over 64
+    bits) sends the batch's fields as the general path has them (orjson: a float)."""
+    try:
+        return _packed_extras(lines.objects, lines, keys)
+    except OverflowError:
+        if not lines.shaped:
+            raise
+        return _packed_extras(lines.fields, lines, keys)
+
+
+def _packed_extras(objects: list[Any], lines: Parsed, keys: tuple[str, str, str, str],
+                   ) -> tuple[list[bytes], list[int]]:
     pack = msgspec.msgpack.Encoder().encode
     k_message, k_level, k_time, k_json = keys
-    if None not in lines.fields and None not in lines.messages and None not in lines.levels \
+    if None not in objects and None not in lines.messages and None not in lines.levels \
             and None not in lines.stamps:  # every line an object with all three: C calls
         arrays = map(pack, zip(repeat(k_message), lines.messages, repeat(k_level), lines.levels,
-                               repeat(k_time), lines.stamps, repeat(k_json), lines.fields))
+                               repeat(k_time), lines.stamps, repeat(k_json), objects))
         extras: list[bytes] = list(map(bytes.__getitem__, arrays, repeat(_PAIRS)))
         return extras, [4] * len(extras)
     extras, counts = [], []
-    for text, fields, msg, level, when in zip(lines.lines, lines.fields, lines.messages,
+    for text, fields, msg, level, when in zip(lines.lines, objects, lines.messages,
                                               lines.levels, lines.stamps):
         if fields is None:
             extras.append(b"")
