@@ -413,6 +413,17 @@ def test_the_size_of_a_batch_is_that_of_its_body(batch: list[tuple[str, int, byt
     assert sum(len(c.body()) for c in chunks(docs, max(1, docs.size() // 3))) == docs.size()
 
 
+def test_nothing_left_of_a_request_costs_no_running_total() -> None:
+    """What a request taken whole leaves to send again is empty, made without the running
+    total of its documents' sizes (a sum over the whole batch, for nothing)."""
+    docs = bulk_documents(lines(100), ctx())
+    for empty in (docs[:0], docs[50:50], docs[60:40]):
+        assert len(empty) == 0 and empty.size() == 0 and empty.body() == b""
+        assert empty.ids == [] and empty.sizes() == [] and Docs.concat([empty, empty]) == empty
+    assert docs._ends is None  # noqa: SLF001 - the total was never made
+    assert Docs.concat([docs[:0], docs]) == docs
+
+
 def test_big_batches_are_split_into_bounded_requests() -> None:
     docs = bulk_documents(lines(1000, start=1000), ctx())
     size = len(payload(docs[0]).encode())

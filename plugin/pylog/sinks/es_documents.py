@@ -140,7 +140,8 @@ class Docs(Sequence[Doc]):
             start, stop, step = i.indices(len(self.ids))
             if step != 1:
                 raise ValueError("Docs slices are contiguous")
-            stop = max(start, stop)
+            if stop <= start:  # nothing (what a request taken whole leaves to send again)
+                return Docs([], [], [], total=0)
             return Docs(self.ids[start:stop], self.parts[PARTS * start:PARTS * stop],
                         self.ends[start:stop], self.ends[start - 1] if start else self.base)
         doc_id = self.ids[i]  # IndexError out of range, as a sequence does
