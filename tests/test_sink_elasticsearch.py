@@ -982,6 +982,37 @@ async def test_transport_sends_plain_json_headers_and_basic_auth(
     assert SECRET not in caplog.text and basic.split()[1] not in caplog.text
 
 
+async def test_a_bulk_body_written_in_pieces_arrives_whole_with_its_length(
+        tmp_path: Path, fake_es: FakeES, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Pieces far smaller than the body (and than a document): the server gets exactly the
+    bytes the sink made, under a Content-Length (not chunked)."""
+    from pylog.sinks.es_transport import BulkBody
+    monkeypatch.setattr(BulkBody, "PIECE", 7)
+    pieces: list[int] = []
+    write = BulkBody.write_with_length
+
+    async def counted(self: BulkBody, writer: Any, length: int | None) -> None:
+        real = writer.write
+
+        async def each(chunk: Any, **kw: Any) -> None:
+            pieces.append(len(chunk))
+            await real(chunk, **kw)
+        writer.write = each
+        try:
+            await write(self, writer, length)
+        finally:
+            writer.write = real
+    monkeypatch.setattr(BulkBody, "write_with_length", counted)
+    batch = lines(40)
+    async with opened_sink(tmp_path, f"http://127.0.0.1:{fake_es.port}") as sink:
+        await sink.send(batch, ctx())
+    bulk = fake_es.seen[-1]
+    assert bulk.body == bulk_documents(batch, ctx()).body()
+    assert bulk.headers["Content-Length"] == str(len(bulk.body))
+    assert "Transfer-Encoding" not in bulk.headers
+    assert sum(pieces) == len(bulk.body) and max(pieces) == 7 and len(pieces) > 40
+
+
 async def test_transport_sends_the_api_key(tmp_path: Path, fake_es: FakeES,
                                            monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("ELASTICSEARCH_API_KEY", API_KEY)

@@ -13,6 +13,9 @@ from itertools import repeat
 from typing import Any, Protocol
 from urllib.parse import urlsplit
 
+from aiohttp.abc import AbstractStreamWriter
+from aiohttp.payload import BytesPayload
+
 from .base import SinkError
 from .es_settings import DEFAULT_PORT, Credentials
 
@@ -66,6 +69,29 @@ def all_created(data: bytes) -> AllCreated | None:
     return AllCreated(n)
 
 
+class BulkBody(BytesPayload):
+    """A ``_bulk`` body, written to the connection a piece at a time (slices of it, no copy).
+
+    Given the whole body, aiohttp joins its headers to it (a copy of the body, on Python before
+    3.12.9) and the socket transport copies what the socket did not take at once (twice): on a
+    6 MB request of short lines that was a tenth of the sink's CPU. A piece at a time, the
+    socket takes each whole and nothing is copied in Python."""
+
+    PIECE = 256 << 10
+
+    def __init__(self, body: bytes) -> None:
+        super().__init__(body, content_type="application/x-ndjson")
+
+    async def write(self, writer: AbstractStreamWriter) -> None:
+        await self.write_with_length(writer, None)
+
+    async def write_with_length(self, writer: AbstractStreamWriter,
+                                content_length: int | None) -> None:
+        view = memoryview(self._value)[:content_length]
+        for start in range(0, len(view), self.PIECE):
+            await writer.write(view[start:start + self.PIECE])
+
+
 def _serializers() -> dict[str, Any]:
     """elasticsearch-py's serializers, except that the usual ``_bulk`` answer comes out as
     :class:`AllCreated`, and a ``_bulk`` body, already bytes, is sent as it is (its NDJSON
@@ -78,8 +104,8 @@ def _serializers() -> dict[str, Any]:
             return all_created(data) or super().json_loads(data)
 
     class BulkBodySerializer(NdjsonSerializer):
-        def dumps(self, data: Any) -> bytes:
-            if isinstance(data, bytes) and data.endswith(b"\n"):
+        def dumps(self, data: Any) -> Any:
+            if isinstance(data, BulkBody) or isinstance(data, bytes) and data.endswith(b"\n"):
                 return data
             return super().dumps(data)
 
@@ -137,7 +163,8 @@ class ElasticTransport:
             headers["authorization"] = self._auth
         try:
             resp = await self.client.transport.perform_request(
-                method, path, body=body, headers=headers, max_retries=self.max_retries,
+                method, path, body=BulkBody(body) if ndjson and body else body,
+                headers=headers, max_retries=self.max_retries,
                 retry_on_timeout=True)
         except Exception as e:  # noqa: BLE001 - refused, timeouts, TLS, undecodable answers...
             raise SinkError(f"{method} {path.split('?')[0]}: {_describe(e)}") from None
