@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import gzip
 import logging
 import os
 import re
@@ -13,12 +12,16 @@ import zlib
 from collections.abc import Iterator
 from pathlib import Path
 
+from isal import igzip
+
 log = logging.getLogger(__name__)
 
 CURRENT = "container.log"
 NEXT = "container.log.new"  # the next current file, while a rotation is under way
 ROTATED_RE = re.compile(r"^container\.log\.(\d+)(\.gz)?$")
-GZIP_LEVEL = 1  # level 1 compresses log text ~8x; level 6 gains little for 3x the CPU
+# Rotated files are gzip made by ISA-L (isal): at its level 1, 5x the speed of zlib's
+# level 1 and a little smaller (20 MB of B1's log: 0.02 vs 0.11 CPU-s, 7.2x vs 6.8x).
+GZIP_LEVEL = 1
 _GZIP = 16 + zlib.MAX_WBITS  # zlib's wbits for the gzip format
 
 
@@ -66,7 +69,8 @@ def _compress(path: Path) -> None:
     gz = path.with_name(path.name + ".gz")
     tmp = path.with_name(path.name + ".gz.tmp")
     try:
-        with open(path, "rb") as src, gzip.open(tmp, "wb", compresslevel=GZIP_LEVEL) as dst:
+        with open(path, "rb") as src, \
+                igzip.open(tmp, "wb", compresslevel=GZIP_LEVEL) as dst:  # type: ignore[no-untyped-call]
             shutil.copyfileobj(src, dst, 1 << 20)
         os.chmod(tmp, 0o600)
         os.rename(tmp, gz)
