@@ -9,7 +9,8 @@ import json
 from typing import Any
 
 import msgpack
-from hypothesis import given, settings
+import pytest
+from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
 from pylog.entry import LogEntry
@@ -43,12 +44,16 @@ def learned(*objs: Any) -> JsonParser:
     return p
 
 
-def same_as_general(objs: list[Any]) -> Any:
-    """The shaped parse of ``objs`` (after a batch of them taught the keys), checked against
-    the general path's."""
-    shaped = learned(*objs).parse(batch(*objs))
+def same_as_general(objs: list[Any], lesson: list[Any] | None = None) -> Any:
+    """The shaped parser's result for ``objs`` (after a batch of ``lesson``, or of ``objs``,
+    taught it the keys), checked against the general path's."""
+    p = learned(*(objs if lesson is None else lesson))
+    shaped = p.parse(batch(*objs))
     general = JsonParser(ParseRules()).parse(batch(*objs))
-    assert isinstance(shaped, Parsed) and isinstance(general, Parsed)
+    if not isinstance(general, Parsed):
+        assert shaped == general
+        return shaped
+    assert isinstance(shaped, Parsed)
     for column in ("messages", "levels", "stamps", "fields", "lines"):
         assert getattr(shaped, column) == getattr(general, column), column
     assert records(shaped) == records(general)
@@ -74,13 +79,68 @@ VALUES = st.recursive(
     max_leaves=5)
 
 
+# A logger's lines: message, level and time (text or numbers) and a few fields of any kind.
+LOGGER_LINES = st.lists(st.fixed_dictionaries(
+    {"msg": st.text(max_size=5)},
+    optional={"level": st.text(max_size=3) | st.integers(0, 60),
+              "time": st.text(max_size=3) | st.floats(0, 2e9) | st.integers(0, 2**53),
+              "a": VALUES, "b": VALUES, "x y": VALUES}), min_size=1, max_size=6)
+
+
 @settings(max_examples=300, deadline=None)
 @given(st.lists(st.dictionaries(KEYS, VALUES | st.text(max_size=5), max_size=6), min_size=1,
-                max_size=6))
-def test_shaped_or_not_a_batch_gives_what_the_general_path_gives(objs: list[Any]) -> None:
+                max_size=6) | LOGGER_LINES,
+       st.one_of(st.none(), st.none(), st.none(),  # mostly a shape of these very lines
+                 st.lists(st.dictionaries(KEYS, st.text(max_size=3), max_size=6), min_size=1,
+                          max_size=4)))
+def test_shaped_or_not_a_batch_gives_what_the_general_path_gives(
+        objs: list[Any], lesson: list[Any] | None) -> None:
     """Any keys (taken out or not, text or not), values of every kind (integers past 64
-    bits too): the same columns and the same fluentd records."""
-    same_as_general(objs)
+    bits too), a shape learned from these lines or from others: the same columns and the same
+    fluentd records."""
+    x = same_as_general(objs, lesson)
+    event("shaped" if getattr(x, "shaped", False) else "general")
+
+
+def test_numeric_levels_and_times_are_shaped_as_their_json() -> None:
+    """pino writes ``"level":30`` and a time in milliseconds, zap ``"ts"`` as a float: said as
+    the general path says them, from the shape."""
+    pino = [{"level": 30, "time": 1795000000123 + i, "msg": "served", "pid": 7, "ok": True}
+            for i in range(4)]
+    zap = [{"level": "info", "ts": 1795000000.125 + i, "msg": "m", "n": i} for i in range(4)]
+    nulls = [{"level": None, "time": False, "msg": "x", "k": i} for i in range(4)]
+    for objs in (pino, zap, nulls):
+        x = same_as_general(objs)
+        assert x.shaped
+    assert same_as_general(pino).levels == ["30"] * 4
+    assert same_as_general(zap).stamps[1] == "1795000001.125"
+
+
+@pytest.mark.parametrize("value", [2**70, -2**64, {"nested": 1}, [1, 2]])
+def test_what_only_the_general_path_says_takes_it(value: Any) -> None:
+    p = learned({"msg": "a", "level": "info"})
+    x = p.parse(batch({"msg": value, "level": "info"}))
+    assert isinstance(x, Parsed) and not x.shaped
+    assert x.messages == [JsonParser(ParseRules()).parse(batch({"msg": value}))
+                          .messages[0]]  # type: ignore[attr-defined]
+    assert p.shapes is not None and p.shapes.skip == SKIP_AFTER_MISS
+
+
+def test_an_integer_past_a_doubles_range_is_sent_as_text_as_the_general_path_does() -> None:
+    """msgspec takes a 320-digit integer, orjson does not (the general path sends the line
+    as text): the fluentd records are the same, and encoding does not fail."""
+    huge = b'{"msg":"b","n":' + b"9" * 320 + b"}"
+    objs = [{"msg": "a", "n": 1}, huge]
+    shaped = learned({"msg": "a", "n": 0}).parse(batch(*objs))
+    general = JsonParser(ParseRules()).parse(batch(*objs))
+    assert records(shaped) == records(general)
+    assert "json" not in records(shaped)[1] and records(shaped)[0]["json"] == {"n": 1}
+
+
+@pytest.mark.parametrize("text", [b'{"msg":"a","n":"\\ud800"}',
+                                  b'{"msg":"a","n":1,"n":2}', b'  {"msg":"a","n":3}  '])
+def test_odd_lines_in_a_shape_give_what_the_general_path_gives(text: bytes) -> None:
+    same_as_general([{"msg": "b", "n": 0}, text], lesson=[{"msg": "a", "n": 0}])
 
 
 def test_a_new_key_takes_the_general_path_once_then_joins_the_shape() -> None:

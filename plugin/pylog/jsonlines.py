@@ -64,7 +64,7 @@ class Parsed(Columns):
         if not self.shaped:
             return self.objects
         if self._dicts is None:
-            self._dicts = [None if o is None else _taken_out(orjson.loads(t), self.rules)
+            self._dicts = [None if o is None else _fields_of(t, self.rules)
                            for t, o in zip(self.lines, self.objects)]
         return self._dicts
 
@@ -178,7 +178,7 @@ class JsonParser:
         """The batch decoded into the learned shape's structs, with message, level and time
         taken out; None if it has no shape yet or a line does not fit it."""
         shapes, rules = self.shapes, self.rules
-        if shapes is None or shapes.shape is None or max(map(len, texts)) > rules.max_bytes:
+        if shapes is None or not shapes.ready() or max(map(len, texts)) > rules.max_bytes:
             return None
         # A bound on the deepest line: each line that decodes has a '{' of its own, so one
         # line has at most the batch's brackets less one for each other line (flat: 1).
@@ -253,6 +253,15 @@ class JsonParser:
                 v = next((obj.pop(k) for k in keys[1:] if k in obj), None)
             got[i] = _text(v)  # one type a field: 1.7e9 -> "1.7e9"
         return got
+
+
+def _fields_of(text: bytes, rules: ParseRules) -> dict[str, Any] | None:
+    """A shaped line's fields as the general path has them; None where orjson refuses the
+    line (an integer past a double's range, which msgspec takes): it is sent as text."""
+    try:
+        return _taken_out(orjson.loads(text), rules)
+    except orjson.JSONDecodeError:
+        return None
 
 
 def _taken_out(obj: dict[str, Any], rules: ParseRules) -> dict[str, Any]:

@@ -7,7 +7,8 @@ absent; later batches are decoded straight into it (half the cost of a dict, and
 by the fluentd sink without a dict either). A line with a key the shape lacks, a line that is
 not an object, a value taken out that is not text, or a batch that may be too deep, sends the
 batch down the general path, which then learns the new keys. What the two paths produce is the
-same: the same message, level and time, and fields that encode to the same map.
+same: the same message, level and time, and fields that encode to the same map (its keys in the
+order the shape learned them, not always the line's).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from operator import attrgetter
 from typing import Any
 
 import msgspec
+import orjson
 
 MAX_FIELDS = 64  # lines with more keys than this in all take the general path
 SKIP_AFTER_MISS = 8  # batches: a log with text among its objects is not tried at every batch
@@ -46,13 +48,18 @@ class Shapes:
         self.wide = False  # the lines have had more than MAX_FIELDS keys: never learned
         self.skip = 0
 
-    def decode(self, texts: list[bytes]) -> list[Any] | None:
-        """Every line as the shape's struct, or None (the general path's turn)."""
+    def ready(self) -> bool:
+        """Whether to try the shape on this batch (one of the batches to skip counts down)."""
         if self.shape is None:
-            return None
+            return False
         if self.skip:
             self.skip -= 1
-            return None
+            return False
+        return True
+
+    def decode(self, texts: list[bytes]) -> list[Any] | None:
+        """Every line as the shape's struct, or None (the general path's turn)."""
+        assert self.shape is not None
         try:
             return list(map(self.shape.decode, texts))
         except msgspec.DecodeError:  # a new key, not an object, not JSON: learned after
@@ -73,8 +80,10 @@ class Shapes:
             self.shape = Shape(keys)
 
     def take(self, objs: list[Any], keys: tuple[str, ...]) -> list[str | None] | None:
-        """Each struct's value of the first of ``keys`` it has, taken out of it (None: it has
-        none); None if a value taken is not text (the general path says what it is as text)."""
+        """Each struct's value of the first of ``keys`` it has, taken out of it, as text (None:
+        it has none, or null); None if a value is an object, an array or an integer msgpack
+        cannot hold, which the general path says as orjson would (the next batches then skip
+        the shape)."""
         assert self.shape is not None
         names = [self.shape.field[k] for k in keys if k in self.shape.field]
         if not names:
@@ -93,8 +102,23 @@ class Shapes:
                 else:
                     got[i] = None
                     continue
-            if not isinstance(value, str):
+            text = _text(value)
+            if text is _NOT_SAID:
+                self.skip = SKIP_AFTER_MISS
                 return None
             setattr(obj, name, UNSET)
-            got[i] = value
+            got[i] = text
         return got
+
+
+_NOT_SAID = object()
+
+
+def _text(value: Any) -> Any:
+    """A taken value as the general path says it (a number or a boolean as its JSON, as
+    orjson writes it); _NOT_SAID for what only the general path can say the same way."""
+    if value is None or isinstance(value, str):
+        return value
+    if isinstance(value, (bool, float)) or isinstance(value, int) and -2**63 <= value < 2**64:
+        return orjson.dumps(value).decode()
+    return _NOT_SAID

@@ -11,8 +11,11 @@ import struct
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
+from typing import cast
 
-from isal import igzip
+from isal import igzip, isal_zlib
+
+_ISAL_ERROR = cast("type[Exception]", isal_zlib.error)  # not an OSError (its stub: an instance)
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +80,7 @@ def _compress(path: Path) -> None:
         unlink(path)
     except FileNotFoundError:
         unlink(tmp)
-    except OSError as e:
+    except (OSError, _ISAL_ERROR) as e:
         log.error("compressing %s failed, keeping it uncompressed: %s", path, e)
         unlink(tmp)
 
