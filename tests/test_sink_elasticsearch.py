@@ -50,7 +50,7 @@ from pylog.sinks.elasticsearch import (
     index_template,
     load_credentials,
 )
-from pylog.sinks.es_documents import PARTS, Doc
+from pylog.sinks.es_documents import Doc
 
 SECRET = "s3cr3t-Pa55word"
 API_KEY = "VnVhQ2ZHY0JDZGJrUW0tZTVhT3g6dWkybHAyYXhUTm1zeWFrdzl0dk5udw=="
@@ -407,7 +407,7 @@ def test_the_size_of_a_batch_is_that_of_its_body(batch: list[tuple[str, int, byt
     entries += entries[:repeats]
     docs = bulk_documents(entries, ctx())
     assert docs.size() == len(docs.body()) == docs.ends[-1]
-    each = [len(b"".join(docs.parts[PARTS * i:PARTS * (i + 1)])) for i in range(len(docs))]
+    each = [len(payload(docs[i]).encode()) for i in range(len(docs))]
     assert docs.ends == list(accumulate(each))
     assert chunks(docs, docs.size()) == [docs]
     assert sum(len(c.body()) for c in chunks(docs, max(1, docs.size() // 3))) == docs.size()
@@ -1148,3 +1148,21 @@ def test_a_bulk_body_goes_out_as_it_is() -> None:
     assert ndjson.dumps([{"a": 1}, b'{"b":2}']) == b'{"a":1}\n{"b":2}\n'  # the rest as before
     assert _serializers()["application/json"].loads(b'{"acknowledged":true}') == {
         "acknowledged": True}
+
+
+@pytest.mark.parametrize("text", [b"100% %s %d %%", b'50% "quoted" %s\\'])
+def test_percent_signs_anywhere_are_text_not_format(text: bytes) -> None:
+    """A body is one %-format of the columns: a ``%`` in a line, a label or the container's
+    name is data, kept as it is."""
+    c = ContainerContext(CID, "web%s", "img%d", "sha256:e67c", "t%%", "vm",
+                         labels={"pct": "%s%d%%"}, env={"P": "%(x)s"})
+    batch = [LogEntry(source="stdout", time_nano=1_795_000_000_000_000_000 + i, line=text)
+             for i in range(3)] + [LogEntry(source="stderr", time_nano=5, line=b"%")]
+    docs = bulk_documents(batch, c)
+    body = docs.body().split(b"\n")
+    records = [json.loads(line) for line in body[1::2] if line]
+    assert [r["message"] for r in records] == [text.decode()] * 3 + ["%"]
+    assert {r["container"]["name"] for r in records} == {"web%s"}
+    assert {r["container"]["labels"]["pct"] for r in records} == {"%s%d%%"}
+    assert {r["pylog"]["env"]["P"] for r in records} == {"%(x)s"}
+    assert len(docs.body()) == docs.size() == docs.ends[-1]

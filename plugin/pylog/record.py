@@ -262,18 +262,19 @@ def record_json(line: LogEntry, ctx: ContainerContext, ts: TimestampFormatter) -
 _NS = 1_000_000_000
 _encode_str = json.encoder.encode_basestring  # what _dumps does for a str (ensure_ascii=False)
 _decode = functools.partial(str, encoding="utf-8", errors="replace")
-_FRACTION = b'%09dZ","message":'.__mod__
-_FRACTION_QUOTE = b'%09dZ","message":"'.__mod__  # the message's opening quote too
+_FRACTION = b'%09dZ","message":'
+_FRACTION_QUOTE = b'%09dZ","message":"'  # the message's opening quote too
 _UNSAFE = re.compile(rb'[\x00-\x1f"\\]')  # the bytes a JSON string needs escaped (as json does)
 
 
 @dataclass(slots=True)
 class RecordColumns:
-    """A batch's records in their JSON form (UTF-8), as four columns whose i-th items joined
-    are line i's record: ``lead + '{"@timestamp":"<date>.' + '<ns>Z","message":' + <message> +
-    ',"stream":"<source>",<context>}' + end``. The first and last columns hold a few shared
-    objects (one per distinct second, one per stream), so a record is never made as a string of
-    its own: a sink joins the columns of a whole request at once (one copy of each byte).
+    """A batch's records in their JSON form (UTF-8), as columns: line i's record is
+    ``heads[i] + fraction % nanos[i] + messages[i] + tails[i]``, that is ``lead +
+    '{"@timestamp":"<date>.' + '<ns>Z","message":' + <message> + ',"stream":"<source>",
+    <context>}' + end``. The heads and tails hold a few shared objects (one per distinct second,
+    one per stream), so a record is never made as a string of its own: a sink formats the
+    columns of a whole request at once (one copy of each byte, :meth:`form`).
 
     ``head_size``, ``fraction_size`` and ``tail_size`` are the sizes every head, fraction and
     tail have, or None when they differ (a year outside 1000-9999, a stream name other than
@@ -282,12 +283,59 @@ class RecordColumns:
     tails."""
 
     heads: list[bytes]
-    fractions: list[bytes]
+    nanos: list[int]  # each line's nanoseconds within its second
     messages: list[bytes]
     tails: list[bytes]
     head_size: int | None
-    fraction_size: int
+    fraction: bytes  # the nanoseconds' %-format and what follows them up to the message
     tail_size: int | None
+
+    @property
+    def fraction_size(self) -> int:
+        return len(self.fraction % 0)
+
+    @property
+    def fractions(self) -> list[bytes]:
+        """Each line's fraction part, formatted."""
+        return list(map(self.fraction.__mod__, self.nanos))
+
+    def form(self) -> bytes:
+        """The %-format of one record, taking its head, nanoseconds, message and tail: many
+        records are this format repeated, applied once to their columns (one C call that
+        copies each byte once: two thirds of the time of joining parts made one per line)."""
+        return b"%s" + self.fraction + b"%s%s"
+
+    def sliced(self, start: int, stop: int) -> RecordColumns:
+        """Records ``start`` to ``stop``."""
+        return RecordColumns(self.heads[start:stop], self.nanos[start:stop],
+                             self.messages[start:stop], self.tails[start:stop], self.head_size,
+                             self.fraction, self.tail_size)
+
+    def picked(self, indices: Sequence[int]) -> RecordColumns:
+        """These records, in this order."""
+        def pick(column: list[Any]) -> list[Any]:
+            return list(map(column.__getitem__, indices))
+        return RecordColumns(pick(self.heads), pick(self.nanos), pick(self.messages),
+                             pick(self.tails), self.head_size, self.fraction, self.tail_size)
+
+    @classmethod
+    def concat(cls, many: Sequence[RecordColumns]) -> RecordColumns:
+        """Records of one batch (the same fraction format), one after the other."""
+        first = many[0]
+        if any(c.fraction != first.fraction for c in many):
+            raise ValueError("records of different batches")
+        heads: list[bytes] = []
+        nanos: list[int] = []
+        messages: list[bytes] = []
+        tails: list[bytes] = []
+        for c in many:
+            heads += c.heads
+            nanos += c.nanos
+            messages += c.messages
+            tails += c.tails
+        return cls(heads, nanos, messages, tails,
+                   _same(c.head_size for c in many), first.fraction,
+                   _same(c.tail_size for c in many))
 
     def size(self) -> int:
         """All the records' bytes."""
@@ -324,8 +372,12 @@ def plain_text(texts: list[bytes]) -> bool:
 
 
 def _same_size(parts: Iterable[bytes]) -> int | None:
-    sizes = set(map(len, parts))
-    return sizes.pop() if len(sizes) == 1 else None
+    return _same(map(len, parts))
+
+
+def _same(sizes: Iterable[int | None]) -> int | None:
+    found = set(sizes)
+    return found.pop() if len(found) == 1 else None
 
 
 def record_columns(lines: Sequence[LogEntry], ctx: ContainerContext, lead: bytes = b"",
@@ -354,12 +406,12 @@ def record_columns(lines: Sequence[LogEntry], ctx: ContainerContext, lead: bytes
     fraction = _FRACTION_QUOTE if plain else _FRACTION
     return RecordColumns(
         heads=list(map(date.__getitem__, secs)),
-        fractions=list(map(fraction, map(mod, times, repeat(_NS)))),
+        nanos=list(map(mod, times, repeat(_NS))),
         messages=(texts if plain else lines.json_members() if isinstance(lines, Parsed)
                   else list(map(str.encode, map(_encode_str, map(_decode, texts))))),
         tails=([*stream.values()] * len(sources) if len(stream) == 1  # one stream: one object
                else list(map(stream.__getitem__, sources))),
-        head_size=_same_size(date.values()), fraction_size=len(fraction(0)),
+        head_size=_same_size(date.values()), fraction=fraction,
         tail_size=_same_size(stream.values()))
 
 

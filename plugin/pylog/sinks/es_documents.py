@@ -7,7 +7,7 @@ import base64
 import struct
 import zlib
 from bisect import bisect_right
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from functools import lru_cache
 from itertools import accumulate, chain, repeat
 from operator import add
@@ -74,7 +74,7 @@ def _cut_format(n: int) -> struct.Struct:
 class Doc(tuple[str, str]):
     """One document of a ``_bulk`` request, on its own: ``(id, payload)``, the payload being the
     action line and the record line, each ending with ``\n``. Only the dead-letter file makes
-    one; requests are made from :class:`Docs`' parts."""
+    one; requests are made from :class:`Docs`' columns."""
 
     __slots__ = ()
 
@@ -90,39 +90,34 @@ class Doc(tuple[str, str]):
 
 _ACTION = b'{"create":{"_id":"'
 _AFTER_ID = b'"}}\n'
-PARTS = 6  # of a document in Docs.parts: action, id, then the record's four columns
 
 
 class Docs(Sequence[Doc]):
-    """Documents of ``_bulk`` requests as the parts of their bytes, :data:`PARTS` per document:
-    ``{"create":{"_id":"``, the id, then the record's columns (:func:`record_columns`), the first
-    starting with ``"}}\n`` and the last ending with ``\n``. A request's body is one join of
-    its documents' parts, and the size of each document is known without making it (``ends``:
-    the running total), so no per-document string is ever made: see :func:`record_columns` for
-    what that buys. ``docs[i]`` is document i as a :class:`Doc`; a slice is a Docs."""
+    """Documents of ``_bulk`` requests as the columns of their bytes: each document is
+    ``{"create":{"_id":"``, its id, then its record's columns (:class:`RecordColumns`, the
+    first starting with ``"}}\n`` and the last ending with ``\n``). A request's body is one
+    %-format of its documents' columns, and the size of each document is known without making
+    it (``ends``: the running total), so no per-document string is ever made: see
+    :func:`record_columns` for what that buys. ``docs[i]`` is document i as a :class:`Doc`; a
+    slice is a Docs. The documents of a Docs come from one batch (one record format)."""
 
-    __slots__ = ("_ends", "_records", "_total", "base", "ids", "parts")
+    __slots__ = ("_ends", "_total", "base", "ids", "records")
 
-    def __init__(self, ids: list[bytes], parts: list[bytes], ends: list[int] | None = None,
-                 base: int = 0, total: int | None = None,
-                 records: RecordColumns | None = None) -> None:
+    def __init__(self, ids: list[bytes], records: RecordColumns, ends: list[int] | None = None,
+                 base: int = 0, total: int | None = None) -> None:
         self.ids = ids        # each document's _id
-        self.parts = parts    # PARTS per document
+        self.records = records
         self.base = base
         # The running total (bytes up to the end of each document, from ``base``) is made
         # only when a request is cut out of the batch: one taken whole needs just its size.
         self._ends = ends
         self._total = total
-        self._records = records  # the records' columns: their sizes, without a sum per part
 
     @property
     def ends(self) -> list[int]:
-        if self._ends is None:
-            if self._records is not None:  # the action and id, then the record
-                sizes: Iterable[int] = map(add, map(add, map(len, self.ids), self._records.sizes()),
-                                           repeat(len(_ACTION)))
-            else:
-                sizes = map(sum, zip(*[map(len, self.parts[k::PARTS]) for k in range(PARTS)]))
+        if self._ends is None:  # the action and id, then the record
+            sizes = map(add, map(add, map(len, self.ids), self.records.sizes()),
+                        repeat(len(_ACTION)))
             self._ends = list(accumulate(sizes, initial=self.base))[1:]
         return self._ends
 
@@ -141,12 +136,12 @@ class Docs(Sequence[Doc]):
             if step != 1:
                 raise ValueError("Docs slices are contiguous")
             if stop <= start:  # nothing (what a request taken whole leaves to send again)
-                return Docs([], [], [], total=0)
-            return Docs(self.ids[start:stop], self.parts[PARTS * start:PARTS * stop],
+                return Docs([], self.records.sliced(0, 0), [], total=0)
+            return Docs(self.ids[start:stop], self.records.sliced(start, stop),
                         self.ends[start:stop], self.ends[start - 1] if start else self.base)
         doc_id = self.ids[i]  # IndexError out of range, as a sequence does
         i %= len(self.ids)
-        body = b"".join(self.parts[PARTS * i:PARTS * i + PARTS]).decode("utf-8", "replace")
+        body = self[i:i + 1].body().decode("utf-8", "replace")
         return Doc((doc_id.decode(), body))
 
     def __eq__(self, other: object) -> bool:
@@ -161,46 +156,36 @@ class Docs(Sequence[Doc]):
         return [b - a for a, b in zip([self.base, *self.ends], self.ends)]
 
     def body(self) -> bytes:
-        """The ``_bulk`` request body of these documents."""
-        return b"".join(self.parts)
+        """The ``_bulk`` request body of these documents: one %-format of all their columns."""
+        r = self.records
+        form = _ACTION + b"%s" + r.form()
+        return (form * len(self.ids)) % tuple(
+            chain.from_iterable(zip(self.ids, r.heads, r.nanos, r.messages, r.tails)))
 
     def pick(self, indices: Sequence[int]) -> Docs:
         """These documents, in this order."""
-        parts: list[bytes] = []
-        for i in indices:
-            parts += self.parts[PARTS * i:PARTS * i + PARTS]
         sizes = self.sizes()
-        return Docs([self.ids[i] for i in indices], parts,
-                    list(accumulate(sizes[i] for i in indices)))
+        return Docs(list(map(self.ids.__getitem__, indices)), self.records.picked(indices),
+                    list(accumulate(map(sizes.__getitem__, indices))))
 
     @classmethod
     def concat(cls, many: Sequence[Docs]) -> Docs:
         if len(many) == 1:
             return many[0]
         ids: list[bytes] = []
-        parts: list[bytes] = []
         sizes: list[int] = []
         for d in many:
             ids += d.ids
-            parts += d.parts
             sizes += d.sizes()
-        return cls(ids, parts, list(accumulate(sizes)))
+        return cls(ids, RecordColumns.concat([d.records for d in many]),
+                   list(accumulate(sizes)))
 
 
 def bulk_documents(lines: Sequence[Line], ctx: ContainerContext) -> Docs:
     """Each line as a ``create`` action plus its record, ready for ``_bulk``."""
     ids = document_ids(lines, ctx.container_id)
     cols = record_columns(lines, ctx, lead=_AFTER_ID, end=b"\n")
-    n = len(ids)
-    parts: list[bytes] = [b""] * (PARTS * n)
-    parts[0::PARTS] = repeat(_ACTION, n)
-    parts[1::PARTS] = ids
-    parts[2::PARTS] = cols.heads
-    parts[3::PARTS] = cols.fractions
-    parts[4::PARTS] = cols.messages
-    parts[5::PARTS] = cols.tails
-    return Docs(ids, parts, total=n * len(_ACTION) + sum(map(len, ids)) + cols.size(),
-                records=cols)
+    return Docs(ids, cols, total=len(ids) * len(_ACTION) + sum(map(len, ids)) + cols.size())
 
 
 def chunks(docs: Docs, max_bytes: int) -> list[Docs]:
