@@ -17,6 +17,7 @@ from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from .dockerframes import columns_frames
 from .entry import LogEntry
 from .errors import RequestError
 from .frames import Columns, decode_batch, frame_lengths, frame_runs, frames_size, join_frames
@@ -136,8 +137,11 @@ def encode_for_docker(entries: Sequence[LogEntry]) -> bytes:
 
 
 def _encode_columns(columns: Columns) -> bytes:
-    """encode_for_docker for Columns (whole lines only: each gets its newline back): a third
-    less time per line than entry by entry (35,000 short lines)."""
+    """encode_for_docker for Columns (whole lines only: each gets its newline back): a batch
+    at a time (:func:`columns_frames`) where it can, else a line at a time."""
+    fast = columns_frames(columns.sources, columns.times, columns.lines)
+    if fast is not None:
+        return fast
     return join_frames(LogEntry(source=source, time_nano=time_nano,
                                 line=line + b"\n").SerializeToString()
                        for source, time_nano, line in zip(columns.sources, columns.times,
