@@ -13,10 +13,11 @@ from __future__ import annotations
 import struct
 from collections.abc import Sequence
 from functools import lru_cache
-from itertools import chain, repeat
+from itertools import repeat
 from operator import add
 
 from .entry import LogColumns
+from .record import interleaved
 
 _NINE_BYTE_VARINT = range(1 << 56, 1 << 63)  # from 1972-04 to 2262-04 in nanoseconds
 _SOURCES = {"stdout": b"stdout", "stderr": b"stderr"}
@@ -60,5 +61,4 @@ def columns_frames(sources: Sequence[str], times: Sequence[int], lines: Sequence
     packed = LogColumns(time_nano=times).SerializeToString()  # 12 <size varint> <varints>
     time_varints = _cut(9, n).unpack_from(packed, len(packed) - 9 * n)
     lengths = _cut(4, n).unpack(struct.pack(f">{n}I", *body_sizes))
-    return (_FRAME * n) % tuple(chain.from_iterable(
-        zip(lengths, source_bytes, time_varints, length_varints, lines)))
+    return (_FRAME * n) % interleaved(lengths, source_bytes, time_varints, length_varints, lines)

@@ -355,6 +355,16 @@ class RecordColumns:
                         map(add, map(len, self.messages), repeat(self.fraction_size))))
 
 
+def interleaved(*columns: Sequence[Any]) -> tuple[Any, ...]:
+    """The items of equally long columns, row by row, as one tuple (a %-format's arguments):
+    filled by a slice assignment a column, a quarter faster than chaining the rows of a zip."""
+    width = len(columns)
+    out: list[Any] = [None] * (width * len(columns[0]))
+    for k, column in enumerate(columns):
+        out[k::width] = column
+    return tuple(out)
+
+
 def plain_text(texts: list[bytes]) -> bool:
     """Whether every line is, as it is, the inside of its JSON string: valid UTF-8 without a
     quote, a backslash or a control character. Two C passes over the batch joined (by a space,

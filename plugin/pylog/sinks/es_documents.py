@@ -15,7 +15,7 @@ from typing import Any
 
 from ..frames import columns_of
 from ..reassembly import Line
-from ..record import ContainerContext, RecordColumns, record_columns
+from ..record import ContainerContext, RecordColumns, interleaved, record_columns
 
 
 def document_ids(lines: Sequence[Line], container_id: str) -> list[bytes]:
@@ -158,9 +158,8 @@ class Docs(Sequence[Doc]):
     def body(self) -> bytes:
         """The ``_bulk`` request body of these documents: one %-format of all their columns."""
         r = self.records
-        form = _ACTION + b"%s" + r.form()
-        return (form * len(self.ids)) % tuple(
-            chain.from_iterable(zip(self.ids, r.heads, r.nanos, r.messages, r.tails)))
+        return ((_ACTION + b"%s" + r.form()) * len(self.ids)) % interleaved(
+            self.ids, r.heads, r.nanos, r.messages, r.tails)
 
     def pick(self, indices: Sequence[int]) -> Docs:
         """These documents, in this order."""
