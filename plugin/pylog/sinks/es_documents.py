@@ -9,7 +9,7 @@ import zlib
 from bisect import bisect_right
 from collections.abc import Sequence
 from functools import lru_cache
-from itertools import accumulate, chain, repeat
+from itertools import accumulate, repeat
 from operator import add
 from typing import Any
 
@@ -35,9 +35,10 @@ def document_ids(lines: Sequence[Line], container_id: str) -> list[bytes]:
     sources, times, texts = columns_of(lines)
     cid = container_id.encode()
     seed = {s: zlib.crc32(cid + s.encode() + b"\0") for s in set(sources)}
-    crcs = map(zlib.crc32, texts, map(seed.__getitem__, sources))
+    crcs = list(map(zlib.crc32, texts, map(seed.__getitem__, sources) if len(seed) != 1
+                    else repeat(seed.popitem()[1])))  # one stream: no lookup a line
     n = len(texts)
-    packed = _id_format(n).pack(*chain.from_iterable(zip(times, crcs, repeat(_cid_tail(cid)))))
+    packed = _id_format(n).pack(*interleaved(times, crcs, [_cid_tail(cid)] * n))
     ids = list(_cut_format(n).unpack(base64.urlsafe_b64encode(packed)))
     if len(set(times)) == n or len(set(ids)) == n:  # the time is in the id (ints hash fast)
         return ids
