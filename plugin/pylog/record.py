@@ -403,10 +403,7 @@ def record_columns(lines: Sequence[LogEntry], ctx: ContainerContext, lead: bytes
     Elasticsearch sink's encoding time a line against a string per record (bench/run.py, B1 side
     by side); plain lines taken as they are save a third of the columns' time."""
     sources, times, texts = columns_of(lines)
-    secs = list(map(floordiv, times, repeat(_NS)))
-    date = {s: lead + b'{"@timestamp":"' + time.strftime("%Y-%m-%dT%H:%M:%S.",
-                                                         time.gmtime(s)).encode()
-            for s in set(secs)}
+    heads, date = _heads(times, lead)
     parsed = isinstance(lines, Parsed)  # parse=json: objects' fields after their messages
     plain = not parsed and plain_text(texts)
     quote = '"' if plain else ""
@@ -415,14 +412,29 @@ def record_columns(lines: Sequence[LogEntry], ctx: ContainerContext, lead: bytes
               for s in set(sources)}
     fraction = _FRACTION_QUOTE if plain else _FRACTION
     return RecordColumns(
-        heads=list(map(date.__getitem__, secs)),
+        heads=heads,
         nanos=list(map(mod, times, repeat(_NS))),
         messages=(texts if plain else lines.json_members() if isinstance(lines, Parsed)
                   else list(map(str.encode, map(_encode_str, map(_decode, texts))))),
         tails=([*stream.values()] * len(sources) if len(stream) == 1  # one stream: one object
                else list(map(stream.__getitem__, sources))),
-        head_size=_same_size(date.values()), fraction=fraction,
+        head_size=_same_size(date), fraction=fraction,
         tail_size=_same_size(stream.values()))
+
+
+def _heads(times: list[int], lead: bytes) -> tuple[list[bytes], list[bytes]]:
+    """Each line's head (``lead``, then the record's start up to its time's fraction), and the
+    distinct heads: one per second, formatted once. A busy container's batch is mostly of one
+    second: then, found by its first and last time, no second is worked out a line."""
+    def head(second: int) -> bytes:
+        return lead + b'{"@timestamp":"' + time.strftime("%Y-%m-%dT%H:%M:%S.",
+                                                         time.gmtime(second)).encode()
+    if not times or min(times) // _NS == max(times) // _NS:
+        one = [head(times[0] // _NS)] if times else []
+        return one * len(times), one
+    secs = list(map(floordiv, times, repeat(_NS)))
+    date = {s: head(s) for s in set(secs)}
+    return list(map(date.__getitem__, secs)), list(date.values())
 
 
 def records(lines: Sequence[LogEntry], ctx: ContainerContext) -> list[str]:
