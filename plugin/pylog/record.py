@@ -425,7 +425,7 @@ def record_columns(lines: Sequence[LogEntry], ctx: ContainerContext, lead: bytes
 def _heads(times: list[int], lead: bytes) -> tuple[list[bytes], list[bytes]]:
     """Each line's head (``lead``, then the record's start up to its time's fraction), and the
     distinct heads: one per second, formatted once. A busy container's batch is mostly of one
-    second: then, found by its first and last time, no second is worked out a line."""
+    second: then, found by its earliest and latest time, no second is worked out a line."""
     def head(second: int) -> bytes:
         return lead + b'{"@timestamp":"' + time.strftime("%Y-%m-%dT%H:%M:%S.",
                                                          time.gmtime(second)).encode()
