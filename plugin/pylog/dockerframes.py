@@ -17,22 +17,14 @@ from itertools import repeat
 from operator import add
 
 from .entry import LogColumns
+from .protowire import varint
 from .record import interleaved
 
 _NINE_BYTE_VARINT = range(1 << 56, 1 << 63)  # from 1972-04 to 2262-04 in nanoseconds
 _SOURCES = {"stdout": b"stdout", "stderr": b"stderr"}
 
 
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while n >= 0x80:
-        out.append((n & 0x7F) | 0x80)
-        n >>= 7
-    out.append(n)
-    return bytes(out)
-
-
-_LENGTH_VARINTS = [_varint(n) for n in range((1 << 14) + 2)]  # dockerd's 16 KiB, newline in
+_LENGTH_VARINTS = [varint(n) for n in range((1 << 14) + 2)]  # dockerd's 16 KiB, newline in
 _FIXED = 2 + 6 + 1 + 9 + 1 + 1  # source field, time tag and varint, line tag, the newline
 _BODY_SIZES = [_FIXED + len(v) + n - 1 for n, v in enumerate(_LENGTH_VARINTS)]  # by line+1
 _FRAME = b"%s\n\x06%s\x10%s\x1a%s%s\n"  # length, source, time varint, length varint, line

@@ -17,6 +17,7 @@ from itertools import repeat
 from operator import add, itemgetter
 
 from .entry import DecodeError, LogBatch, LogColumns, LogEntry
+from .protowire import varint
 
 DEFAULT_MAX_FRAME = 1 << 20  # dockerd splits lines at 16 KiB, so real frames are ~16.5 KiB at most
 _BODY_PREFIXES = (b"\n\x06stdout", b"\n\x06stderr")
@@ -219,12 +220,7 @@ def join_frames(bodies: Iterable[bytes]) -> bytes:
 
 def _field1_header(n: int) -> bytes:
     """Tag of field 1 (length-delimited) and the varint ``n``: how LogBatch holds an entry."""
-    out = bytearray(b"\x0a")
-    while n >= 0x80:
-        out.append((n & 0x7F) | 0x80)
-        n >>= 7
-    out.append(n)
-    return bytes(out)
+    return b"\x0a" + varint(n)
 
 
 # Every frame dockerd writes (<= 16.5 KiB): its length as a LogBatch entry's tag and varint.

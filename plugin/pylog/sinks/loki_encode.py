@@ -17,10 +17,10 @@ import cramjam
 
 from ..frames import columns_of
 from ..jsonlines import Parsed
+from ..protowire import field, utf8, varint
 from ..reassembly import Line
 from ..record import ContainerContext
 from ..tag import render_tag
-from .protowire import field, utf8, varint
 
 _NOT_NAME = re.compile(r"[^a-zA-Z0-9_]")
 ENTRY_OVERHEAD = 24  # bytes a pushed entry takes besides its line and metadata (time, framing)

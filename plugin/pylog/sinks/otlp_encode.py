@@ -30,9 +30,9 @@ from opentelemetry.proto.resource.v1.resource_pb2 import Resource
 from .. import __version__
 from ..frames import columns_of
 from ..jsonlines import Parsed, otel_severity
+from ..protowire import field, utf8, varint
 from ..reassembly import Line
 from ..record import ContainerContext
-from .protowire import field, utf8, varint
 
 SCOPE = InstrumentationScope(name="pylog", version=__version__)
 GZIP_LEVEL = 1  # a collector's receiver pays for every byte; level 1 takes most of the gain

@@ -1,6 +1,6 @@
-"""Protobuf's wire format, the little of it the sinks write by hand where a message class a line
-would cost several times more (OTLP log records, Loki entries); the tests parse what they write
-with the official classes."""
+"""Protobuf's wire format, the little of it pylog writes by hand where a message class a line
+would cost several times more (OTLP log records, Loki entries, dockerd's frames for `docker
+logs`); the tests parse what they write with the official classes."""
 
 from __future__ import annotations
 
