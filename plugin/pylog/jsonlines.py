@@ -20,7 +20,7 @@ from typing import Any
 import orjson
 
 from .frames import Columns, columns_of
-from .jsonshapes import Shapes
+from .jsonshapes import Shapes, said_as_text
 from .reassembly import Line
 
 MAX_DEPTH = 32  # objects and arrays inside each other; deeper lines are sent as text
@@ -251,7 +251,7 @@ class JsonParser:
                 obj = objs[i]
                 assert obj is not None
                 v = next((obj.pop(k) for k in keys[1:] if k in obj), None)
-            got[i] = _text(v)  # one type a field: 1.7e9 -> "1.7e9"
+            got[i] = said_as_text(v)  # one type a field: 1.7e9 -> "1.7e9"
         return got
 
 
@@ -272,12 +272,6 @@ def _taken_out(obj: dict[str, Any], rules: ParseRules) -> dict[str, Any]:
                 del obj[k]
                 break
     return obj
-
-
-def _text(value: Any) -> str | None:
-    if value is None or isinstance(value, str):
-        return value
-    return orjson.dumps(value).decode()
 
 
 # A level's name (lower case) as a syslog severity (RFC 5424) and an OpenTelemetry

@@ -114,11 +114,18 @@ class Shapes:
 _NOT_SAID = object()
 
 
-def _text(value: Any) -> Any:
-    """A taken value as the general path says it (a number or a boolean as its JSON, as
-    orjson writes it); _NOT_SAID for what only the general path can say the same way."""
+def said_as_text(value: Any) -> str | None:
+    """A taken value as text: text and null as they are, anything else as its JSON (orjson's)."""
     if value is None or isinstance(value, str):
         return value
-    if isinstance(value, (bool, float)) or isinstance(value, int) and -2**63 <= value < 2**64:
-        return orjson.dumps(value).decode()
+    return orjson.dumps(value).decode()
+
+
+def _text(value: Any) -> Any:
+    """A taken value as the general path says it (:func:`said_as_text`); _NOT_SAID for what
+    only the general path can say the same way (an object, an array, an integer past 64
+    bits)."""
+    if value is None or isinstance(value, (str, bool, float)) or isinstance(value, int) and \
+            -2**63 <= value < 2**64:
+        return said_as_text(value)
     return _NOT_SAID
