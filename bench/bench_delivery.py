@@ -106,7 +106,8 @@ def main() -> None:
             encode_parts(batch, ctx, True)
 
     def messages(ctx: ContainerContext) -> int:
-        return sum(len(m) for batch in batches for m, _ in sink.messages(batch, ctx))
+        return sum(len(body) + len(option) for batch in batches
+                   for body, option, _ in sink.messages(batch, ctx))
 
     print(f"{n:,} stored lines ({len(data):,} bytes); store walks of {args.chunk:,} bytes, "
           f"delivery batches of {args.batch:,} bytes:")

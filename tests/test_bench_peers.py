@@ -51,7 +51,7 @@ def fluentd_messages(tmp_path: Path) -> list[bytes]:
     config = FluentdSink.configure(parse_log_options({"fluentd-address": "127.0.0.1:1"}).values)
     assert config is not None
     sink = FluentdSink(config, tmp_path)
-    return [packed for packed, _chunk in sink.messages(lines(500), ctx())]
+    return [bytes(body + option) for body, option, _chunk in sink.messages(lines(500), ctx())]
 
 
 def test_forward_unpacks_every_record_of_pylogs_messages(tmp_path: Path) -> None:

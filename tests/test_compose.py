@@ -655,8 +655,9 @@ def sent_fields(specs: list[Spec], tmp_path: Path) -> dict[str, set[str]]:
             elif sink_config.kind == FluentdSink.KIND:
                 sink = FluentdSink(sink_config, tmp_path)
                 receiver = FluentdReceiver()
-                for packed, _ in sink.messages([line], ctx):
-                    receiver._handle(msgpack.unpackb(packed, raw=False, ext_hook=_ext_hook))
+                for body, option, _ in sink.messages([line], ctx):
+                    receiver._handle(msgpack.unpackb(body + option, raw=False,
+                                                     ext_hook=_ext_hook))
                 (event,) = receiver.events
                 # the container's constant pairs (context_pairs) plus Docker's per-line keys
                 count, body = context_pairs(ctx)

@@ -315,8 +315,8 @@ def test_a_parsed_batch_over_the_buffer_limit_splits_into_whole_entries(tmp_path
     messages = fluentd_sink(tmp_path, 1, **{"fluentd-buffer-limit": "1k"}).messages(lines, ctx())
     assert len(messages) > 5
     got = []
-    for packed, _chunk in messages:
-        _tag, entries, option = msgpack.unpackb(packed, raw=False)
+    for body, option_bytes, _chunk in messages:
+        _tag, entries, option = msgpack.unpackb(body + option_bytes, raw=False)
         records = list(msgpack.Unpacker(io.BytesIO(entries), raw=False, ext_hook=_ext_hook))
         assert option["size"] == len(records)
         got += [r.get("json", {}).get("n", r["log"]) for _, r in records]

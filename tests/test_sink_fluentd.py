@@ -63,8 +63,8 @@ def test_a_record_with_eight_namespaces_is_at_most_three_times_dockers(tmp_path:
                          pid=4242, namespaces=ns, host_id="ab" * 16, boot_id="b" * 36)
     lines = [LogEntry(source="stdout", time_nano=1_795_000_000_000_000_000 + i, line=b"hi")
              for i in range(100)]
-    ((packed, _chunk),) = sink(tmp_path, 1).messages(lines, c)
-    message = msgpack.unpackb(packed, raw=False)
+    ((body, option, _chunk),) = sink(tmp_path, 1).messages(lines, c)
+    message = msgpack.unpackb(body + option, raw=False)
     _tag, entries, _option = forward_events(message)
     record = entries[0][1]
     assert record["container_id"] == CID and record["container_name"] == "/web"

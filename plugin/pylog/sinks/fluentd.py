@@ -30,11 +30,13 @@ from urllib.parse import urlsplit
 import msgpack
 
 from ..errors import OptionError
+from ..jsonlines import Parsed
 from ..options import parse_bool, parse_duration, parse_size
 from ..reassembly import Line
 from ..record import ContainerContext
 from .base import Sink, SinkError
 from .fluentd_encode import encode_parts
+from .fluentd_json import json_messages
 
 DEFAULT_PORT = 24224
 _NOTHING = object()
@@ -123,25 +125,36 @@ class FluentdSink(Sink):
                 pass
 
     def messages(self, lines: Sequence[Line], ctx: ContainerContext,
-                 ) -> list[tuple[bytes, str | None]]:
-        """PackedForward messages of at most fluentd-buffer-limit bytes (or one entry, if it
-        is bigger), with their chunk ids."""
-        parts, ends = encode_parts(lines, ctx, self.sub_second)  # ends: offset after each entry
+                 ) -> list[tuple[bytes | bytearray, bytes, str | None]]:
+        """PackedForward messages of at most fluentd-buffer-limit bytes of entries (or one
+        entry, if it is bigger): each as its ``[tag, entries`` and its option, with its chunk
+        id."""
         tag = msgpack.packb(ctx.tag)
-        out: list[tuple[bytes, str | None]] = []
+        pieces = (json_messages(lines, ctx, self.sub_second, self.limit, tag)
+                  if isinstance(lines, Parsed) else None)
+        if pieces is None:
+            pieces = self._joined(lines, ctx, tag)
+        out: list[tuple[bytes | bytearray, bytes, str | None]] = []
+        for body, count in pieces:
+            chunk = base64.b64encode(os.urandom(16)).decode() if self.ack else None
+            option: dict[str, Any] = {"size": count}
+            if chunk is not None:
+                option["chunk"] = chunk
+            out.append((body, msgpack.packb(option), chunk))
+        return out
+
+    def _joined(self, lines: Sequence[Line], ctx: ContainerContext, tag: bytes,
+                ) -> list[tuple[bytes | bytearray, int]]:
+        """:meth:`messages`' bodies from the entries' parts, and how many entries each has."""
+        parts, ends = encode_parts(lines, ctx, self.sub_second)  # ends: offset after each entry
         width = len(parts) // len(ends) if ends else 4  # parts an entry: 5 with parse=json
+        out: list[tuple[bytes | bytearray, int]] = []
         start, done = 0, 0  # first entry of the message, bytes before it
         while start < len(ends):
             end = max(start + 1, bisect_right(ends, done + self.limit, lo=start))
-            chunk = base64.b64encode(os.urandom(16)).decode() if self.ack else None
-            option: dict[str, Any] = {"size": end - start}
-            if chunk is not None:
-                option["chunk"] = chunk
-            size = ends[end - 1] - done
-            # [tag, entries as one msgpack bin, option], joined once
-            head = b"\x93" + tag + b"\xc6" + struct.pack(">I", size)
-            packed = b"".join([head, *parts[width * start:width * end], msgpack.packb(option)])
-            out.append((packed, chunk))
+            # [tag, entries as one msgpack bin, (option)], joined once
+            head = b"\x93" + tag + b"\xc6" + struct.pack(">I", ends[end - 1] - done)
+            out.append((b"".join([head, *parts[width * start:width * end]]), end - start))
             start, done = end, ends[end - 1]
         return out
 
@@ -163,17 +176,19 @@ class FluentdSink(Sink):
                     raise
                 raise SinkError(f"fluentd at {self._where()}: {e or type(e).__name__}") from e
 
-    async def _write_all(self, messages: list[tuple[bytes, str | None]]) -> None:
+    async def _write_all(self, messages: list[tuple[bytes | bytearray, bytes, str | None]],
+                         ) -> None:
         """Write the messages in order, each within fluentd-write-timeout, with up to
         IN_FLIGHT of them unacked at once, so that fluentd works on one while the next
         travels; return once every one is acked (each within fluentd-read-timeout of the wait
         for it). A failure fails the whole batch, which is sent again."""
         assert self._writer is not None
         pending: dict[str, None] = {}  # chunk ids written and not acked yet, oldest first
-        for packed, chunk in messages:
+        for body, option, chunk in messages:
             if chunk is not None and len(pending) >= IN_FLIGHT:
                 await self._acked(pending)
-            self._writer.write(packed)
+            self._writer.write(body)
+            self._writer.write(option)
             # asyncio.timeout, not wait_for: on 3.11 wait_for makes a task per call
             async with asyncio.timeout(self.timeout):
                 await self._writer.drain()
