@@ -118,11 +118,14 @@ def test_numeric_levels_and_times_are_shaped_as_their_json() -> None:
 
 @pytest.mark.parametrize("value", [2**70, -2**64, {"nested": 1}, [1, 2]])
 def test_what_only_the_general_path_says_takes_it(value: Any) -> None:
+    """The first such line is not text where the shape had it so (the shape learns it may
+    not be); at the next, the shape is paused."""
     p = learned({"msg": "a", "level": "info"})
-    x = p.parse(batch({"msg": value, "level": "info"}))
-    assert isinstance(x, Parsed) and not x.shaped
-    assert x.messages == [JsonParser(ParseRules()).parse(batch({"msg": value}))
-                          .messages[0]]  # type: ignore[attr-defined]
+    for _ in range(2):
+        x = p.parse(batch({"msg": value, "level": "info"}))
+        assert isinstance(x, Parsed) and not x.shaped
+        assert x.messages == [JsonParser(ParseRules()).parse(batch({"msg": value}))
+                              .messages[0]]  # type: ignore[attr-defined]
     assert p.shapes is not None and p.shapes.skip == SKIP_AFTER_MISS
 
 
@@ -200,3 +203,21 @@ def test_a_line_the_shape_decodes_is_what_docker_logs_keeps() -> None:
     x = learned({"msg": "a", "n": 0}).parse([LogEntry(source="stdout", time_nano=T, line=text)])
     assert isinstance(x, Parsed) and x.shaped and x.lines == [text]
     assert records(x)[0]["log"] == text.decode()
+
+
+def test_a_shape_learns_which_keys_are_plain_and_which_are_always_text() -> None:
+    """A flat logger's shape decodes plain values only (no depth bound needed) and takes its
+    message, level and time with no check a line; a line that breaks either goes the general
+    way once, and the shape learns it."""
+    flat = [{"time": f"t{i}", "level": "INFO", "msg": "served", "n": i} for i in range(3)]
+    p = learned(*flat)
+    assert p.shapes is not None and p.shapes.shape is not None
+    assert p.shapes.flat and p.shapes.shape.required == {"time", "level", "msg"}
+    odd = [*flat, {"time": "t", "msg": "no level", "n": {"deep": [1]}}]
+    assert not p.parse(batch(*odd)).shaped  # type: ignore[attr-defined]
+    assert not p.shapes.flat and p.shapes.shape.deep == {"n"}
+    assert p.shapes.shape.required == {"time", "msg"}
+    for objs in (flat, odd, [{"msg": 5, "n": 1}]):
+        same_as_general(objs, lesson=odd)
+    shaped = p.parse(batch(*odd))
+    assert shaped.shaped and shaped.levels == ["INFO"] * 3 + [None]  # type: ignore[attr-defined]

@@ -166,7 +166,7 @@ class JsonParser:
         else:
             self.stats.parsed += len(objs)
         if self.shapes is not None:
-            self.shapes.learn(objs)
+            self.shapes.learn(objs, (rules.message_keys, rules.level_keys, rules.time_keys))
         if all(o is None for o in objs):
             return lines
         return Parsed(sources, times, texts, sizes, objs, self._take(objs, rules.message_keys),
@@ -182,8 +182,9 @@ class JsonParser:
             return None
         # A bound on the deepest line: each line that decodes has a '{' of its own, so one
         # line has at most the batch's brackets less one for each other line (flat: 1).
-        joined = b"".join(texts)
-        if joined.count(b"{") + joined.count(b"[") - len(texts) + 1 > MAX_DEPTH \
+        # A shape whose every value is plain decodes nothing deeper: no bound needed.
+        joined = b"" if shapes.flat else b"".join(texts)
+        if joined and joined.count(b"{") + joined.count(b"[") - len(texts) + 1 > MAX_DEPTH \
                 and _brackets(texts) > MAX_DEPTH:  # maybe too deep: the general path tells
             return None
         objs = shapes.decode(texts)

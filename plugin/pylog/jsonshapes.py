@@ -13,6 +13,7 @@ order the shape learned them, not always the line's).
 
 from __future__ import annotations
 
+import gc
 from collections import deque
 from collections.abc import Sequence
 from itertools import chain, repeat
@@ -27,14 +28,24 @@ SKIP_AFTER_MISS = 8  # batches: a log with text among its objects is not tried a
 UNSET = msgspec.UNSET
 
 
-class Shape:
-    """A struct type with one optional field per key (fields ``f0``, ``f1``... named as the
-    keys when encoded), and its JSON decoder, which refuses a key it does not have."""
+Scalar = str | int | float | bool | None | msgspec.UnsetType
 
-    def __init__(self, keys: tuple[str, ...]) -> None:
-        self.keys = keys
+
+class Shape:
+    """A struct type with one field per key (fields ``f0``, ``f1``... named as the keys when
+    encoded), and its JSON decoder, which refuses a key it does not have. A key is optional
+    and a plain value (text, number, true, false, null), except that a ``deep`` one may be an
+    object or an array, and a ``required`` one is text on every line (message, level or time
+    keys: taken out with no check a line)."""
+
+    def __init__(self, keys: tuple[str, ...], deep: frozenset[str] = frozenset(),
+                 required: frozenset[str] = frozenset()) -> None:
+        self.keys, self.deep, self.required = keys, deep, required
         self.field = {k: f"f{i}" for i, k in enumerate(keys)}
-        kind = msgspec.defstruct("Fields", [(f, Any, UNSET) for f in self.field.values()],
+        fields: list[Any] = [(self.field[k], str) for k in keys if k in required]  # first
+        fields += [(self.field[k], Any if k in deep else Scalar, UNSET)
+                   for k in keys if k not in required]
+        kind = msgspec.defstruct("Fields", fields,
                                  rename={f: k for k, f in self.field.items()},
                                  forbid_unknown_fields=True, gc=False)  # JSON makes no cycles
         self.decode = msgspec.json.Decoder(kind).decode
@@ -47,6 +58,8 @@ class Shapes:
         self.shape: Shape | None = None
         self.wide = False  # the lines have had more than MAX_FIELDS keys: never learned
         self.skip = 0
+        self.deep: set[str] = set()  # keys that have had an object or array as a value
+        self.loose: set[str] = set()  # taken keys a line has lacked, or had as not text
 
     def ready(self) -> bool:
         """Whether to try the shape on this batch (one of the batches to skip counts down)."""
@@ -65,19 +78,39 @@ class Shapes:
         except msgspec.DecodeError:  # a new key, not an object, not JSON: learned after
             return None
 
-    def learn(self, objs: Sequence[dict[str, Any] | None]) -> None:
+    def learn(self, objs: Sequence[dict[str, Any] | None], taken: Sequence[tuple[str, ...]] = (),
+              ) -> None:
         """The general path's objects (before anything is taken out of them): their keys join
-        the shape's. A batch with text among its objects makes the next few skip the shape."""
+        the shape's, a key with an object or array among its values becomes deep, and of each
+        of ``taken`` (message, level, time keys) the first the shape has is required while
+        every line has it as text. A batch with text among its objects makes the next few skip
+        the shape."""
         if None in objs:
             self.skip = SKIP_AFTER_MISS
         if self.wide:
             return
+        present = [o for o in objs if o is not None]
         old = self.shape.keys if self.shape is not None else ()
-        keys = tuple(dict.fromkeys(chain(old, *(o for o in objs if o is not None))))
+        keys = tuple(dict.fromkeys(chain(old, *present)))
         if len(keys) > MAX_FIELDS:
             self.shape, self.wide = None, True
-        elif keys != old:
-            self.shape = Shape(keys)
+            return
+        # CPython tracks a dict only if it holds a container: the others are flat
+        self.deep |= {k for o in filter(gc.is_tracked, present) for k, v in o.items()
+                      if isinstance(v, (dict, list))}
+        firsts = {next((k for k in ks if k in keys), None) for ks in taken} - {None}
+        for k in firsts - self.loose:
+            if not all(map(isinstance, map(dict.get, present, repeat(k)), repeat(str))):
+                self.loose.add(k)
+        required = frozenset(firsts - self.loose)
+        if self.shape is None or (keys, self.deep, required) != (
+                self.shape.keys, self.shape.deep, self.shape.required):
+            self.shape = Shape(keys, frozenset(self.deep), required)
+
+    @property
+    def flat(self) -> bool:
+        """Whether every line the shape decodes is one level deep."""
+        return self.shape is not None and not self.shape.deep
 
     def take(self, objs: list[Any], keys: tuple[str, ...]) -> list[str | None] | None:
         """Each struct's value of the first of ``keys`` it has, taken out of it, as text (None:
@@ -89,7 +122,9 @@ class Shapes:
         if not names:
             return [None] * len(objs)
         got: list[Any] = list(map(attrgetter(names[0]), objs))
-        if all(map(isinstance, got, repeat(str))):  # the first key everywhere, as text
+        first = next(k for k in keys if k in self.shape.field)
+        if first in self.shape.required or all(map(isinstance, got, repeat(str))):
+            # the first key everywhere, as text
             deque(map(setattr, objs, repeat(names[0]), repeat(UNSET)), 0)
             return got
         for i, (obj, value) in enumerate(zip(objs, got)):
