@@ -98,12 +98,16 @@ class Shapes:
         # CPython tracks a dict only if it holds a container: the others are flat
         self.deep |= {k for o in filter(gc.is_tracked, present) for k, v in o.items()
                       if isinstance(v, (dict, list))}
-        firsts = {next((k for k in ks if k in keys), None) for ks in taken} - {None}
+        firsts: set[str] = set()  # of each taken list, the first key the shape has
+        for ks in taken:
+            found = [k for k in ks if k in keys]
+            if found:
+                firsts.add(found[0])
         for k in firsts - self.loose:
-            if not all(map(isinstance, map(dict.get, present, repeat(k)), repeat(str))):
+            if not all(isinstance(o.get(k), str) for o in present):
                 self.loose.add(k)
         required = frozenset(firsts - self.loose)
-        if self.shape is None or (keys, self.deep, required) != (
+        if self.shape is None or (keys, frozenset(self.deep), required) != (
                 self.shape.keys, self.shape.deep, self.shape.required):
             self.shape = Shape(keys, frozenset(self.deep), required)
 
