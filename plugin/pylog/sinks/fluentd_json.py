@@ -19,7 +19,7 @@ from __future__ import annotations
 import struct
 from collections.abc import Iterable
 from itertools import repeat
-from operator import add, floordiv, mod
+from operator import add, floordiv, mod, sub
 from typing import Any
 
 import msgspec
@@ -118,6 +118,7 @@ def _pairs(lines: Parsed, keys: tuple[str, str, str, str]) -> list[Any] | None:
     return [*columns, repeat(k_json, n), lines.objects]
 
 
+_NS = 1_000_000_000
 _SUB_SECOND = b"\x92\xd7\x00"  # [time, record] array header, EventTime: ext 0 of 8 bytes
 _SECONDS = b"\x92\xce"  # [time, record] array header, seconds as a uint32
 
@@ -133,26 +134,37 @@ def _heads(lines: Parsed, ctx: ContainerContext, sub_second: bool, extra: int,
     sources, times = lines.sources, lines.times
     mids: Any = (repeat(middle[sources[0]]) if sources.count(sources[0]) == len(sources)
                  else map(middle.__getitem__, sources))
-    shortest, longest = min(lengths), max(lengths)
-    str_args: tuple[Iterable[int], ...]
-    if longest < 32:  # fixstr: the length in the header's byte
-        header, str_args = "B", (map(add, lengths, repeat(0xA0)),)
-    elif shortest >= 32 and longest < 256:
-        header, str_args = "BB", (repeat(0xD9), lengths)
-    elif shortest >= 256 and longest < 65536:
-        header, str_args = "BH", (repeat(0xDA), lengths)
-    else:
+    strs = _str_headers(lengths)
+    if strs is None:
         return None
+    header, str_args = strs
     mid = f"{len(middle['stdout'])}s"
+    lowest, highest = min(times) // _NS, max(times) // _NS
+    if lowest == highest:  # one second (most batches): the nanoseconds by one subtraction
+        secs: Iterable[int] = repeat(lowest)
+        nanos: Iterable[int] = map(sub, times, repeat(lowest * _NS))
+    else:
+        secs, nanos = map(floordiv, times, repeat(_NS)), map(mod, times, repeat(_NS))
     try:
         if sub_second:
             return list(map(struct.Struct(f">3sII{mid}{header}").pack, repeat(_SUB_SECOND),
-                            map(floordiv, times, repeat(1_000_000_000)),
-                            map(mod, times, repeat(1_000_000_000)), mids, *str_args))
-        secs = list(map(floordiv, times, repeat(1_000_000_000)))
-        if min(secs) < 1 << 16:  # msgpack says it in fewer bytes: the general path
+                            secs, nanos, mids, *str_args))
+        if lowest < 1 << 16:  # msgpack says it in fewer bytes: the general path
             return None
         return list(map(struct.Struct(f">2sI{mid}{header}").pack, repeat(_SECONDS), secs, mids,
                         *str_args))
     except struct.error:  # before 1970 or after 2106
         return None
+
+
+def _str_headers(lengths: list[int]) -> tuple[str, tuple[Iterable[int], ...]] | None:
+    """The struct format of the lines' msgpack string headers and its values, if all are
+    the same size."""
+    shortest, longest = min(lengths), max(lengths)
+    if longest < 32:  # fixstr: the length in the header's byte
+        return "B", (map(add, lengths, repeat(0xA0)),)
+    if shortest >= 32 and longest < 256:
+        return "BB", (repeat(0xD9), lengths)
+    if shortest >= 256 and longest < 65536:
+        return "BH", (repeat(0xDA), lengths)
+    return None
