@@ -112,3 +112,11 @@ def test_what_it_does_not_pack_is_left_to_the_general_encoding() -> None:
 def test_an_integer_msgpack_cannot_hold_is_left_to_the_general_encoding() -> None:
     lines = parsed([b'{"msg":"a","n":%d}' % 2**70, b'{"msg":"b","n":1}'], shapes=True)
     assert json_messages(lines, CTX, True, 1 << 20, TAG) is None
+
+
+def test_a_message_of_more_than_65535_values_has_the_longest_array_header_cut_too() -> None:
+    texts = [b'{"msg":"m","level":"I","time":"t","n":%d}' % i for i in range(7000)]
+    lines = parsed(texts)
+    (message,) = json_messages(lines, CTX, True, 64 << 20, TAG) or []
+    assert message[1] == 7000
+    assert entries_of([message], 64 << 20) == b"".join(encode_parts(lines, CTX, True)[0])
