@@ -57,7 +57,15 @@ def context_pairs(ctx: ContainerContext) -> tuple[int, bytes]:
     return cached
 
 
-def _extra_keys(ctx: ContainerContext) -> tuple[str, str, str, str]:
+def record_middles(ctx: ContainerContext, extra: int = 0) -> dict[str, bytes]:
+    """For each source, a record's bytes from its map header (counting ``extra`` more pairs)
+    to the ``log`` key: the container's constant pairs, ``source`` and the key."""
+    n, pairs = context_pairs(ctx)
+    map_head = _map_header(n + 2 + extra)
+    return {src: map_head + pairs + enc + _LOG_KEY for src, enc in _SOURCE.items()}
+
+
+def extra_keys(ctx: ContainerContext) -> tuple[str, str, str, str]:
     """The names of parse=json's pairs: ``message``, ``level``, ``time``, ``json``, or
     ``pylog_<name>`` (``pylog_pylog_<name>``...) where a selected label or env var already has
     that name."""
@@ -106,9 +114,7 @@ def _entries(lines: Sequence[Line], ctx: ContainerContext, sub_second: bool, ext
     count = len(texts)
     if not count:
         return [], []
-    n, pairs = context_pairs(ctx)
-    map_head = _map_header(n + 2 + extra)
-    middle = {src: map_head + pairs + enc + _LOG_KEY for src, enc in _SOURCE.items()}
+    middle = record_middles(ctx, extra)
     if len(set(sources)) == 1:
         mids: list[bytes] = [middle[sources[0]]] * count
     else:
@@ -146,7 +152,7 @@ def _parsed_parts(lines: Parsed, ctx: ContainerContext, sub_second: bool,
     entry's fifth part, and its map header counts them."""
     if not len(lines):
         return [], []
-    extras, counts = _extras(lines, _extra_keys(ctx))
+    extras, counts = _extras(lines, extra_keys(ctx))
     if len(counts) == counts.count(counts[0]):  # every line with the same pairs: one header
         parts, ends = _entries(lines.plain(), ctx, sub_second, counts[0], 5)
     else:

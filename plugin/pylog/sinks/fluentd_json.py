@@ -9,9 +9,10 @@ decoded). One ``encode_into`` writes them all after room left for the message's 
 list's own array header lands in that room and is overwritten by the head. So no bytes object
 is made a line for the extra pairs and none is joined: per line the encoder only copies.
 
-What does not fit this (a line sent as text, a level or time some lines lack, a time
-EventTime or a uint32 cannot hold, a line of 4 KiB or more) is left to
-:func:`pylog.sinks.fluentd_encode.encode_parts`; both make the same bytes (tests/test_fluentd_json.py).
+What does not fit this (a line sent as text, a level or time some lines lack, a time EventTime
+or a uint32 cannot hold, lines whose msgpack string headers differ in size: on both sides of
+32, 256 or 65,536 bytes) is left to :func:`pylog.sinks.fluentd_encode.encode_parts`; both make
+the same bytes (tests/test_fluentd_json.py).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ import msgspec
 
 from ..jsonlines import Parsed
 from ..record import ContainerContext
-from .fluentd_encode import _LOG_KEY, _SOURCE, _extra_keys, _map_header, context_pairs
+from .fluentd_encode import extra_keys, record_middles
 
 _ENCODE_INTO = msgspec.msgpack.Encoder().encode_into
 _ESTIMATE = 32  # bytes a line over twice its length: the extra pairs' keys (a guess, checked)
@@ -46,18 +47,18 @@ def json_messages(lines: Parsed, ctx: ContainerContext, sub_second: bool, limit:
     n = len(lines.lines)
     guess = 2 * sum(map(len, lines.lines)) + n * (_ESTIMATE + head_size)
     count = min(n, -(-guess // limit))
-    todo = [(n * i // count, n * (i + 1) // count) for i in range(count)]
+    todo = [(n * i // count, n * (i + 1) // count) for i in reversed(range(count))]  # a stack
     out: list[tuple[bytes | bytearray, int]] = []
     head = b"\x93" + tag + b"\xc6"
     while todo:
-        start, stop = todo.pop(0)
+        start, stop = todo.pop()
         try:
             message = _message(items[width * start:width * stop], head)
         except OverflowError:  # an integer msgpack cannot hold: said as the general path does
             return None
         if len(message) - len(head) - 4 > limit and stop - start > 1:
             middle = (start + stop) // 2
-            todo[:0] = [(start, middle), (middle, stop)]
+            todo += [(middle, stop), (start, middle)]
             continue
         out.append((message, stop - start))
     return out
@@ -83,7 +84,7 @@ def _items(lines: Parsed, ctx: ContainerContext, sub_second: bool,
     if not texts or None in lines.objects:
         return None
     lengths = list(map(len, texts))
-    pairs = _pairs(lines, _extra_keys(ctx))
+    pairs = _pairs(lines, extra_keys(ctx))
     if pairs is None:
         return None
     heads = _heads(lines, ctx, sub_second, len(pairs) // 2, lengths)
@@ -128,9 +129,7 @@ def _heads(lines: Parsed, ctx: ContainerContext, sub_second: bool, extra: int,
     """Each entry's bytes before its line: array header, time, the record's map header, its
     constant pairs, ``source``, the ``log`` key and the line's string header (one struct a
     line); None for a time that does not fit or lines whose string headers differ in size."""
-    n, pairs = context_pairs(ctx)
-    map_head = _map_header(n + 2 + extra)
-    middle = {src: map_head + pairs + enc + _LOG_KEY for src, enc in _SOURCE.items()}
+    middle = record_middles(ctx, extra)
     sources, times = lines.sources, lines.times
     mids: Any = (repeat(middle[sources[0]]) if sources.count(sources[0]) == len(sources)
                  else map(middle.__getitem__, sources))
