@@ -221,3 +221,16 @@ def test_a_shape_learns_which_keys_are_plain_and_which_are_always_text() -> None
         same_as_general(objs, lesson=odd)
     shaped = p.parse(batch(*odd))
     assert shaped.shaped and shaped.levels == ["INFO"] * 3 + [None]  # type: ignore[attr-defined]
+
+
+def test_a_key_two_lists_share_is_taken_once_as_the_general_path_does() -> None:
+    rules = ParseRules(message_keys=("msg",), level_keys=("msg", "level"))
+    objs = [{"msg": "served", "level": "INFO", "n": i} for i in range(3)]
+    p = JsonParser(rules, shapes=True)
+    p.parse(batch(*objs))
+    shaped = p.parse(batch(*objs))
+    general = JsonParser(rules).parse(batch(*objs))
+    assert shaped.shaped  # type: ignore[attr-defined]
+    for column in ("messages", "levels", "stamps", "fields"):
+        assert getattr(shaped, column) == getattr(general, column), column
+    assert shaped.levels == ["INFO"] * 3  # type: ignore[attr-defined]

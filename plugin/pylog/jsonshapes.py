@@ -98,11 +98,10 @@ class Shapes:
         # CPython tracks a dict only if it holds a container: the others are flat
         self.deep |= {k for o in filter(gc.is_tracked, present) for k, v in o.items()
                       if isinstance(v, (dict, list))}
-        firsts: set[str] = set()  # of each taken list, the first key the shape has
-        for ks in taken:
-            found = [k for k in ks if k in keys]
-            if found:
-                firsts.add(found[0])
+        found = [next((k for k in ks if k in keys), None) for ks in taken]
+        # of each taken list, the first key the shape has (not one two lists share: the
+        # first to take it leaves none for the other)
+        firsts = {k for k in found if k is not None and found.count(k) == 1}
         for k in firsts - self.loose:
             if not all(isinstance(o.get(k), str) for o in present):
                 self.loose.add(k)
