@@ -183,10 +183,11 @@ class JsonParser:
         # A bound on the deepest line: each line that decodes has a '{' of its own, so one
         # line has at most the batch's brackets less one for each other line (flat: 1).
         # A shape whose every value is plain decodes nothing deeper: no bound needed.
-        joined = b"" if shapes.flat else b"".join(texts)
-        if joined and joined.count(b"{") + joined.count(b"[") - len(texts) + 1 > MAX_DEPTH \
-                and _brackets(texts) > MAX_DEPTH:  # maybe too deep: the general path tells
-            return None
+        if not shapes.flat:
+            joined = b"".join(texts)
+            if joined.count(b"{") + joined.count(b"[") - len(texts) + 1 > MAX_DEPTH \
+                    and _brackets(texts) > MAX_DEPTH:  # maybe too deep: the general path tells
+                return None
         objs = shapes.decode(texts)
         if objs is None:
             return None

@@ -58,7 +58,6 @@ class Shapes:
         self.shape: Shape | None = None
         self.wide = False  # the lines have had more than MAX_FIELDS keys: never learned
         self.skip = 0
-        self.deep: set[str] = set()  # keys that have had an object or array as a value
         self.loose: set[str] = set()  # taken keys a line has lacked, or had as not text
 
     def ready(self) -> bool:
@@ -96,8 +95,9 @@ class Shapes:
             self.shape, self.wide = None, True
             return
         # CPython tracks a dict only if it holds a container: the others are flat
-        self.deep |= {k for o in filter(gc.is_tracked, present) for k, v in o.items()
-                      if isinstance(v, (dict, list))}
+        deep = frozenset(self.shape.deep if self.shape is not None else ()).union(
+            k for o in filter(gc.is_tracked, present) for k, v in o.items()
+            if isinstance(v, (dict, list)))
         found = [next((k for k in ks if k in keys), None) for ks in taken]
         # of each taken list, the first key the shape has (not one two lists share: the
         # first to take it leaves none for the other)
@@ -106,9 +106,9 @@ class Shapes:
             if not all(isinstance(o.get(k), str) for o in present):
                 self.loose.add(k)
         required = frozenset(firsts - self.loose)
-        if self.shape is None or (keys, frozenset(self.deep), required) != (
+        if self.shape is None or (keys, deep, required) != (
                 self.shape.keys, self.shape.deep, self.shape.required):
-            self.shape = Shape(keys, frozenset(self.deep), required)
+            self.shape = Shape(keys, deep, required)
 
     @property
     def flat(self) -> bool:
@@ -121,12 +121,12 @@ class Shapes:
         cannot hold, which the general path says as orjson would (the next batches then skip
         the shape)."""
         assert self.shape is not None
-        names = [self.shape.field[k] for k in keys if k in self.shape.field]
-        if not names:
+        known = [k for k in keys if k in self.shape.field]
+        if not known:
             return [None] * len(objs)
+        names = [self.shape.field[k] for k in known]
         got: list[Any] = list(map(attrgetter(names[0]), objs))
-        first = next(k for k in keys if k in self.shape.field)
-        if first in self.shape.required or all(map(isinstance, got, repeat(str))):
+        if known[0] in self.shape.required or all(map(isinstance, got, repeat(str))):
             # the first key everywhere, as text
             deque(map(setattr, objs, repeat(names[0]), repeat(UNSET)), 0)
             return got

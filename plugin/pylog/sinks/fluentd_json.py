@@ -27,7 +27,7 @@ import msgspec
 
 from ..jsonlines import Parsed
 from ..record import ContainerContext
-from .fluentd_encode import extra_keys, record_middles
+from .fluentd_encode import EVENT_TIME_HEAD, extra_keys, record_middles
 
 _ENCODE_INTO = msgspec.msgpack.Encoder().encode_into
 _ESTIMATE = 32  # bytes a line over twice its length: the extra pairs' keys (a guess, checked)
@@ -38,14 +38,15 @@ def json_messages(lines: Parsed, ctx: ContainerContext, sub_second: bool, limit:
     """The batch as PackedForward messages without their option (``[tag, entries`` of the
     three items), each with its number of entries: at most ``limit`` bytes of entries, or one
     entry; None if the batch is not one this path packs."""
-    laid = _items(lines, ctx, sub_second)
+    lengths = list(map(len, lines.lines))
+    laid = _items(lines, ctx, sub_second, lengths)
     if laid is None:
         return None
     items, width, head_size = laid
     # How many pieces is guessed (an entry's head, its line and about as much again for the
     # fields), and the lines shared out evenly; a piece over the limit is halved.
-    n = len(lines.lines)
-    guess = 2 * sum(map(len, lines.lines)) + n * (_ESTIMATE + head_size)
+    n = len(lengths)
+    guess = 2 * sum(lengths) + n * (_ESTIMATE + head_size)
     count = min(n, -(-guess // limit))
     todo = [(n * i // count, n * (i + 1) // count) for i in reversed(range(count))]  # a stack
     out: list[tuple[bytes | bytearray, int]] = []
@@ -76,14 +77,13 @@ def _message(items: list[Any], head: bytes) -> bytearray:
     return buf
 
 
-def _items(lines: Parsed, ctx: ContainerContext, sub_second: bool,
+def _items(lines: Parsed, ctx: ContainerContext, sub_second: bool, lengths: list[int],
            ) -> tuple[list[Any], int, int] | None:
     """The batch's entries as one flat list (``width`` items a line), the size of an entry's
     head, or None."""
     texts = lines.lines
     if not texts or None in lines.objects:
         return None
-    lengths = list(map(len, texts))
     pairs = _pairs(lines, extra_keys(ctx))
     if pairs is None:
         return None
@@ -120,7 +120,6 @@ def _pairs(lines: Parsed, keys: tuple[str, str, str, str]) -> list[Any] | None:
 
 
 _NS = 1_000_000_000
-_SUB_SECOND = b"\x92\xd7\x00"  # [time, record] array header, EventTime: ext 0 of 8 bytes
 _SECONDS = b"\x92\xce"  # [time, record] array header, seconds as a uint32
 
 
@@ -146,7 +145,7 @@ def _heads(lines: Parsed, ctx: ContainerContext, sub_second: bool, extra: int,
         secs, nanos = map(floordiv, times, repeat(_NS)), map(mod, times, repeat(_NS))
     try:
         if sub_second:
-            return list(map(struct.Struct(f">3sII{mid}{header}").pack, repeat(_SUB_SECOND),
+            return list(map(struct.Struct(f">3sII{mid}{header}").pack, repeat(EVENT_TIME_HEAD),
                             secs, nanos, mids, *str_args))
         if lowest < 1 << 16:  # msgpack says it in fewer bytes: the general path
             return None
