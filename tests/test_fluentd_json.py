@@ -57,12 +57,17 @@ OBJECTS = st.lists(st.dictionaries(KEYS, VALUES, max_size=6), min_size=1, max_si
 @settings(max_examples=300, deadline=None)
 @given(OBJECTS, st.booleans(), st.booleans(), st.sampled_from([1, 200, 1000, 1 << 20]),
        st.lists(st.sampled_from(["stdout", "stderr"]), min_size=30, max_size=30),
-       st.sampled_from([0, 40, 300]))
+       st.lists(st.sampled_from([0, 2, 40, 300]), min_size=30, max_size=30),
+       st.sampled_from([T, 5 * 10**9, 0]), st.sampled_from([1, 10**8, 7 * 10**8]))
 def test_the_same_entries_as_the_general_encoding(objs: list[dict[str, Any]], shapes: bool,
                                                   sub_second: bool, limit: int,
-                                                  sources: list[str], pad: int) -> None:
-    texts = [json.dumps({**o, "pad": "x" * pad}).encode() for o in objs]
-    lines = parsed(texts, sources[:len(texts)], shapes=shapes)
+                                                  sources: list[str], pads: list[int],
+                                                  start: int, step: int) -> None:
+    # pads: string headers of one size or several; times: in one second or across seconds,
+    # now or so near 1970 that msgpack says the seconds in one byte
+    texts = [json.dumps({**o, "pad": "x" * pad}).encode() for o, pad in zip(objs, pads)]
+    times = [start + i * step for i in range(len(texts))]
+    lines = parsed(texts, sources[:len(texts)], times, shapes=shapes)
     if not isinstance(lines, Parsed):
         return
     try:
@@ -98,15 +103,15 @@ def test_what_it_does_not_pack_is_left_to_the_general_encoding() -> None:
     cases = {
         "a line sent as text": parsed([obj, b"not json"]),
         "a level some lines lack": parsed([obj, b'{"msg":"served"}']),
-        "string headers of two sizes": parsed([obj, b'{"msg":"%s"}' % (b"x" * 300)]),
-        "a time before 1970": parsed([obj], times=[-5]),
+        "a time before 1970, as EventTime": parsed([obj], times=[-5]),
     }
     for why, lines in cases.items():
         assert isinstance(lines, Parsed), why
         assert json_messages(lines, CTX, True, 1 << 20, TAG) is None, why
-    # seconds msgpack says in fewer than five bytes (whole seconds only)
-    assert json_messages(parsed([obj], times=[5]), CTX, False, 1 << 20, TAG) is None
-    assert json_messages(parsed([obj], times=[5]), CTX, True, 1 << 20, TAG) is not None
+    # in whole seconds, msgpack says any time, as the general encoding does
+    early = parsed([obj], times=[-5 * 10**9])
+    assert entries_of(json_messages(early, CTX, False, 1 << 20, TAG) or [], 1 << 20) == \
+        b"".join(encode_parts(early, CTX, False)[0])
 
 
 def test_an_integer_msgpack_cannot_hold_is_left_to_the_general_encoding() -> None:

@@ -19,7 +19,7 @@ from ..reassembly import Line
 from ..record import ContainerContext
 
 
-def _str_header(n: int) -> bytes:
+def str_header(n: int) -> bytes:
     if n < 32:
         return bytes((0xA0 | n,))
     if n < 256:
@@ -85,7 +85,7 @@ def _clamp(ns: int) -> int:
 
 EVENT_TIME_HEAD = b"\x92\xd7\x00"  # [time, record] array header, EventTime: ext 0 of 8 bytes
 _HEAD_TIME = struct.Struct(">3sII")  # that, then EventTime's seconds and nanoseconds
-_STR_HEADERS = [_str_header(n) for n in range(1 << 12)]
+_STR_HEADERS = [str_header(n) for n in range(1 << 12)]
 _STR_SIZES = [len(h) + n for n, h in enumerate(_STR_HEADERS)]  # header + string, by length
 
 
@@ -125,7 +125,7 @@ def _entries(lines: Sequence[Line], ctx: ContainerContext, sub_second: bool, ext
         strs = list(map(_STR_HEADERS.__getitem__, lengths))
         sizes = map(_STR_SIZES.__getitem__, lengths)
     except IndexError:  # a line of 4 KiB or more
-        strs = list(map(_str_header, lengths))
+        strs = list(map(str_header, lengths))
         sizes = map(add, map(len, strs), lengths)
     if sub_second:
         try:

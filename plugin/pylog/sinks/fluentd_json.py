@@ -2,17 +2,17 @@
 object: each message packed by one msgspec call over a flat list of the batch's values.
 
 A message is ``[tag, entries as one bin, option]``. Its entries are laid out as one list: for
-each line the bytes that do not change inside the batch or are already msgpack (the time, the
-record's map header and constant pairs, ``log``'s string header, the line) as ``msgspec.Raw``,
-then the extra pairs' keys and values (``message``, ``level``, ``time``, ``json``: the fields as
-decoded). One ``encode_into`` writes them all after room left for the message's head; the
-list's own array header lands in that room and is overwritten by the head. So no bytes object
-is made a line for the extra pairs and none is joined: per line the encoder only copies.
+each line what is already msgpack as ``msgspec.Raw`` (the array header and time, the record's
+map header with its constant pairs, ``source`` and the ``log`` key, ``log``'s string header,
+the line), then the extra pairs' keys and values (``message``, ``level``, ``time``, ``json``:
+the fields as decoded). The Raws of all but the line are shared: one for each second (or a
+struct a line, for EventTime), source and string length. One ``encode_into`` writes them all
+after room left for the message's head; the list's own array header lands in that room and is
+overwritten by the head. So per line only the line's Raw is made, and the encoder only copies.
 
 What does not fit this (a line sent as text, a level or time some lines lack, a time EventTime
-or a uint32 cannot hold, lines whose msgpack string headers differ in size: on both sides of
-32, 256 or 65,536 bytes) is left to :func:`pylog.sinks.fluentd_encode.encode_parts`; both make
-the same bytes (tests/test_fluentd_json.py).
+cannot hold) is left to :func:`pylog.sinks.fluentd_encode.encode_parts`; both make the same
+bytes (tests/test_fluentd_json.py).
 """
 
 from __future__ import annotations
@@ -20,16 +20,18 @@ from __future__ import annotations
 import struct
 from collections.abc import Iterable
 from itertools import repeat
-from operator import add, floordiv, mod, sub
+from operator import floordiv, mod, sub
 from typing import Any
 
+import msgpack
 import msgspec
 
 from ..jsonlines import Parsed
 from ..record import ContainerContext
-from .fluentd_encode import EVENT_TIME_HEAD, extra_keys, record_middles
+from .fluentd_encode import EVENT_TIME_HEAD, extra_keys, record_middles, str_header
 
 _ENCODE_INTO = msgspec.msgpack.Encoder().encode_into
+_EVENT_TIME = struct.Struct(">3sII")  # its head, then EventTime's seconds and nanoseconds
 _ESTIMATE = 32  # bytes a line over twice its length: the extra pairs' keys (a guess, checked)
 
 
@@ -80,23 +82,31 @@ def _message(items: list[Any], head: bytes) -> bytearray:
 def _items(lines: Parsed, ctx: ContainerContext, sub_second: bool, lengths: list[int],
            ) -> tuple[list[Any], int, int] | None:
     """The batch's entries as one flat list (``width`` items a line), the size of an entry's
-    head, or None."""
+    bytes before its line, or None."""
     texts = lines.lines
     if not texts or None in lines.objects:
         return None
     pairs = _pairs(lines, extra_keys(ctx))
     if pairs is None:
         return None
-    heads = _heads(lines, ctx, sub_second, len(pairs) // 2, lengths)
-    if heads is None:
+    times = _times(lines.times, sub_second)
+    if times is None:
         return None
-    width = 2 + len(pairs)
-    items: list[Any] = [None] * (width * len(texts))
-    items[0::width] = list(map(msgspec.Raw, heads))
-    items[1::width] = list(map(msgspec.Raw, texts))
-    for i, column in enumerate(pairs, 2):
+    n = len(texts)
+    middle = {src: msgspec.Raw(b) for src, b in record_middles(ctx, len(pairs) // 2).items()}
+    sources = lines.sources
+    strs = {k: msgspec.Raw(str_header(k)) for k in set(lengths)}
+    width = 4 + len(pairs)
+    items: list[Any] = [None] * (width * n)
+    items[0::width] = times
+    items[1::width] = ([middle[sources[0]]] * n if sources.count(sources[0]) == n
+                       else list(map(middle.__getitem__, sources)))
+    items[2::width] = list(map(strs.__getitem__, lengths))
+    items[3::width] = list(map(msgspec.Raw, texts))
+    for i, column in enumerate(pairs, 4):
         items[i::width] = column
-    return items, width, len(heads[0])
+    head = len(items[0]) + len(items[1]) + len(items[2])
+    return items, width, head
 
 
 def _pairs(lines: Parsed, keys: tuple[str, str, str, str]) -> list[Any] | None:
@@ -120,49 +130,25 @@ def _pairs(lines: Parsed, keys: tuple[str, str, str, str]) -> list[Any] | None:
 
 
 _NS = 1_000_000_000
-_SECONDS = b"\x92\xce"  # [time, record] array header, seconds as a uint32
 
 
-def _heads(lines: Parsed, ctx: ContainerContext, sub_second: bool, extra: int,
-           lengths: list[int]) -> list[bytes] | None:
-    """Each entry's bytes before its line: array header, time, the record's map header, its
-    constant pairs, ``source``, the ``log`` key and the line's string header (one struct a
-    line); None for a time that does not fit or lines whose string headers differ in size."""
-    middle = record_middles(ctx, extra)
-    sources, times = lines.sources, lines.times
-    mids: Any = (repeat(middle[sources[0]]) if sources.count(sources[0]) == len(sources)
-                 else map(middle.__getitem__, sources))
-    strs = _str_headers(lengths)
-    if strs is None:
-        return None
-    header, str_args = strs
-    mid = f"{len(middle['stdout'])}s"
+def _times(times: list[int], sub_second: bool) -> list[msgspec.Raw] | None:
+    """Each entry's array header and time: EventTime (one struct a line), or whole seconds
+    as the general path packs them (one for each second of the batch, shared by its lines);
+    None for a time EventTime cannot hold."""
     lowest, highest = min(times) // _NS, max(times) // _NS
-    if lowest == highest:  # one second (most batches): the nanoseconds by one subtraction
+    if not sub_second:
+        if lowest == highest:  # one second (most batches)
+            return [msgspec.Raw(b"\x92" + msgpack.packb(lowest))] * len(times)
+        seconds = list(map(floordiv, times, repeat(_NS)))
+        said = {s: msgspec.Raw(b"\x92" + msgpack.packb(s)) for s in set(seconds)}
+        return list(map(said.__getitem__, seconds))
+    if lowest == highest:  # the nanoseconds by one subtraction
         secs: Iterable[int] = repeat(lowest)
         nanos: Iterable[int] = map(sub, times, repeat(lowest * _NS))
     else:
         secs, nanos = map(floordiv, times, repeat(_NS)), map(mod, times, repeat(_NS))
     try:
-        if sub_second:
-            return list(map(struct.Struct(f">3sII{mid}{header}").pack, repeat(EVENT_TIME_HEAD),
-                            secs, nanos, mids, *str_args))
-        if lowest < 1 << 16:  # msgpack says it in fewer bytes: the general path
-            return None
-        return list(map(struct.Struct(f">2sI{mid}{header}").pack, repeat(_SECONDS), secs, mids,
-                        *str_args))
-    except struct.error:  # before 1970 or after 2106
+        return list(map(msgspec.Raw, map(_EVENT_TIME.pack, repeat(EVENT_TIME_HEAD), secs, nanos)))
+    except struct.error:  # before 1970 or after 2106: the general path clamps it
         return None
-
-
-def _str_headers(lengths: list[int]) -> tuple[str, tuple[Iterable[int], ...]] | None:
-    """The struct format of the lines' msgpack string headers and its values, if all are
-    the same size."""
-    shortest, longest = min(lengths), max(lengths)
-    if longest < 32:  # fixstr: the length in the header's byte
-        return "B", (map(add, lengths, repeat(0xA0)),)
-    if shortest >= 32 and longest < 256:
-        return "BB", (repeat(0xD9), lengths)
-    if shortest >= 256 and longest < 65536:
-        return "BH", (repeat(0xDA), lengths)
-    return None
