@@ -70,6 +70,8 @@ def test_the_same_entries_as_the_general_encoding(objs: list[dict[str, Any]], sh
     lines = parsed(texts, sources[:len(texts)], times, shapes=shapes)
     if not isinstance(lines, Parsed):
         return
+    assert lines.complete == (None not in lines.objects and all(  # what lets the scans go
+        None not in values for values in (lines.messages, lines.levels, lines.stamps)))
     try:
         expected = b"".join(encode_parts(lines, CTX, sub_second)[0])
     except OverflowError:  # an integer over 64 bits the general path cannot pack either

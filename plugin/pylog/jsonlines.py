@@ -55,6 +55,7 @@ class Parsed(Columns):
     stamps: list[str | None] = field(default_factory=list)  # the lines' own times, as text
     rules: ParseRules = ParseRules()
     shaped: bool = False  # the objects are structs
+    complete: bool = False  # every line an object with a message, level and time, all text
     _dicts: list[dict[str, Any] | None] | None = None
 
     @property
@@ -75,7 +76,7 @@ class Parsed(Columns):
         return Parsed(self.sources[start:stop], self.times[start:stop], self.lines[start:stop],
                       self.sizes[start:stop], self.objects[start:stop],
                       self.messages[start:stop], self.levels[start:stop],
-                      self.stamps[start:stop], self.rules, self.shaped,
+                      self.stamps[start:stop], self.rules, self.shaped, self.complete,
                       None if self._dicts is None else self._dicts[start:stop])
 
     def whole(self, i: int) -> dict[str, Any] | None:
@@ -159,7 +160,9 @@ class JsonParser:
         shaped = self._shaped(texts)
         if shaped is not None:
             self.stats.parsed += len(texts)
-            return Parsed(sources, times, texts, sizes, *shaped, rules, True)
+            structs, messages, levels, stamps, complete = shaped
+            return Parsed(sources, times, texts, sizes, structs, messages, levels, stamps, rules,
+                          True, complete)
         objs = self._all_objects(texts)
         if objs is None:
             objs = list(map(self._object, texts))
@@ -169,14 +172,18 @@ class JsonParser:
             self.shapes.learn(objs, (rules.message_keys, rules.level_keys, rules.time_keys))
         if all(o is None for o in objs):
             return lines
-        return Parsed(sources, times, texts, sizes, objs, self._take(objs, rules.message_keys),
-                      self._take(objs, rules.level_keys), self._take(objs, rules.time_keys),
-                      rules)
+        (msgs, m), (lvls, lv), (when, t) = (
+            self._take(objs, keys) for keys in (rules.message_keys, rules.level_keys,
+                                                rules.time_keys))
+        return Parsed(sources, times, texts, sizes, objs, msgs, lvls, when, rules,
+                      complete=m and lv and t)
 
     def _shaped(self, texts: list[bytes]) -> tuple[list[Any], list[str | None],
-                                                   list[str | None], list[str | None]] | None:
+                                                   list[str | None], list[str | None],
+                                                   bool] | None:
         """The batch decoded into the learned shape's structs, with message, level and time
-        taken out; None if it has no shape yet or a line does not fit it."""
+        taken out (and whether every line had all three as text); None if it has no shape yet
+        or a line does not fit it."""
         shapes, rules = self.shapes, self.rules
         if shapes is None or not shapes.ready() or max(map(len, texts)) > rules.max_bytes:
             return None
@@ -196,7 +203,7 @@ class JsonParser:
         stamps = None if levels is None else shapes.take(objs, rules.time_keys)
         if messages is None or levels is None or stamps is None:
             return None
-        return objs, messages, levels, stamps
+        return objs, messages[0], levels[0], stamps[0], messages[1] and levels[1] and stamps[1]
 
     def _all_objects(self, texts: list[bytes]) -> list[dict[str, Any] | None] | None:
         """Every line's object, if every line is one within the limits; else None."""
@@ -239,22 +246,23 @@ class JsonParser:
         return obj
 
     @staticmethod
-    def _take(objs: list[dict[str, Any] | None], keys: tuple[str, ...]) -> list[str | None]:
+    def _take(objs: list[dict[str, Any] | None], keys: tuple[str, ...],
+              ) -> tuple[list[str | None], bool]:
         """Each object's value of the first of ``keys`` it has, taken out of it, as text
-        (None: none, or sent as text)."""
+        (None: none, or sent as text), and whether every one is text."""
         if None not in objs:
             got = list(map(dict.pop, objs, repeat(keys[0]), repeat(_MISSING)))  # type: ignore[arg-type]
         else:
             got = [o.pop(keys[0], _MISSING) if o is not None else None for o in objs]
         if all(map(isinstance, got, repeat(str))):  # the first key everywhere, as text: done
-            return got
+            return got, True
         for i, v in enumerate(got):
             if v is _MISSING:
                 obj = objs[i]
                 assert obj is not None
                 v = next((obj.pop(k) for k in keys[1:] if k in obj), None)
             got[i] = said_as_text(v)  # one type a field: 1.7e9 -> "1.7e9"
-        return got
+        return got, None not in got
 
 
 def _fields_of(text: bytes, rules: ParseRules) -> dict[str, Any] | None:

@@ -115,21 +115,22 @@ class Shapes:
         """Whether every line the shape decodes is one level deep."""
         return self.shape is not None and not self.shape.deep
 
-    def take(self, objs: list[Any], keys: tuple[str, ...]) -> list[str | None] | None:
+    def take(self, objs: list[Any], keys: tuple[str, ...],
+             ) -> tuple[list[str | None], bool] | None:
         """Each struct's value of the first of ``keys`` it has, taken out of it, as text (None:
-        it has none, or null); None if a value is an object, an array or an integer msgpack
-        cannot hold, which the general path says as orjson would (the next batches then skip
-        the shape)."""
+        it has none, or null), and whether every one is text; None if a value is an object,
+        an array or an integer msgpack cannot hold, which the general path says as orjson
+        would (the next batches then skip the shape)."""
         assert self.shape is not None
         known = [k for k in keys if k in self.shape.field]
         if not known:
-            return [None] * len(objs)
+            return [None] * len(objs), False
         names = [self.shape.field[k] for k in known]
         got: list[Any] = list(map(attrgetter(names[0]), objs))
         if known[0] in self.shape.required or all(map(isinstance, got, repeat(str))):
             # the first key everywhere, as text
             deque(map(setattr, objs, repeat(names[0]), repeat(UNSET)), 0)
-            return got
+            return got, True
         for i, (obj, value) in enumerate(zip(objs, got)):
             name = names[0]
             if value is UNSET:
@@ -146,7 +147,7 @@ class Shapes:
                 return None
             setattr(obj, name, UNSET)
             got[i] = text
-        return got
+        return got, None not in got
 
 
 _NOT_SAID = object()

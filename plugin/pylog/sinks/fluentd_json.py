@@ -84,7 +84,7 @@ def _items(lines: Parsed, ctx: ContainerContext, sub_second: bool, lengths: list
     """The batch's entries as one flat list (``width`` items a line), the size of an entry's
     bytes before its line, or None."""
     texts = lines.lines
-    if not texts or None in lines.objects:
+    if not texts or not lines.complete and None in lines.objects:  # (complete: no scan)
         return None
     pairs = _pairs(lines, extra_keys(ctx))
     if pairs is None:
@@ -115,6 +115,9 @@ def _pairs(lines: Parsed, keys: tuple[str, str, str, str]) -> list[Any] | None:
     have a level or time and others not (their records differ in size: the general path)."""
     n = len(lines.lines)
     k_message, k_level, k_time, k_json = keys
+    if lines.complete:  # every line has all three (each None check is a scan of the batch)
+        return [repeat(k_message, n), lines.messages, repeat(k_level, n), lines.levels,
+                repeat(k_time, n), lines.stamps, repeat(k_json, n), lines.objects]
     messages = lines.messages
     if None in messages:
         messages = [m if m is not None else t.decode("utf-8", "replace")
