@@ -10,12 +10,15 @@ import msgpack
 import pytest
 
 from pylog.entry import LogEntry
+from pylog.frames import Columns
+from pylog.jsonlines import JsonParser, ParseRules
 from pylog.namespaces import NamespaceIdentity
 from pylog.nsregistry import namespace_key
 from pylog.options import parse_log_options
 from pylog.record import ContainerContext, NamespaceView
 from pylog.sinks.base import SinkError
 from pylog.sinks.fluentd import FluentdSink
+from pylog.sinks.fluentd_json import Packed
 from tests.peers.fluentd_receiver import FluentdReceiver, forward_events
 
 CID = "cea5473d46e89ae41d5b1672731285f919468b5b251442d7092dd21e35e109d1"
@@ -140,3 +143,29 @@ async def test_an_ack_of_no_chunk_in_flight_is_an_error(tmp_path: Path) -> None:
     finally:
         await s.close()
         server.close()
+
+
+async def test_a_parse_json_batch_packed_in_the_worker_sends_the_same_records(
+        tmp_path: Path) -> None:
+    """``prepare`` (the delivery's worker) packs a parse=json batch of objects: what ``send``
+    then writes is what it writes for the batch as parsed; a batch of text stays as it is."""
+    texts = [b'{"level":"INFO","msg":"served","time":"t","n":%d}' % i for i in range(300)]
+    rules = ParseRules()
+    cols = Columns(["stdout"] * 300, [1_795_000_000_000_000_000 + i for i in range(300)], texts)
+    peer = FluentdReceiver()
+    s = sink(tmp_path, await peer.start(), **{"fluentd-buffer-limit": "4k"})
+    try:
+        assert s.prepare(LINES, ctx()) is LINES
+        packed = s.prepare(JsonParser(rules).parse(cols), ctx())
+        assert isinstance(packed, Packed) and len(packed.messages) > 3
+        assert len(packed) == 300 and packed[-1].time_nano == cols.times[-1]
+        await s.send(packed, ctx())
+        await s.send(JsonParser(rules).parse(cols), ctx())
+        await peer.wait_for(600)
+        first, second = peer.events[:300], peer.events[300:]
+        assert [e.record for e in first] == [e.record for e in second]
+        assert [e.record["json"]["n"] for e in first] == list(range(300))
+        assert first[7].record["message"] == "served" and first[7].record["level"] == "INFO"
+    finally:
+        await s.close()
+        await peer.stop()

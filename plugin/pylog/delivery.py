@@ -48,6 +48,13 @@ READ_BYTES = 256 << 10  # one batch: up to 256 KiB of stored frames (~10,000 sho
 # also what a crash can make a sink receive twice
 
 
+def _shaped(shaper: Shaper, sink: Sink, batch: Batch, ctx: ContainerContext) -> Taken:
+    """A batch through the container's rules, then prepared by the sink (in a worker: parsed
+    objects are encoded and freed where they were made, not on the loop)."""
+    lines, cursor = shaper.take(batch)
+    return sink.prepare(lines, ctx), cursor
+
+
 def _name_of(context: Callable[[], ContainerContext]) -> str:
     try:
         return context().name
@@ -216,7 +223,8 @@ class Delivery:
                         self.first_unsent_ns = batch.entries[0].time_nano
                     # A container's rules cost more than reassembly: in a worker.
                     taken = (shaper.take(batch) if shaper.plain
-                             else await asyncio.to_thread(shaper.take, batch))
+                             else await asyncio.to_thread(_shaped, shaper, self.sink, batch,
+                                                          self.context()))
                     ahead = asyncio.create_task(read_next())
                     await self._deliver_taken(taken)
                     if self.clog.writers == 0 and not self.closing:  # catching up

@@ -105,6 +105,12 @@ class Sink:
             return 1.0
         return float(self.config[self.RETRY_WAIT_OPTION])
 
+    def prepare(self, lines: Sequence[Line], ctx: ContainerContext) -> Sequence[Line]:
+        """A batch as the container's rules left it, in the worker that applied them: a sink
+        may encode it there, off the event loop and while its objects are fresh, and return
+        the lines with their encoding for :meth:`send`. By default the lines as they are."""
+        return lines
+
     async def send(self, lines: Sequence[Line], ctx: ContainerContext) -> None:
         raise NotImplementedError
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Iterable
+from dataclasses import dataclass, field
 from itertools import repeat
 from operator import floordiv, mod, sub
 from typing import Any
@@ -26,17 +27,28 @@ from typing import Any
 import msgpack
 import msgspec
 
+from ..frames import Columns
 from ..jsonlines import Parsed
 from ..record import ContainerContext
 from .fluentd_encode import EVENT_TIME_HEAD, extra_keys, record_middles, str_header
 
 _ENCODE_INTO = msgspec.msgpack.Encoder().encode_into
+Messages = list[tuple[bytes | bytearray, int]]  # each ``[tag, entries`` and its entry count
+
+
+@dataclass(slots=True)
+class Packed(Columns):
+    """A ``parse=json`` batch already packed (in the worker that parsed it): its lines, for
+    the delivery's counts, and its messages; the parsed objects are gone."""
+
+    messages: Messages = field(default_factory=list)
+
 _EVENT_TIME = struct.Struct(">3sII")  # its head, then EventTime's seconds and nanoseconds
 _ESTIMATE = 32  # bytes a line over twice its length: the extra pairs' keys (a guess, checked)
 
 
 def json_messages(lines: Parsed, ctx: ContainerContext, sub_second: bool, limit: int,
-                  tag: bytes) -> list[tuple[bytes | bytearray, int]] | None:
+                  tag: bytes) -> Messages | None:
     """The batch as PackedForward messages without their option (``[tag, entries`` of the
     three items), each with its number of entries: at most ``limit`` bytes of entries, or one
     entry; None if the batch is not one this path packs."""
@@ -51,7 +63,7 @@ def json_messages(lines: Parsed, ctx: ContainerContext, sub_second: bool, limit:
     guess = 2 * sum(lengths) + n * (_ESTIMATE + head_size)
     count = min(n, -(-guess // limit))
     todo = [(n * i // count, n * (i + 1) // count) for i in reversed(range(count))]  # a stack
-    out: list[tuple[bytes | bytearray, int]] = []
+    out: Messages = []
     head = b"\x93" + tag + b"\xc6"
     while todo:
         start, stop = todo.pop()
