@@ -321,3 +321,20 @@ def test_a_parsed_batch_over_the_buffer_limit_splits_into_whole_entries(tmp_path
         assert option["size"] == len(records)
         got += [r.get("json", {}).get("n", r["log"]) for _, r in records]
     assert got == [i if i % 3 else f"text {i}" for i in range(40)]
+
+
+def test_what_a_stopped_container_left_open_is_still_parsed() -> None:
+    """The event multiline holds open when the container stops goes out with its fields."""
+    import re
+
+    from pylog.multiline import MultilineRules
+    from pylog.position import Position
+    from pylog.shaping import Shaper
+    from tests.test_ratelimit import shaper_batch
+    rules = LineRules(multiline=MultilineRules(re.compile("^{")), parse=ParseRules())
+    sh = Shaper(Position(0, 0), 1 << 20, rules)
+    first, _ = sh.take(shaper_batch([("stdout", 0, '{"msg":"a","n":1}'),
+                                     ("stdout", 1, '{"msg":"b","n":2}')]))
+    last = sh.end()
+    assert isinstance(first, Parsed) and first.messages == ["a"]
+    assert isinstance(last, Parsed) and last.messages == ["b"] and last.objects == [{"n": 2}]

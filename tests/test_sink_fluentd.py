@@ -160,12 +160,21 @@ async def test_a_parse_json_batch_packed_in_the_worker_sends_the_same_records(
         assert isinstance(packed, Packed) and len(packed.messages) > 3
         assert len(packed) == 300 and packed[-1].time_nano == cols.times[-1]
         await s.send(packed, ctx())
+        await s.send(packed, ctx())  # a retry: the same messages, new chunk ids
         await s.send(JsonParser(rules).parse(cols), ctx())
-        await peer.wait_for(600)
-        first, second = peer.events[:300], peer.events[300:]
-        assert [e.record for e in first] == [e.record for e in second]
+        renamed = ContainerContext(CID, "api", "busybox", "sha256:e67c", CID[:12], "vm")
+        await s.send(packed, renamed)  # a context changed since: packed again, for it
+        await peer.wait_for(1200)
+        first, again, parsed, later = (peer.events[i:i + 300] for i in range(0, 1200, 300))
+        assert [e.record for e in first] == [e.record for e in again] == [
+            e.record for e in parsed]
         assert [e.record["json"]["n"] for e in first] == list(range(300))
         assert first[7].record["message"] == "served" and first[7].record["level"] == "INFO"
+        assert {e.record["container_name"] for e in later} == {"/api"}
+        assert [{**e.record, "container_name": "/web"} for e in later] == [
+            e.record for e in first]
+        with pytest.raises(TypeError):
+            packed.sliced(0, 1)
     finally:
         await s.close()
         await peer.stop()

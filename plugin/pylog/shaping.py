@@ -167,12 +167,13 @@ class Shaper:
         events: Sequence[Line] = self.joiner.due(now) if self.joiner else []
         return self._shape(events, now), self._cursor() if self.joiner else None
 
-    def end(self) -> list[Line]:
-        """Everything held (the container stopped): an unfinished line, open events, notices."""
+    def end(self) -> Sequence[Line]:
+        """Everything held (the container stopped): an unfinished line, open events, notices
+        (a parse=json batch as it is: a list of it would be its lines as text)."""
         rest = self.reassembler.flush()
         if self.joiner is not None:
             rest = self.joiner.push(rest, [self._safe] * len(rest)) + self.joiner.flush()
-        return list(self._shape(rest, final=True))
+        return self._shape(rest, final=True)
 
     def notices(self) -> list[Line]:
         """The rate limit's notices not sent yet (pylog shuts down: its counts would be lost)."""

@@ -129,7 +129,12 @@ class FluentdSink(Sink):
         """PackedForward messages of at most fluentd-buffer-limit bytes of entries (or one
         entry, if it is bigger): each as its ``[tag, entries`` and its option, with its chunk
         id."""
-        pieces = lines.messages if isinstance(lines, Packed) else None
+        pieces = None
+        if isinstance(lines, Packed):
+            if lines.ctx is ctx or lines.ctx == ctx:
+                pieces = lines.messages
+            else:  # the context changed since it was packed (a retry): its records too
+                lines = lines.parsed()
         if pieces is None:
             tag = msgpack.packb(ctx.tag)
             pieces = (json_messages(lines, ctx, self.sub_second, self.limit, tag)
@@ -153,7 +158,8 @@ class FluentdSink(Sink):
         pieces = json_messages(lines, ctx, self.sub_second, self.limit, msgpack.packb(ctx.tag))
         if pieces is None:
             return lines
-        return Packed(lines.sources, lines.times, lines.lines, lines.sizes, pieces)
+        return Packed(lines.sources, lines.times, lines.lines, lines.sizes, pieces, ctx,
+                      lines.rules)
 
     def _joined(self, lines: Sequence[Line], ctx: ContainerContext, tag: bytes,
                 ) -> list[tuple[bytes | bytearray, int]]:
@@ -180,7 +186,8 @@ class FluentdSink(Sink):
                     await asyncio.wait_for(self._connect(), self.timeout)
                 # Encoded only once it is this batch's turn on a connection: waiting
                 # deliveries hold lines, not messages too (B2's peak RSS less than half), and
-                # nothing is encoded while fluentd cannot be reached.
+                # nothing is encoded while fluentd cannot be reached. (A parse=json batch was
+                # packed once, in the parsing worker: its messages instead of its objects.)
                 await self._write_all(self.messages(lines, ctx))
             except (TimeoutError, OSError, SinkError, ValueError) as e:
                 await self._drop_connection()

@@ -5,10 +5,11 @@ A message is ``[tag, entries as one bin, option]``. Its entries are laid out as 
 each line what is already msgpack as ``msgspec.Raw`` (the array header and time, the record's
 map header with its constant pairs, ``source`` and the ``log`` key, ``log``'s string header,
 the line), then the extra pairs' keys and values (``message``, ``level``, ``time``, ``json``:
-the fields as decoded). The Raws of all but the line are shared: one for each second (or a
-struct a line, for EventTime), source and string length. One ``encode_into`` writes them all
-after room left for the message's head; the list's own array header lands in that room and is
-overwritten by the head. So per line only the line's Raw is made, and the encoder only copies.
+the fields as decoded). The Raws of all but the line are shared: one for each second, source and string
+length (EventTime's differ a line: one struct and Raw each). One ``encode_into`` writes them
+all after room left for the message's head; the list's own array header lands in that room and
+is overwritten by the head. So per line only the line's Raw (and EventTime's) is made, and the
+encoder only copies.
 
 What does not fit this (a line sent as text, a level or time some lines lack, a time EventTime
 cannot hold) is left to :func:`pylog.sinks.fluentd_encode.encode_parts`; both make the same
@@ -18,7 +19,7 @@ bytes (tests/test_fluentd_json.py).
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from itertools import repeat
 from operator import floordiv, mod, sub
@@ -28,7 +29,8 @@ import msgpack
 import msgspec
 
 from ..frames import Columns
-from ..jsonlines import Parsed
+from ..jsonlines import JsonParser, Parsed, ParseRules
+from ..reassembly import Line
 from ..record import ContainerContext
 from .fluentd_encode import EVENT_TIME_HEAD, extra_keys, record_middles, str_header
 
@@ -38,10 +40,21 @@ Messages = list[tuple[bytes | bytearray, int]]  # each ``[tag, entries`` and its
 
 @dataclass(slots=True)
 class Packed(Columns):
-    """A ``parse=json`` batch already packed (in the worker that parsed it): its lines, for
-    the delivery's counts, and its messages; the parsed objects are gone."""
+    """A ``parse=json`` batch already packed (in the worker that parsed it) for the context
+    ``ctx``: its lines, for the delivery's counts, and its messages; the parsed objects are
+    gone (:meth:`parsed` makes them again, for a context that changed since)."""
 
     messages: Messages = field(default_factory=list)
+    ctx: ContainerContext | None = None
+    rules: ParseRules = ParseRules()
+
+    def parsed(self) -> Sequence[Line]:
+        """The lines parsed again (the general way: no shape, no counts)."""
+        return JsonParser(self.rules).parse(Columns(self.sources, self.times, self.lines,
+                                                    self.sizes))
+
+    def sliced(self, start: int, stop: int) -> Columns:
+        raise TypeError("a packed batch is sent whole: its messages cannot be cut")
 
 _EVENT_TIME = struct.Struct(">3sII")  # its head, then EventTime's seconds and nanoseconds
 _ESTIMATE = 32  # bytes a line over twice its length: the extra pairs' keys (a guess, checked)
