@@ -21,12 +21,10 @@ import pylog.logreader
 import pylog.reader
 from pylog.delivery import Delivery
 from pylog.frames import Decoded
-from pylog.jsonlines import ParseRules
 from pylog.logreader import ReadConfig, read_entries
 from pylog.reader import Position
 from pylog.reassembly import Line
 from pylog.record import ContainerContext
-from pylog.shaping import LineRules
 from pylog.sinks.base import Sink, SinkConfig
 from pylog.store import ContainerLog, StoreOptions
 from tests.test_metrics import CID, T0, context, driver_with, entry_frame, scrape, value
@@ -382,34 +380,3 @@ async def test_on_the_loop_a_reader_reads_no_more_than_the_inline_allowance(
         assert sink.got == lines(0, 40_010)
         clog.close()
 
-
-class PreparingSink(BuggySink):
-    """Records the thread each batch is prepared in, and sends what it prepared."""
-
-    def __init__(self, state_dir: Path) -> None:
-        super().__init__(state_dir)
-        self.prepared_on: list[int] = []
-
-    def prepare(self, lines: Sequence[Line], ctx: ContainerContext) -> Sequence[Line]:
-        self.prepared_on.append(threading.get_ident())
-        return [line for line in lines if b"7" not in line.line]  # visibly its own
-
-
-async def test_a_batch_the_rules_changed_is_prepared_by_the_sink_off_the_loop(
-        tmp_path: Path) -> None:
-    with ThreadPoolExecutor(1) as ex:
-        clog = ContainerLog(tmp_path / CID, StoreOptions(), ex)
-        clog.writers = 1
-        clog.append(frames(0, 20))
-        ex.submit(lambda: None).result()
-        sink = PreparingSink(tmp_path)
-        delivery = Delivery(clog, sink, context, rules=LineRules(parse=ParseRules()))
-        delivery.start()
-        await sink.wait_for(18)
-        clog.writers = 0
-        clog.wake()
-        assert delivery.task is not None
-        await asyncio.wait_for(delivery.task, TIMEOUT)
-        assert sink.got == [t for t in lines(0, 20) if b"7" not in t]
-        assert sink.prepared_on and threading.get_ident() not in sink.prepared_on
-        clog.close()

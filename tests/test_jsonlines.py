@@ -7,7 +7,9 @@ from __future__ import annotations
 import gc
 import io
 import json
+import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +33,7 @@ from pylog.jsonlines import (
     parse_rules,
 )
 from pylog.options import parse_log_options
+from pylog.reassembly import Line
 from pylog.record import ContainerContext
 from pylog.shaping import LineRules
 from pylog.sinks.es_documents import bulk_documents
@@ -42,6 +45,7 @@ from tests.deliveries import container_stops, running_log
 from tests.peers.fluentd_receiver import _ext_hook
 from tests.peers.loki_receiver import decode_push
 from tests.peers.otlp_receiver import plain
+from tests.test_delivery import BuggySink
 from tests.test_metrics import CID, context, driver_with, scrape, value
 
 T = 1_795_000_000_123_456_789
@@ -338,3 +342,25 @@ def test_what_a_stopped_container_left_open_is_still_parsed() -> None:
     last = sh.end()
     assert isinstance(first, Parsed) and first.messages == ["a"]
     assert isinstance(last, Parsed) and last.messages == ["b"] and last.objects == [{"n": 2}]
+
+
+async def test_a_batch_the_rules_changed_is_prepared_by_the_sink_off_the_loop(
+        tmp_path: Path) -> None:
+    """The delivery hands a parse=json batch to the sink's prepare in its worker, and sends
+    what prepare returned."""
+    prepared_on: list[int] = []
+
+    class PreparingSink(BuggySink):
+        def prepare(self, lines: Sequence[Line], ctx: ContainerContext) -> Sequence[Line]:
+            prepared_on.append(threading.get_ident())
+            return [line for line in lines if b"7" not in line.line]  # visibly its own
+
+    with running_log(tmp_path) as (clog, _):
+        sink = PreparingSink(tmp_path)
+        delivery = Delivery(clog, sink, context, rules=LineRules(parse=ParseRules()))
+        clog.append(b"".join(encode_frame(entry(b"line %d" % i)) for i in range(20)))
+        delivery.start()
+        await sink.wait_for(18)
+        await container_stops(delivery, clog)
+        assert sink.got == [b"line %d" % i for i in range(20) if i not in (7, 17)]
+        assert prepared_on and threading.get_ident() not in prepared_on

@@ -84,7 +84,7 @@ def _clamp(ns: int) -> int:
 
 
 EVENT_TIME_HEAD = b"\x92\xd7\x00"  # [time, record] array header, EventTime: ext 0 of 8 bytes
-_HEAD_TIME = struct.Struct(">3sII")  # that, then EventTime's seconds and nanoseconds
+HEAD_TIME = struct.Struct(">3sII")  # that, then EventTime's seconds and nanoseconds
 _STR_HEADERS = [str_header(n) for n in range(1 << 12)]
 _STR_SIZES = [len(h) + n for n, h in enumerate(_STR_HEADERS)]  # header + string, by length
 
@@ -131,10 +131,10 @@ def _entries(lines: Sequence[Line], ctx: ContainerContext, sub_second: bool, ext
         try:
             secs = list(map(floordiv, times, repeat(1_000_000_000)))
             nanos = map(mod, times, repeat(1_000_000_000))
-            heads = list(map(_HEAD_TIME.pack, repeat(EVENT_TIME_HEAD), secs, nanos))
+            heads = list(map(HEAD_TIME.pack, repeat(EVENT_TIME_HEAD), secs, nanos))
         except struct.error:  # a time before 1970 or after 2106: EventTime has 32-bit seconds
             heads = [b"\x92" + msgpack.packb(EventTime.from_unix_nano(_clamp(t))) for t in times]
-        ends = list(accumulate(map(add, sizes, repeat(_HEAD_TIME.size + len(mids[0])))))
+        ends = list(accumulate(map(add, sizes, repeat(HEAD_TIME.size + len(mids[0])))))
     else:
         heads = [b"\x92" + msgpack.packb(t // 10**9) for t in times]
         ends = list(accumulate(map(add, map(add, map(len, heads), sizes), map(len, mids))))

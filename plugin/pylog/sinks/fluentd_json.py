@@ -5,11 +5,11 @@ A message is ``[tag, entries as one bin, option]``. Its entries are laid out as 
 each line what is already msgpack as ``msgspec.Raw`` (the array header and time, the record's
 map header with its constant pairs, ``source`` and the ``log`` key, ``log``'s string header,
 the line), then the extra pairs' keys and values (``message``, ``level``, ``time``, ``json``:
-the fields as decoded). The Raws of all but the line are shared: one for each second, source and string
-length (EventTime's differ a line: one struct and Raw each). One ``encode_into`` writes them
-all after room left for the message's head; the list's own array header lands in that room and
-is overwritten by the head. So per line only the line's Raw (and EventTime's) is made, and the
-encoder only copies.
+the fields as decoded). The Raws of all but the line are shared: one for each second, source
+and string length (EventTime's differ a line: one struct and Raw each). One ``encode_into``
+writes them all after room left for the message's head; the list's own array header lands in
+that room and is overwritten by the head. So per line only the line's Raw (and EventTime's) is
+made, and the encoder only copies.
 
 What does not fit this (a line sent as text, a level or time some lines lack, a time EventTime
 cannot hold) is left to :func:`pylog.sinks.fluentd_encode.encode_parts`; both make the same
@@ -32,7 +32,13 @@ from ..frames import Columns
 from ..jsonlines import JsonParser, Parsed, ParseRules
 from ..reassembly import Line
 from ..record import ContainerContext
-from .fluentd_encode import EVENT_TIME_HEAD, extra_keys, record_middles, str_header
+from .fluentd_encode import (
+    EVENT_TIME_HEAD,
+    HEAD_TIME,
+    extra_keys,
+    record_middles,
+    str_header,
+)
 
 _ENCODE_INTO = msgspec.msgpack.Encoder().encode_into
 Messages = list[tuple[bytes | bytearray, int]]  # each ``[tag, entries`` and its entry count
@@ -56,7 +62,7 @@ class Packed(Columns):
     def sliced(self, start: int, stop: int) -> Columns:
         raise TypeError("a packed batch is sent whole: its messages cannot be cut")
 
-_EVENT_TIME = struct.Struct(">3sII")  # its head, then EventTime's seconds and nanoseconds
+
 _ESTIMATE = 32  # bytes a line over twice its length: the extra pairs' keys (a guess, checked)
 
 
@@ -177,6 +183,6 @@ def _times(times: list[int], sub_second: bool) -> list[msgspec.Raw] | None:
     else:
         secs, nanos = map(floordiv, times, repeat(_NS)), map(mod, times, repeat(_NS))
     try:
-        return list(map(msgspec.Raw, map(_EVENT_TIME.pack, repeat(EVENT_TIME_HEAD), secs, nanos)))
+        return list(map(msgspec.Raw, map(HEAD_TIME.pack, repeat(EVENT_TIME_HEAD), secs, nanos)))
     except struct.error:  # before 1970 or after 2106: the general path clamps it
         return None
