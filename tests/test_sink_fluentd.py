@@ -145,6 +145,32 @@ async def test_an_ack_of_no_chunk_in_flight_is_an_error(tmp_path: Path) -> None:
         server.close()
 
 
+async def test_a_parse_json_batch_with_text_lines_is_packed_in_the_worker_too(
+        tmp_path: Path) -> None:
+    """A parse=json batch the one-call packing does not take (a line in it is not an object)
+    is packed by the general encoding in ``prepare``, so the loop does not encode it: the same
+    records as sending the parsed batch."""
+    texts = [b'{"level":"INFO","msg":"served","n":%d}' % i if i % 7 else b"plain %d" % i
+             for i in range(100)]
+    cols = Columns(["stdout"] * 100, [1_795_000_000_000_000_000 + i for i in range(100)], texts)
+    parsed = JsonParser(ParseRules()).parse(cols)
+    peer = FluentdReceiver()
+    s = sink(tmp_path, await peer.start(), **{"fluentd-buffer-limit": "2k"})
+    try:
+        packed = s.prepare(parsed, ctx())
+        assert isinstance(packed, Packed) and len(packed.messages) > 3 and len(packed) == 100
+        await s.send(packed, ctx())
+        await s.send(parsed, ctx())
+        await peer.wait_for(200)
+        first, again = peer.events[:100], peer.events[100:]
+        assert [e.record for e in first] == [e.record for e in again]
+        assert first[7].record["log"] == "plain 7" and "json" not in first[7].record
+        assert first[8].record["json"] == {"n": 8}
+    finally:
+        await s.close()
+        await peer.stop()
+
+
 async def test_a_parse_json_batch_packed_in_the_worker_sends_the_same_records(
         tmp_path: Path) -> None:
     """``prepare`` (the delivery's worker) packs a parse=json batch of objects: what ``send``

@@ -151,13 +151,14 @@ class FluentdSink(Sink):
         return out
 
     def prepare(self, lines: Sequence[Line], ctx: ContainerContext) -> Sequence[Line]:
-        """A ``parse=json`` batch of objects packed into its messages (the delivery's worker
-        calls this: the structs die there, and the loop only writes); others as they are."""
+        """A ``parse=json`` batch packed into its messages (the delivery's worker calls this:
+        the structs die there, and the loop only writes); others as they are."""
         if not isinstance(lines, Parsed):
             return lines
-        pieces = json_messages(lines, ctx, self.sub_second, self.limit, msgpack.packb(ctx.tag))
-        if pieces is None:
-            return lines
+        tag = msgpack.packb(ctx.tag)
+        pieces = json_messages(lines, ctx, self.sub_second, self.limit, tag)
+        if pieces is None:  # some lines sent as text, say: the general encoding, here too
+            pieces = self._joined(lines, ctx, tag)
         return Packed(lines.sources, lines.times, lines.lines, lines.sizes, pieces, ctx,
                       lines.rules)
 
