@@ -136,11 +136,7 @@ class FluentdSink(Sink):
             else:  # the context changed since it was packed (a retry): its records too
                 lines = lines.parsed()
         if pieces is None:
-            tag = msgpack.packb(ctx.tag)
-            pieces = (json_messages(lines, ctx, self.sub_second, self.limit, tag)
-                      if isinstance(lines, Parsed) else None)
-            if pieces is None:
-                pieces = self._joined(lines, ctx, tag)
+            pieces = self._pieces(lines, ctx)
         out: list[tuple[bytes | bytearray, bytes, str | None]] = []
         for body, count in pieces:
             chunk = base64.b64encode(os.urandom(16)).decode() if self.ack else None
@@ -155,12 +151,17 @@ class FluentdSink(Sink):
         the structs die there, and the loop only writes); others as they are."""
         if not isinstance(lines, Parsed):
             return lines
+        return Packed(lines.sources, lines.times, lines.lines, lines.sizes,
+                      self._pieces(lines, ctx), ctx, lines.rules)
+
+    def _pieces(self, lines: Sequence[Line], ctx: ContainerContext,
+                ) -> list[tuple[bytes | bytearray, int]]:
+        """The messages' bodies and entry counts: a parse=json batch of objects packed in one
+        call a message; any other (text, or some lines sent as text) the general way."""
         tag = msgpack.packb(ctx.tag)
-        pieces = json_messages(lines, ctx, self.sub_second, self.limit, tag)
-        if pieces is None:  # some lines sent as text, say: the general encoding, here too
-            pieces = self._joined(lines, ctx, tag)
-        return Packed(lines.sources, lines.times, lines.lines, lines.sizes, pieces, ctx,
-                      lines.rules)
+        pieces = (json_messages(lines, ctx, self.sub_second, self.limit, tag)
+                  if isinstance(lines, Parsed) else None)
+        return pieces if pieces is not None else self._joined(lines, ctx, tag)
 
     def _joined(self, lines: Sequence[Line], ctx: ContainerContext, tag: bytes,
                 ) -> list[tuple[bytes | bytearray, int]]:
