@@ -8,16 +8,23 @@ options share one sink instance (one connection).
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
+from ..frames import columns_of
 from ..options import Parser
 from ..reassembly import Line
 from ..record import ContainerContext
+
+T = TypeVar("T")
+# A batch this small is encoded on the event loop: it costs less there than a worker's handoff
+SMALL_LINES = 64
+SMALL_BYTES = 64 << 10
 
 
 class SinkError(Exception):
@@ -138,3 +145,11 @@ class Sink:
         if values.get(cls.ADDRESS_OPTION) is None:
             return None
         return SinkConfig(cls.KIND, tuple(sorted((k, values[k]) for k in cls.OPTIONS)))
+
+
+async def encode_off_loop(encode: Callable[..., T], lines: Sequence[Line], *args: Any) -> T:
+    """``encode(lines, *args)``: in a worker, since encoding costs a step per line and the
+    event loop only moves bytes; a small batch (a container writing now and then) where it is."""
+    if len(lines) <= SMALL_LINES and sum(map(len, columns_of(lines)[2])) <= SMALL_BYTES:
+        return encode(lines, *args)
+    return await asyncio.to_thread(encode, lines, *args)

@@ -42,7 +42,7 @@ from typing import Any, ClassVar
 from ..options import Parser, parse_bool
 from ..reassembly import Line
 from ..record import ContainerContext
-from .base import Sink, SinkConfig, SinkError
+from .base import Sink, SinkConfig, SinkError, encode_off_loop
 from .deadletter import append_file
 from .es_documents import Docs, bulk_documents, chunks, document_ids
 from .es_settings import (
@@ -220,7 +220,7 @@ class ElasticsearchSink(Sink):
         if not self.setup_done:
             await self._setup(t)
         async with self._batches:
-            docs = bulk_documents(lines, ctx)
+            docs = await encode_off_loop(bulk_documents, lines, ctx)
             settled = self._settled.setdefault(ctx.container_id, Settled())
             pending = docs
             if settled:

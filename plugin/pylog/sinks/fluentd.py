@@ -24,7 +24,7 @@ import ssl
 import struct
 from bisect import bisect_right
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, TypeGuard
 from urllib.parse import urlsplit
 
 import msgpack
@@ -34,7 +34,7 @@ from ..jsonlines import Parsed
 from ..options import parse_bool, parse_duration, parse_size
 from ..reassembly import Line
 from ..record import ContainerContext
-from .base import Sink, SinkError
+from .base import Sink, SinkError, encode_off_loop
 from .fluentd_encode import encode_parts
 from .fluentd_json import Packed, json_messages
 
@@ -130,11 +130,10 @@ class FluentdSink(Sink):
         entry, if it is bigger): each as its ``[tag, entries`` and its option, with its chunk
         id."""
         pieces = None
-        if isinstance(lines, Packed):
-            if lines.ctx is ctx or lines.ctx == ctx:
-                pieces = lines.messages
-            else:  # the context changed since it was packed (a retry): its records too
-                lines = lines.parsed()
+        if _packed_for(lines, ctx):
+            pieces = lines.messages
+        elif isinstance(lines, Packed):  # the context changed since (a retry): its records too
+            lines = lines.parsed()
         if pieces is None:
             pieces = self._pieces(lines, ctx)
         out: list[tuple[bytes | bytearray, bytes, str | None]] = []
@@ -186,11 +185,12 @@ class FluentdSink(Sink):
                     await self._drop_connection()  # the peer went away: do not write into it
                 if self._writer is None:
                     await asyncio.wait_for(self._connect(), self.timeout)
-                # Encoded only once it is this batch's turn on a connection: waiting
-                # deliveries hold lines, not messages too (B2's peak RSS less than half), and
-                # nothing is encoded while fluentd cannot be reached. (A parse=json batch was
-                # packed once, in the parsing worker: its messages instead of its objects.)
-                await self._write_all(self.messages(lines, ctx))
+                # Encoded only once it is this batch's turn on a connection, in a worker:
+                # waiting deliveries hold lines, not messages too (B2's peak RSS less than
+                # half), and nothing is encoded while fluentd cannot be reached. (A parse=json
+                # batch was packed once, in the parsing worker: its messages are ready.)
+                await self._write_all(self.messages(lines, ctx) if _packed_for(lines, ctx)
+                                      else await encode_off_loop(self.messages, lines, ctx))
             except (TimeoutError, OSError, SinkError, ValueError) as e:
                 await self._drop_connection()
                 if isinstance(e, SinkError):
@@ -253,6 +253,11 @@ class FluentdSink(Sink):
 
     async def close(self) -> None:
         await self._drop_connection()
+
+
+def _packed_for(lines: Sequence[Line], ctx: ContainerContext) -> TypeGuard[Packed]:
+    """Whether the batch was packed, in its worker, for this very context."""
+    return isinstance(lines, Packed) and (lines.ctx is ctx or lines.ctx == ctx)
 
 
 __all__ = ["FluentdSink", "parse_duration", "parse_fluentd_address"]

@@ -6,7 +6,6 @@ a 400."""
 
 from __future__ import annotations
 
-import asyncio
 import ssl
 import time
 from collections.abc import Sequence
@@ -20,7 +19,7 @@ import aiohttp
 from ..frames import columns_of, slice_of
 from ..reassembly import Line
 from ..record import ContainerContext
-from .base import Sink, SinkConfig, SinkError
+from .base import Sink, SinkConfig, SinkError, encode_off_loop
 from .deadletter import DeadLetters
 
 
@@ -133,7 +132,7 @@ class HttpPushSink(Sink):
     async def send(self, lines: Sequence[Line], ctx: ContainerContext) -> None:
         if not lines:
             return
-        bodies = await asyncio.to_thread(self.encode, lines, ctx)
+        bodies = await encode_off_loop(self.encode, lines, ctx)
         if len(bodies) == 1:
             await self._push(lines, ctx, bodies[0][1])
             return

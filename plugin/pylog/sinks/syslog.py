@@ -51,7 +51,7 @@ from ..jsonlines import Parsed, syslog_severity
 from ..options import Parser, parse_bool, parse_choice
 from ..reassembly import Line
 from ..record import ContainerContext
-from .base import Sink, SinkError
+from .base import Sink, SinkError, encode_off_loop
 
 log = logging.getLogger(__name__)
 
@@ -378,7 +378,7 @@ class SyslogSink(Sink):
     async def send(self, lines: Sequence[Line], ctx: ContainerContext) -> None:
         async with self._lock:
             # Encoded once it is this batch's turn on the connection (see FluentdSink.send).
-            messages, counts = self.encode(lines, ctx)
+            messages, counts = await encode_off_loop(self.encode, lines, ctx)
             if not messages:
                 self._count(counts, ctx)
                 return
