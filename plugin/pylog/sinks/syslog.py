@@ -377,7 +377,8 @@ class SyslogSink(Sink):
 
     async def send(self, lines: Sequence[Line], ctx: ContainerContext) -> None:
         async with self._lock:
-            # Encoded once it is this batch's turn on the connection (see FluentdSink.send).
+            # Encoded once it is this batch's turn on the connection (see FluentdSink.send),
+            # so one at a time: the Encoder's cache of the last second is not shared.
             messages, counts = await encode_off_loop(self.encode, lines, ctx)
             if not messages:
                 self._count(counts, ctx)
