@@ -19,13 +19,15 @@ import pylog.frameindex
 import pylog.frames
 import pylog.logreader
 import pylog.reader
+import pylog.shaping
 from pylog.delivery import Delivery
-from pylog.frames import Decoded
+from pylog.entry import LogEntry, PartialLogEntryMetadata
+from pylog.frames import Decoded, encode_frame
 from pylog.logreader import ReadConfig, read_entries
 from pylog.reader import Position
 from pylog.reassembly import Line
 from pylog.record import ContainerContext
-from pylog.sinks.base import Sink, SinkConfig
+from pylog.sinks.base import SMALL_LINES, Sink, SinkConfig
 from pylog.store import ContainerLog, StoreOptions
 from tests.test_metrics import CID, T0, context, driver_with, entry_frame, scrape, value
 
@@ -378,5 +380,40 @@ async def test_on_the_loop_a_reader_reads_no_more_than_the_inline_allowance(
         assert delivery.task is not None
         await asyncio.wait_for(delivery.task, TIMEOUT)
         assert sink.got == lines(0, 40_010)
+        clog.close()
+
+
+async def test_dockerds_16_kib_pieces_are_joined_in_a_worker(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Lines over 16 KiB among short ones (a batch of pieces, not columns): the pieces are
+    joined off the loop, a step a piece, and every line arrives whole (a batch of at most
+    SMALL_LINES entries may be joined where it is)."""
+    on_loop: list[int] = []
+    loop_thread = threading.get_ident()
+    real = pylog.shaping._lines_of
+
+    def lines_of(batch: Any, reassembler: Any) -> Any:
+        if threading.get_ident() == loop_thread:
+            on_loop.append(len(batch.entries))
+        return real(batch, reassembler)
+
+    monkeypatch.setattr(pylog.shaping, "_lines_of", lines_of)
+    long = b"x" * 40_000
+    entries = []
+    short = [b"short %d\n" % j for j in range(500)]
+    for i in range(30):  # a long line in three pieces, then 500 short ones
+        meta = [PartialLogEntryMetadata(id=f"p{i}", ordinal=k + 1, last=k == 2) for k in range(3)]
+        entries += [LogEntry(source="stdout", time_nano=T0 + i, partial=True,
+                             line=long[k * 16384:(k + 1) * 16384], partial_log_metadata=meta[k])
+                    for k in range(3)]
+        entries += [LogEntry(source="stdout", time_nano=T0 + i, line=x) for x in short]
+    with ThreadPoolExecutor(1) as ex:
+        clog = ContainerLog(tmp_path / CID, StoreOptions(), ex)
+        clog.append(b"".join(map(encode_frame, entries)))
+        sink = BuggySink(tmp_path)
+        delivery = Delivery(clog, sink, context)
+        await asyncio.wait_for(delivery.start(), TIMEOUT)
+        assert sink.got == [long, *short] * 30
+        assert all(n <= SMALL_LINES for n in on_loop), on_loop
         clog.close()
 

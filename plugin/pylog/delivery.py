@@ -32,13 +32,14 @@ from typing import Any
 
 from .cursor import Cursor
 from .durable import STATE
+from .frames import Columns
 from .pacing import INGEST
 from .position import Position
 from .reader import Batch, LogReader
 from .reassembly import Line
 from .record import ContainerContext
 from .shaping import LineRules, Shaper, ShapingCounts, Taken
-from .sinks.base import Sink, SinkError
+from .sinks.base import SMALL_LINES, Sink, SinkError
 from .store import ContainerLog
 
 log = logging.getLogger(__name__)
@@ -53,6 +54,11 @@ def _shaped(shaper: Shaper, sink: Sink, batch: Batch, ctx: ContainerContext) -> 
     objects are encoded and freed where they were made, not on the loop)."""
     lines, cursor = shaper.take(batch)
     return sink.prepare(lines, ctx), cursor
+
+
+def _whole(entries: Sequence[Line]) -> bool:
+    """Whether a batch is whole lines as columns (nothing to join), or a few entries."""
+    return isinstance(entries, Columns) or len(entries) <= SMALL_LINES
 
 
 def _name_of(context: Callable[[], ContainerContext]) -> str:
@@ -221,8 +227,8 @@ class Delivery:
                 if batch.entries:
                     if not self.first_unsent_ns:
                         self.first_unsent_ns = batch.entries[0].time_nano
-                    # A container's rules cost more than reassembly: in a worker.
-                    taken = (shaper.take(batch) if shaper.plain
+                    # Rules, and joining dockerd's 16 KiB pieces (a step a piece): in a worker
+                    taken = (shaper.take(batch) if shaper.plain and _whole(batch.entries)
                              else await asyncio.to_thread(_shaped, shaper, self.sink, batch,
                                                           self.context()))
                     ahead = asyncio.create_task(read_next())
