@@ -309,7 +309,7 @@ def _split_frames(data: bytes, max_frame: int) -> Split | None:
         return None
     # Each of them goes on "out" or "err" (the last may not have got that far yet).
     outs = data.count(_BODY_PREFIXES[0])
-    errs = data.count(_BODY_PREFIXES[1])
+    errs = 0 if outs == k else data.count(_BODY_PREFIXES[1])  # all stdout: no second scan
     full = outs + errs
     if full != k and not (full == k - 1 and len(segs[-1]) < 3):
         return None
