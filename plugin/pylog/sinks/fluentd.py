@@ -129,13 +129,10 @@ class FluentdSink(Sink):
         """PackedForward messages of at most fluentd-buffer-limit bytes of entries (or one
         entry, if it is bigger): each as its ``[tag, entries`` and its option, with its chunk
         id."""
-        pieces = None
         if _packed_for(lines, ctx):
             pieces = lines.messages
-        elif isinstance(lines, Packed):  # the context changed since (a retry): its records too
-            lines = lines.parsed()
-        if pieces is None:
-            pieces = self._pieces(lines, ctx)
+        else:  # a Packed batch whose context changed since (a retry): its records too
+            pieces = self._pieces(lines.parsed() if isinstance(lines, Packed) else lines, ctx)
         out: list[tuple[bytes | bytearray, bytes, str | None]] = []
         for body, count in pieces:
             chunk = base64.b64encode(os.urandom(16)).decode() if self.ack else None
