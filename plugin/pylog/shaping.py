@@ -19,6 +19,7 @@ from typing import Any
 
 from .frames import Columns
 from .jsonlines import JsonParser, ParseRules, ParseStats, parse_rules
+from .jsonpack import PackingParser
 from .multiline import Joiner, MultilineRules, multiline_rules
 from .position import Position
 from .ratelimit import Limiter, LimitStats, RateRules, rate_rules
@@ -85,8 +86,10 @@ class Shaper:
         self.joiner: Joiner[Position] | None = (Joiner(rules.multiline) if rules.multiline
                                                 else None)
         self.limiter = Limiter(rules.rate, counts.limit) if rules.rate else None
-        self.parser = (JsonParser(rules.parse, counts.parse, shapes=structs) if rules.parse
-                       else None)
+        self.parser: JsonParser | None = None
+        if rules.parse:  # a sink that packs parsed lines itself (fluentd) has them transcoded
+            self.parser = (PackingParser(rules.parse, counts.parse) if structs
+                           else JsonParser(rules.parse, counts.parse))
         self._safe = start  # the newest position with no line half-read before it
 
     @property

@@ -22,7 +22,6 @@ import base64
 import os
 import ssl
 import struct
-from bisect import bisect_right
 from collections.abc import Sequence
 from typing import Any, TypeGuard
 from urllib.parse import urlsplit
@@ -31,12 +30,13 @@ import msgpack
 
 from ..errors import OptionError
 from ..jsonlines import Parsed
+from ..jsonpack import Transcoded
 from ..options import parse_bool, parse_duration, parse_size
 from ..reassembly import Line
 from ..record import ContainerContext
 from .base import Sink, SinkError, encode_off_loop
-from .fluentd_encode import encode_parts
-from .fluentd_json import Packed, json_messages
+from .fluentd_encode import cuts, encode_parts
+from .fluentd_json import Packed, json_messages, transcoded_messages
 
 DEFAULT_PORT = 24224
 _NOTHING = object()
@@ -145,7 +145,7 @@ class FluentdSink(Sink):
     def prepare(self, lines: Sequence[Line], ctx: ContainerContext) -> Sequence[Line]:
         """A ``parse=json`` batch packed into its messages (the delivery's worker calls this:
         the structs die there, and the loop only writes); others as they are."""
-        if not isinstance(lines, Parsed):
+        if not isinstance(lines, (Parsed, Transcoded)):
             return lines
         return Packed(lines.sources, lines.times, lines.lines, lines.sizes,
                       self._pieces(lines, ctx), ctx, lines.rules)
@@ -155,8 +155,11 @@ class FluentdSink(Sink):
         """The messages' bodies and entry counts: a parse=json batch of objects packed in one
         call a message; any other (text, or some lines sent as text) the general way."""
         tag = msgpack.packb(ctx.tag)
-        pieces = (json_messages(lines, ctx, self.sub_second, self.limit, tag)
-                  if isinstance(lines, Parsed) else None)
+        pieces = None
+        if isinstance(lines, Transcoded):
+            pieces = transcoded_messages(lines, ctx, self.sub_second, self.limit, tag)
+        elif isinstance(lines, Parsed):
+            pieces = json_messages(lines, ctx, self.sub_second, self.limit, tag)
         return pieces if pieces is not None else self._joined(lines, ctx, tag)
 
     def _joined(self, lines: Sequence[Line], ctx: ContainerContext, tag: bytes,
@@ -165,13 +168,11 @@ class FluentdSink(Sink):
         parts, ends = encode_parts(lines, ctx, self.sub_second)  # ends: offset after each entry
         width = len(parts) // len(ends) if ends else 4  # parts an entry: 5 with parse=json
         out: list[tuple[bytes | bytearray, int]] = []
-        start, done = 0, 0  # first entry of the message, bytes before it
-        while start < len(ends):
-            end = max(start + 1, bisect_right(ends, done + self.limit, lo=start))
+        for start, end in cuts(ends, self.limit):
+            done = ends[start - 1] if start else 0
             # [tag, entries as one msgpack bin, (option)], joined once
             head = b"\x93" + tag + b"\xc6" + struct.pack(">I", ends[end - 1] - done)
             out.append((b"".join([head, *parts[width * start:width * end]]), end - start))
-            start, done = end, ends[end - 1]
         return out
 
     async def send(self, lines: Sequence[Line], ctx: ContainerContext) -> None:

@@ -30,11 +30,13 @@ import msgspec
 
 from ..frames import Columns
 from ..jsonlines import JsonParser, Parsed, ParseRules
+from ..jsonpack import NAMES, Transcoded, entries
 from ..reassembly import Line
 from ..record import ContainerContext
 from .fluentd_encode import (
     EVENT_TIME_HEAD,
     HEAD_TIME,
+    cuts,
     extra_keys,
     record_middles,
     str_header,
@@ -95,6 +97,28 @@ def json_messages(lines: Parsed, ctx: ContainerContext, sub_second: bool, limit:
             todo += [(middle, stop), (start, middle)]
             continue
         out.append((message, stop - start))
+    return out
+
+
+def transcoded_messages(lines: Transcoded, ctx: ContainerContext, sub_second: bool, limit: int,
+                        tag: bytes) -> Messages | None:
+    """:func:`json_messages` of a batch the compiled parser took (:mod:`pylog.jsonpack`): its
+    entries made in one call, cut into messages; None where the pairs must be renamed (a
+    selected label or env var has one's name) or a time is out of EventTime's range."""
+    if extra_keys(ctx) != NAMES:
+        return None
+    by_count = {k: record_middles(ctx, k) for k in (2, 3, 4)}
+    middles = tuple(by_count[k][src] for src in ("stdout", "stderr") for k in (2, 3, 4))
+    got = entries(lines, middles, sub_second)
+    if got is None:
+        return None
+    blob, ends = got
+    head = b"\x93" + tag + b"\xc6"
+    out: Messages = []
+    for start, end in cuts(ends, limit):
+        done = ends[start - 1] if start else 0
+        out.append((head + struct.pack(">I", ends[end - 1] - done) + blob[done:ends[end - 1]],
+                    end - start))
     return out
 
 
