@@ -20,7 +20,8 @@ RUN set -eu; \
 COPY build/wheelhouse/pylog/ /wheelhouse/pylog/
 # Then check that the result works on this base: every dependency there (pip check), every
 # compiled extension loads against the base's glibc (aiohttp, multidict, yarl and others would
-# otherwise fall back to pure Python without a word), protobuf runs its C core, pylog starts.
+# otherwise fall back to pure Python without a word; pylog's own parse=json module too), protobuf
+# runs its C core, pylog starts.
 RUN set -eu; \
     /opt/pylog/bin/python /wheelhouse/pip.whl/pip install -q --no-deps /wheelhouse/pylog/*.whl; \
     /opt/pylog/bin/python /wheelhouse/pip.whl/pip check; \
@@ -32,6 +33,8 @@ RUN set -eu; \
         [importlib.import_module(n) for n in names]; \
         from google.protobuf.internal import api_implementation as impl; \
         assert impl.Type() == "upb", impl.Type(); \
+        from pylog import jsonpack; \
+        assert jsonpack.COMPILED, "pylog._jsonpack is missing"; \
         print(f"{len(names)} compiled extensions load; protobuf: {impl.Type()}")'; \
     /opt/pylog/bin/pylog --version
 

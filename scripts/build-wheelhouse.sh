@@ -5,7 +5,8 @@
 #   build/wheelhouse/deps/   pylog's dependencies as binary wheels for the plugin's Python and
 #                            glibc (cp$PY_VERSION, manylinux up to glibc $GLIBC), never this
 #                            host's own build; plus requirements.txt (pylog's dependencies)
-#   build/wheelhouse/pylog/  pylog's own wheel (pure Python)
+#   build/wheelhouse/pylog/  pylog's own wheel: Python, and its compiled module for CPython 3.11 and
+#                            later (abi3), which must build here (gcc, python3-dev)
 #   build/wheelhouse/tools/  pip's wheel, which the build runs without installing it
 #
 #   WHEELHOUSE=DIR  builds into DIR instead (the VM lanes: build/wheelhouse is make's, for the
@@ -54,7 +55,7 @@ target=(--only-binary=:all: "${platforms[@]}" --python-version "$py_version"
 
 # pylog itself; a fixed SOURCE_DATE_EPOCH makes the same sources give the same wheel, so that
 # Docker's build cache keeps the layer when nothing changed.
-SOURCE_DATE_EPOCH=315532800 "${pip[@]}" wheel --no-deps -w "$out.tmp/pylog" .
+SOURCE_DATE_EPOCH=315532800 PYLOG_REQUIRE_EXT=1 "${pip[@]}" wheel --no-deps -w "$out.tmp/pylog" .
 
 rm -rf "$out"
 mv "$out.tmp" "$out"

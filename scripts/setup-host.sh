@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Make sure this Debian host has a running Docker engine (docker.io), and with --for-tests also
+# Make sure this Debian host has a running Docker engine (docker.io) and what pylog's install
+# builds with (gcc, python3-dev), and with --for-tests also
 # what the test suite uses (busybox-static for test images, rsyslog as a syslog peer; make,
 # debootstrap and docker-registry for the managed plugin).
 # Idempotent: installs only what is missing, starts dockerd only if it is not answering.
@@ -10,6 +11,9 @@ if [ "$(id -u)" != 0 ]; then SUDO="sudo"; fi
 
 packages=()
 command -v dockerd >/dev/null 2>&1 || packages+=(docker.io)
+# pylog's one compiled module (parse=json for fluentd, setup.py) is built by scripts/venv.sh
+command -v gcc >/dev/null 2>&1 || packages+=(gcc)
+dpkg -s python3-dev >/dev/null 2>&1 || packages+=(python3-dev)
 if [ "${1:-}" = "--for-tests" ]; then
   dpkg -s busybox-static >/dev/null 2>&1 || packages+=(busybox-static)
   command -v rsyslogd >/dev/null 2>&1 || packages+=(rsyslog)
