@@ -156,104 +156,85 @@ static int utf8_len(const unsigned char *s, const unsigned char *end) {
     return n;
 }
 
+/* Past the text at r that needs no decoding (printable ASCII but '"' and '\\', valid UTF-8):
+ * at the first other byte, or NULL at invalid UTF-8. */
+static const unsigned char *plain_run(const unsigned char *r, const unsigned char *end) {
+    while (r < end) {
+        if (*r >= 0x20 && *r < 0x80 && *r != '"' && *r != '\\') {
+            r++;
+        } else if (*r >= 0x80) {
+            int k = utf8_len(r, end);
+            if (!k)
+                return NULL;
+            r += k;
+        } else {
+            break;
+        }
+    }
+    return r;
+}
+
+/* The escape at s (its backslash) decoded at *w, which moves past it: past the escape, or
+ * NULL. A \u escape's UTF-8 is never longer than the escape. */
+static const unsigned char *unescape(const unsigned char *s, const unsigned char *end,
+                                     unsigned char **w) {
+    static const char from[] = "\"\\/bfnrt", to[] = "\"\\/\b\f\n\r\t";
+    if (end - s < 2)
+        return NULL;
+    unsigned c = s[1], cp, lo;
+    const char *k = c ? strchr(from, (int)c) : NULL;
+    s += 2;
+    if (k) {
+        *(*w)++ = (unsigned char)to[k - from];
+        return s;
+    }
+    if (c != 'u' || end - s < 4 || hex4(s, &cp) || (cp >= 0xdc00 && cp <= 0xdfff))
+        return NULL;  /* not an escape, or a lone low surrogate */
+    s += 4;
+    if (cp >= 0xd800 && cp <= 0xdbff) {
+        if (end - s < 6 || s[0] != '\\' || s[1] != 'u' || hex4(s + 2, &lo) || lo < 0xdc00 ||
+            lo > 0xdfff)
+            return NULL;  /* a high surrogate without its low one */
+        s += 6;
+        cp = 0x10000 + ((cp - 0xd800) << 10) + (lo - 0xdc00);
+    }
+    *w = put_utf8(*w, cp);
+    return s;
+}
+
 /* The string at q->s (its opening quote) as a msgpack str; its text starts at *text and is
  * *n bytes. */
 static int parse_string(Parser *q, size_t *text, size_t *n) {
     Buf *b = q->out;
     if (reserve(b, (size_t)(q->end - q->s) + 5))
         return -1;
-    size_t at = b->len;
-    /* Most strings have no escape: their text is the input's, copied once after its header. */
-    const unsigned char *r = q->s + 1;
-    while (r < q->end) {
-        if (*r >= 0x20 && *r < 0x80 && *r != '"' && *r != '\\') {
-            r++;
-        } else if (*r >= 0x80) {
-            int k = utf8_len(r, q->end);
-            if (!k)
-                return -1;
-            r += k;
-        } else {
-            break;
-        }
-    }
-    if (r < q->end && *r == '"') {
-        size_t len = (size_t)(r - q->s - 1);
-        int h = str_header_len(len);
+    size_t at = b->len, len;
+    const unsigned char *s = q->s + 1, *end = q->end, *r = plain_run(s, end);
+    if (r && r < end && *r == '"') {  /* no escape (most strings): copied once, after its head */
+        len = (size_t)(r - s);
         str_header(b->p + at, len);
-        memcpy(b->p + at + h, q->s + 1, len);
-        b->len = at + h + len;
-        *text = at + h;
-        *n = len;
-        q->s = r + 1;
-        return 0;
-    }
-    unsigned char *w = b->p + at + 5, *start = w;
-    const unsigned char *s = q->s + 1, *end = q->end;
-    for (;;) {
-        const unsigned char *run = s;
-        while (s < end && *s >= 0x20 && *s < 0x80 && *s != '"' && *s != '\\')
-            s++;
-        memcpy(w, run, (size_t)(s - run));
-        w += s - run;
-        if (s >= end)
-            return -1;
-        unsigned c = *s;
-        if (c == '"')
-            break;
-        if (c < 0x20)
-            return -1;  /* a control character must be escaped */
-        if (c >= 0x80) {
-            int k = utf8_len(s, end);
-            if (!k)
+        memcpy(b->p + at + str_header_len(len), s, len);
+    } else {  /* decoded after room for the longest head, then moved to follow its own */
+        unsigned char *start = b->p + at + 5, *w = start;
+        for (;;) {
+            if (!r || r >= end)
                 return -1;
-            memcpy(w, s, (size_t)k);
-            w += k;
-            s += k;
-            continue;
+            memcpy(w, s, (size_t)(r - s));
+            w += r - s;
+            if (*r == '"')
+                break;
+            if (*r != '\\' || !(s = unescape(r, end, &w)))
+                return -1;  /* a control character must be escaped */
+            r = plain_run(s, end);
         }
-        if (end - s < 2)  /* a backslash */
-            return -1;
-        c = s[1];
-        s += 2;
-        switch (c) {
-        case '"': *w++ = '"'; break;
-        case '\\': *w++ = '\\'; break;
-        case '/': *w++ = '/'; break;
-        case 'b': *w++ = '\b'; break;
-        case 'f': *w++ = '\f'; break;
-        case 'n': *w++ = '\n'; break;
-        case 'r': *w++ = '\r'; break;
-        case 't': *w++ = '\t'; break;
-        case 'u': {
-            unsigned cp, lo;
-            if (end - s < 4 || hex4(s, &cp))
-                return -1;
-            s += 4;
-            if (cp >= 0xdc00 && cp <= 0xdfff)
-                return -1;  /* a lone low surrogate */
-            if (cp >= 0xd800 && cp <= 0xdbff) {
-                if (end - s < 6 || s[0] != '\\' || s[1] != 'u' || hex4(s + 2, &lo) ||
-                    lo < 0xdc00 || lo > 0xdfff)
-                    return -1;  /* a high surrogate without its low one */
-                s += 6;
-                cp = 0x10000 + ((cp - 0xd800) << 10) + (lo - 0xdc00);
-            }
-            w = put_utf8(w, cp);  /* never longer than the escape it replaces */
-            break;
-        }
-        default:
-            return -1;
-        }
+        len = (size_t)(w - start);
+        memmove(b->p + at + str_header_len(len), start, len);
+        str_header(b->p + at, len);
     }
-    size_t len = (size_t)(w - start);
-    int h = str_header_len(len);
-    memmove(b->p + at + h, start, len);
-    str_header(b->p + at, len);
-    b->len = at + h + len;
-    *text = at + h;
+    b->len = at + (size_t)str_header_len(len) + len;
+    *text = at + (size_t)str_header_len(len);
     *n = len;
-    q->s = s + 1;
+    q->s = r + 1;
     return 0;
 }
 
@@ -782,6 +763,40 @@ static int time_head(Buf *b, long long t, int sub_second) {
     return 0;
 }
 
+typedef struct {
+    PyObject *texts, *times, *sources, *middles;
+    const char *extras;
+    size_t extras_len;
+    int sub_second;
+} Entry;
+
+/* Line i's entry appended to `out`, its extra pairs extras[start:end]: 0; 1 for a time
+ * EventTime cannot hold; -1 with an exception. */
+static int put_entry(const Entry *e, Py_ssize_t i, int count, uint32_t start, uint32_t end,
+                     Buf *out) {
+    char *line, *middle;
+    Py_ssize_t len, mlen;
+    long long t = PyLong_AsLongLong(PyList_GetItem(e->times, i));
+    int err = PyUnicode_CompareWithASCIIString(PyList_GetItem(e->sources, i), "stderr") == 0;
+    if ((t == -1 && PyErr_Occurred()) || count < 2 || count > 4 || end < start ||
+        end > e->extras_len ||
+        PyBytes_AsStringAndSize(PyList_GetItem(e->texts, i), &line, &len) < 0 ||
+        PyBytes_AsStringAndSize(PyTuple_GetItem(e->middles, 3 * err + count - 2), &middle,
+                                &mlen) < 0) {
+        if (!PyErr_Occurred())
+            PyErr_SetString(PyExc_ValueError, "not a transcoded batch");
+        return -1;
+    }
+    if (time_head(out, t, e->sub_second))
+        return 1;
+    if (put(out, middle, (size_t)mlen) || put_str(out, (const unsigned char *)line, (size_t)len)
+        || put(out, e->extras + start, end - start)) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    return 0;
+}
+
 /* The batch's entries: for line i its time head, middles[3 * stderr + counts[i] - 2] (the
  * record's map header, the container's pairs, source, the log key), the line as a str and its
  * extra pairs. */
@@ -809,30 +824,12 @@ static PyObject *entries(PyObject *self, PyObject *args) {
         PyErr_NoMemory();
         goto done;
     }
+    Entry e = {texts, times, sources, middles, extras, (size_t)extras_len, sub_second};
     uint32_t start = 0;
     for (Py_ssize_t i = 0; i < n; i++) {
-        char *line, *middle;
-        Py_ssize_t len, mlen;
-        long long t = PyLong_AsLongLong(PyList_GetItem(times, i));
-        int err = PyUnicode_CompareWithASCIIString(PyList_GetItem(sources, i), "stderr") == 0;
-        int count = (unsigned char)counts[i];
-        if ((t == -1 && PyErr_Occurred()) || count < 2 || count > 4 || ends[i] < start ||
-            ends[i] > (uint64_t)extras_len ||
-            PyBytes_AsStringAndSize(PyList_GetItem(texts, i), &line, &len) < 0 ||
-            PyBytes_AsStringAndSize(PyTuple_GetItem(middles, 3 * err + count - 2), &middle,
-                                    &mlen) < 0) {
-            if (!PyErr_Occurred())
-                PyErr_SetString(PyExc_ValueError, "not a transcoded batch");
-            goto done;
-        }
-        if (time_head(&out, t, sub_second)) {
-            ret = Py_NewRef(Py_None);
-            goto done;
-        }
-        if (put(&out, middle, (size_t)mlen) || put_str(&out, (const unsigned char *)line,
-                                                       (size_t)len) ||
-            put(&out, extras + start, ends[i] - start)) {
-            PyErr_NoMemory();
+        int got = put_entry(&e, i, (unsigned char)counts[i], start, ends[i], &out);
+        if (got) {
+            ret = got > 0 ? Py_NewRef(Py_None) : NULL;
             goto done;
         }
         start = ends[i];
