@@ -69,6 +69,7 @@ class Scenario:
     first: int  # the first line's number (lines end with consecutive numbers)
     script: str  # with {first} {last}
     drivers: tuple[str, ...] = ()  # only these drivers run in it (empty: every driver)
+    each: int = 1  # the log's lines in one numbered line (M1: a trace of 9)
 
     def command(self) -> list[str]:
         return ["sh", "-c", self.script.format(first=self.first, last=self.first + self.lines - 1)]
@@ -116,7 +117,7 @@ def scenarios(scale: float, b2_containers: int = 20) -> dict[str, Scenario]:
         # with no sink (the store only: pylog's CPU less it is the sink path's).
         "M1": Scenario("M1", f"1 container, {n(100_000):,} Java stack traces of 9 lines",
                        1, n(100_000), 1, TRACES,
-                       drivers=("pylog", "pylog-fluentd", "pylog-fluentd-multiline")),
+                       drivers=("pylog", "pylog-fluentd", "pylog-fluentd-multiline"), each=9),
         "J1": Scenario("J1", f"1 container, {n(500_000):,} JSON lines", 1, n(500_000), 1,
                        JSON_LINES, drivers=("pylog", "pylog-fluentd", "pylog-fluentd-json")),
     }
@@ -1174,7 +1175,8 @@ def target_lines(all_runs: list[Run], scs: dict[str, Scenario], scale: float = 1
                f"sets this time" if rec else "–"))
     for sc_name, key, what in (("M1", "pylog-fluentd-multiline", "multiline on stack traces"),
                                ("J1", "pylog-fluentd-json", "parse=json on JSON lines")):
-        out += _feature_cost(m, verdict, sc_name, key, what)
+        per_m = scs[sc_name].total * scs[sc_name].each / 1e6 if sc_name in scs else 1.0
+        out += _feature_cost(m, verdict, sc_name, key, what, per_m)
     lossy = [r for r in all_runs if r.lost not in (None, 0)]
     counted = [r for r in all_runs if r.lost is not None]
     out.append(f"- zero lines lost in every run: {len(counted)} runs counted, "
@@ -1189,10 +1191,11 @@ def target_lines(all_runs: list[Run], scs: dict[str, Scenario], scale: float = 1
     return out
 
 
-def _feature_cost(m: Any, verdict: Any, sc_name: str, key: str, what: str) -> list[str]:
+def _feature_cost(m: Any, verdict: Any, sc_name: str, key: str, what: str, millions: float,
+                  ) -> list[str]:
     """What a feature adds to the fluentd sink path's CPU: pylog's CPU with the sink less the
-    store-only run's (``pylog``), with the feature against the same log without it; and to the
-    whole of pylog's CPU."""
+    store-only run's (``pylog``), with the feature against the same log without it (and per
+    million of the log's lines, ``millions`` of them); and to the whole of pylog's CPU."""
     on, off = m(sc_name, key, "pylog_cpu_s"), m(sc_name, "pylog-fluentd", "pylog_cpu_s")
     store = m(sc_name, "pylog", "pylog_cpu_s")
     path = ((on - off) / (off - store) if on and off and store is not None and off > store
@@ -1200,8 +1203,10 @@ def _feature_cost(m: Any, verdict: Any, sc_name: str, key: str, what: str) -> li
     whole = on / off - 1 if on and off else None
     return [f"- {what} adds ≤ 50% to the fluentd sink path's CPU ({sc_name}: pylog's CPU less "
             f"the store-only run's, the same log without it): "
-            + (f"{on - store:.2f} vs {off - store:.2f} CPU-s = {path * 100:+.0f}%"
-               if path is not None and store is not None and on and off else "–")
+            + (f"{on - store:.2f} vs {off - store:.2f} CPU-s = {path * 100:+.0f}% "
+               f"({(on - store) / millions:.2f} vs {(off - store) / millions:.2f} CPU-s per "
+               f"million lines)" if path is not None and store is not None and on and off
+               else "–")
             + f" → {verdict(None if path is None else path <= 0.5)}",
             "  - to the whole of pylog's CPU: "
             + (f"{on:.2f} vs {off:.2f} CPU-s = {whole * 100:+.0f}%" if whole is not None
