@@ -253,4 +253,7 @@ def test_a_time_eventtime_cannot_hold_leaves_the_messages_to_the_python_path() -
     out = PackingParser(RULES).parse(lines)
     assert isinstance(out, Transcoded)
     assert transcoded_messages(out, CTX, True, 1 << 20, TAG) is None
-    assert transcoded_messages(out, CTX, False, 1 << 20, TAG) is not None  # whole seconds
+    whole = transcoded_messages(out, CTX, False, 1 << 20, TAG)  # whole seconds: -1 is said
+    assert whole is not None
+    want = JsonParser(RULES).parse(lines)
+    assert entries_of(whole, 1 << 20) == b"".join(encode_parts(want, CTX, False)[0])
