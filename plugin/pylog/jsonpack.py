@@ -51,8 +51,9 @@ class Transcoded(Columns):
         return list(map(self.extras.__getitem__, map(slice, [0, *ends], ends)))
 
     def sliced(self, start: int, stop: int) -> Transcoded:
-        ends = array("I", self.ends)[start:stop]
-        first = array("I", self.ends)[start - 1] if start else 0
+        every = array("I", self.ends)
+        ends = every[start:stop]
+        first = every[start - 1] if start else 0
         last = ends[-1] if ends else first
         return Transcoded(self.sources[start:stop], self.times[start:stop],
                           self.lines[start:stop], self.sizes[start:stop],

@@ -168,10 +168,9 @@ class FluentdSink(Sink):
         parts, ends = encode_parts(lines, ctx, self.sub_second)  # ends: offset after each entry
         width = len(parts) // len(ends) if ends else 4  # parts an entry: 5 with parse=json
         out: list[tuple[bytes | bytearray, int]] = []
-        for start, end in cuts(ends, self.limit):
-            done = ends[start - 1] if start else 0
+        for start, end, first, last in cuts(ends, self.limit):
             # [tag, entries as one msgpack bin, (option)], joined once
-            head = b"\x93" + tag + b"\xc6" + struct.pack(">I", ends[end - 1] - done)
+            head = b"\x93" + tag + b"\xc6" + struct.pack(">I", last - first)
             out.append((b"".join([head, *parts[width * start:width * end]]), end - start))
         return out
 

@@ -230,13 +230,13 @@ def _packed_extras(objects: list[Any], lines: Parsed, keys: tuple[str, str, str,
     return extras, counts
 
 
-def cuts(ends: list[int], limit: int) -> list[tuple[int, int]]:
-    """The entries of each message (first, past last), given where each entry ends: at most
-    ``limit`` bytes of entries a message, or one entry if it is bigger."""
+def cuts(ends: list[int], limit: int) -> list[tuple[int, int, int, int]]:
+    """The entries of each message (first, past last) and their bytes (from, to), given where
+    each entry ends: at most ``limit`` bytes of entries a message, or one entry if bigger."""
     out = []
     start, done = 0, 0  # first entry of the message, bytes before it
     while start < len(ends):
         end = max(start + 1, bisect_right(ends, done + limit, lo=start))
-        out.append((start, end))
+        out.append((start, end, done, ends[end - 1]))
         start, done = end, ends[end - 1]
     return out

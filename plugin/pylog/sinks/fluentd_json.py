@@ -115,10 +115,8 @@ def transcoded_messages(lines: Transcoded, ctx: ContainerContext, sub_second: bo
     blob, ends = got
     head = b"\x93" + tag + b"\xc6"
     out: Messages = []
-    for start, end in cuts(ends, limit):
-        done = ends[start - 1] if start else 0
-        out.append((head + struct.pack(">I", ends[end - 1] - done) + blob[done:ends[end - 1]],
-                    end - start))
+    for start, end, first, last in cuts(ends, limit):
+        out.append((head + struct.pack(">I", last - first) + blob[first:last], end - start))
     return out
 
 
