@@ -262,6 +262,18 @@ def touch(cid: str, path: str, timeout: float = 60) -> None:
                              f"did not exit within {timeout} s") from None
 
 
+def read_file(cid: str, path: str, timeout: float = 120) -> str:
+    """The text of ``path`` in a running container, once its script has written it (bounded)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        r = subprocess.run(["docker", "exec", cid, "cat", path], capture_output=True, text=True,
+                           check=False, timeout=timeout)
+        if r.returncode == 0 and r.stdout.endswith("\n"):
+            return r.stdout.strip()
+        assert time.monotonic() < deadline, f"{path} not written in {timeout} s: {r.stderr!r}"
+        time.sleep(0.1)  # polling for the script to write it, bounded by the deadline
+
+
 def logs(cid: str, *args: str, timeout: float = 120) -> tuple[bytes, bytes]:
     """`docker logs` of a container: (stdout, stderr), as a user's terminal would get them."""
     r = subprocess.run(["docker", "logs", *args, cid], capture_output=True, timeout=timeout)
