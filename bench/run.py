@@ -26,7 +26,6 @@ import json
 import math
 import os
 import platform
-import re
 import secrets
 import shutil
 import signal
@@ -50,7 +49,8 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from tests.peers.busybox import import_busybox_image  # (needs ROOT on sys.path)
+from bench.peers import number_of  # noqa: E402  # (these two need ROOT on sys.path)
+from tests.peers.busybox import import_busybox_image  # noqa: E402
 
 BENCH = Path(__file__).resolve().parent
 IMAGE = "pylog-busybox:test"  # the image the e2e tests build (tests/e2e/conftest.py)
@@ -901,9 +901,6 @@ def start_all(cids: list[str]) -> list[int]:
     return codes
 
 
-LINE_NUMBER = re.compile(rb"(\d{1,7})\}?$")  # a line's number: its last 7 digits at most
-
-
 def count_docker_logs(cid: str, sc: Scenario) -> int:
     """Distinct expected lines in ``docker logs`` (like ``docker logs | wc -l``, but a line
     counts once and only if it is one of the container's)."""
@@ -911,10 +908,10 @@ def count_docker_logs(cid: str, sc: Scenario) -> int:
     seen = bytearray(sc.lines)
     n = 0
     for line in r.stdout.splitlines():
-        m = LINE_NUMBER.search(line)  # J1's lines end in "n":123}, unpadded
-        if m is None:
+        number = number_of(line)  # as the receivers read it: J1's lines end in "n":123}
+        if number is None:
             continue
-        k = int(m.group(1)) - sc.first
+        k = number - sc.first
         if 0 <= k < sc.lines and not seen[k]:
             seen[k] = 1
             n += 1
